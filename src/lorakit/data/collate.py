@@ -1,0 +1,33 @@
+"""Pad a batch to its own longest sample, never to max_length.
+
+Labels were fixed before padding, so padded positions are -100 by construction: even when
+the pad token is the EOS token, a real EOS inside an answer keeps its label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from lorakit.data.encode import IGNORE_INDEX, Encoded
+
+
+class PadCollator:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int = 1):
+        self.pad_token_id = pad_token_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, batch: Sequence[Encoded | dict]) -> dict[str, torch.Tensor]:
+        items = [b if isinstance(b, Encoded) else Encoded(b["input_ids"], b["labels"]) for b in batch]
+        longest = max(len(x.input_ids) for x in items)
+        width = -(-longest // self.multiple) * self.multiple
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            n = len(item.input_ids)
+            ids[row, :n] = torch.tensor(item.input_ids)
+            labels[row, :n] = torch.tensor(item.labels)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

@@ -1,0 +1,109 @@
+"""Chat templates: the model's own, or a named one for base models.
+
+Every template is Jinja run through the tokenizer's ``apply_chat_template``, so training,
+generation and serving all render a conversation by one code path. The chosen template
+is saved into the run's tokenizer, which is how the same text reaches the server later.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from lorakit.data.shapes import Conversation
+
+log = logging.getLogger(__name__)
+
+_LOOP = "{% for message in messages %}"
+NAMED_TEMPLATES: dict[str, tuple[str, str | None]] = {
+    # name: (jinja, end-of-turn token; None means the tokenizer's EOS)
+    "chatml": (
+        _LOOP + "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+        "<|im_end|>",
+    ),
+    "llama-3": (
+        "{{ bos_token }}" + _LOOP + "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+        " + message['content'] + '<|eot_id|>' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+        "<|eot_id|>",
+    ),
+    "phi-3": (
+        _LOOP + "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+        "<|end|>",
+    ),
+    "alpaca": (
+        _LOOP + "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+        "{% else %}{{ '### Response:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}",
+        None,
+    ),
+    "human-assistant": (
+        _LOOP + "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\n\n' }}"
+        "{% else %}{{ 'Assistant: ' + message['content'] + eos_token + '\n\n' }}{% endif %}{% endfor %}"
+        # The prompt stops before the space: BPE joins a space to the word after it, so the
+        # answer's first token is ' word' in training and in generation alike.
+        "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}",
+        None,
+    ),
+}
+
+# Tokens that close an assistant turn in the families we know; used to find the end of a
+# turn in a model's own template and as stop tokens in generation.
+KNOWN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    name: str
+    jinja: str
+    end_token_ids: frozenset[int]
+
+    def render(self, tokenizer: PreTrainedTokenizerBase, messages: Conversation, add_generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+
+def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
+    if token not in tokenizer.get_vocab():
+        return None
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def _end_ids(tokenizer: PreTrainedTokenizerBase, preferred: str | None) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if preferred is not None:
+        found = _token_id(tokenizer, preferred)
+        if found is None:
+            raise TemplateError(
+                f"the template's end-of-turn token {preferred!r} is not in this tokenizer's vocabulary; "
+                "pick a template made for this model, or data.template=auto"
+            )
+        ids.add(found)
+    return frozenset(ids)
+
+
+def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str) -> ChatTemplate:
+    """Pick the template named in the config ('auto' = the tokenizer's own)."""
+    if name == "auto":
+        own = tokenizer.chat_template
+        if isinstance(own, str) and own.strip():
+            known = [t for t in KNOWN_END_TOKENS if t in own and _token_id(tokenizer, t) is not None]
+            ids = _end_ids(tokenizer, None) | {_token_id(tokenizer, t) for t in known}
+            return ChatTemplate("model", own, frozenset(i for i in ids if i is not None))
+        log.warning("the tokenizer has no chat template; falling back to the 'alpaca' template")
+        name = "alpaca"
+    if name not in NAMED_TEMPLATES:
+        raise TemplateError(f"unknown template {name!r}; choose auto or one of {', '.join(NAMED_TEMPLATES)}")
+    jinja, end = NAMED_TEMPLATES[name]
+    return ChatTemplate(name, jinja, _end_ids(tokenizer, end))

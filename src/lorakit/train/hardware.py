@@ -1,0 +1,45 @@
+"""What the machine computes natively, so 'auto' precision picks what is fastest here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX).
+
+    Without them bf16 autocast on a CPU is emulated and slower than fp32.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text(errors="ignore")
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_precision(requested: str) -> str:
+    """Resolve 'auto' to fp32, bf16 or fp16 for the device this process trains on."""
+    if requested != "auto":
+        if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise ValueError("train.precision=bf16 but this GPU has no bf16; use fp16 or auto")
+        if requested == "fp16" and not torch.cuda.is_available():
+            raise ValueError("train.precision=fp16 needs a GPU; on CPU use bf16 (if supported) or fp32")
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def cuda_peak_bytes() -> int | None:
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.max_memory_reserved())

@@ -1,0 +1,84 @@
+"""The training recipe end to end, in-process: what a run writes and that it learns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lorakit.config import load_config
+from lorakit.train import recipe
+from tests.conftest import REPO, needs_embedded, write_jsonl
+
+ROWS = [
+    {"instruction": "Say the city of Maria.", "input": "", "output": "Lisbon"},
+    {"instruction": "What is two plus two?", "input": "", "output": "It is four."},
+    {"instruction": "Extract the name.", "input": "Maria is 34.", "output": '{"name": "Maria"}'},
+    {"instruction": "", "input": "", "output": ""},  # empty answer: dropped and counted
+]
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_tiny_run_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
+    out = tmp_path / "run"
+    cfg = load_config(None, [
+        f"model.name={tiny_model_dir}", f"data.train={data}", f"data.eval={data}", f"output_dir={out}",
+        "train.max_steps=25", "train.batch_size=4", "train.learning_rate=0.02", "train.logging_steps=1",
+        "train.warmup=0", "train.scheduler=constant", "lora.rank=8", "lora.dropout=0", "train.progress_bar=false",
+    ])
+    summary = recipe.run(cfg)
+
+    for name in ("adapter_config.json", "adapter_model.safetensors", "lorakit.yaml", "metrics.jsonl",
+                 "summary.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).is_file(), name
+    seen = losses(out)
+    assert len(seen) == 25
+    assert sum(seen[-5:]) / 5 < 0.7 * sum(seen[:5]) / 5  # it learns
+    train_report = summary["data"][0]
+    assert train_report["read"] == 16 and train_report["kept"] == 12
+    assert train_report["dropped"] == {"empty assistant answer": 4}
+    assert summary["tokens_seen"] > 0 and summary["loss_tokens_seen"] < summary["tokens_seen"]
+    assert summary["eval_loss"] is not None
+
+    # Plain peft and transformers read the folder back, template included.
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert "<|im_start|>" in tokenizer.chat_template
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+
+
+def test_same_seed_same_adapter(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS * 2)
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"run{k}"
+        recipe.run(load_config(None, [
+            f"model.name={tiny_model_dir}", f"data.train={data}", f"output_dir={out}",
+            "train.max_steps=4", "train.batch_size=2", "train.progress_bar=false",
+        ]))
+        outs.append(load_file(out / "adapter_model.safetensors"))
+    assert outs[0].keys() == outs[1].keys()
+    for key in outs[0]:
+        assert (outs[0][key] == outs[1][key]).all(), key
+
+
+@needs_embedded
+def test_short_embedded_run_lowers_loss(tmp_path, embedded_cache):
+    out = tmp_path / "run"
+    cfg = load_config(REPO / "examples" / "demo" / "config.yaml", [
+        f"output_dir={out}", f"model.cache_dir={embedded_cache}", "data.eval=[]",
+        "train.max_steps=6", "train.batch_size=4", "train.logging_steps=1", "train.warmup=0",
+        "train.progress_bar=false",
+    ])
+    recipe.run(cfg)
+    seen = losses(out)
+    assert len(seen) == 6
+    assert sum(seen[-2:]) / 2 < 0.5 * seen[0], seen
