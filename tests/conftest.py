@@ -69,6 +69,7 @@ def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0) -> 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=0.3,  # large enough that LoRA can move the logits in a few steps
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

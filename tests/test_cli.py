@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import needs_embedded, write_jsonl
+from tests.conftest import make_tiny_model_dir, needs_embedded, write_jsonl
 
 ROWS = [
     {"instruction": "Say the city of Maria.", "input": "", "output": "Lisbon"},
@@ -23,8 +23,11 @@ def lorakit(*args: str, stdin: str | None = None, timeout: int = 600) -> subproc
     )
 
 
-@pytest.fixture
-def trained_run(tiny_model_dir: Path, tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One short real training run, shared by the tests that use its output."""
+    tmp_path = tmp_path_factory.mktemp("cli")
+    tiny_model_dir = make_tiny_model_dir(tmp_path / "tiny-model")
     data = write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
     config = tmp_path / "tiny.yaml"
     config.write_text(

@@ -16,7 +16,7 @@ from rich.table import Table
 from lorakit.config import ConfigError, GenerationConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, chat with and evaluate LoRA adapters.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 DEFAULT_CACHE = Path("~/.cache/lorakit").expanduser()
