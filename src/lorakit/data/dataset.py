@@ -11,6 +11,7 @@ from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
 from lorakit.data.report import DataReport
 from lorakit.data.shapes import Conversation, to_conversation
 from lorakit.data.sources import DataError, read_records
+from lorakit.config import DataConfig
 from lorakit.data.templates import ChatTemplate
 
 
@@ -62,3 +63,31 @@ def encode_samples(
     if not encoded and samples:
         raise DataError(f"{split}: all {len(samples)} samples were dropped: " + "; ".join(report.lines()[1:]))
     return encoded, report
+
+
+@dataclass
+class Splits:
+    train: list[Encoded]
+    eval: list[Encoded]
+    reports: list[DataReport]
+
+
+def build_splits(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> Splits:
+    if not cfg.train:
+        raise ValueError("no training data: set data.train to one or more JSON/JSONL files")
+    splits: dict[str, list[Encoded]] = {}
+    reports = []
+    for split, paths in (("train", cfg.train), ("eval", cfg.eval)):
+        samples = read_conversations(paths, cfg.format, cfg.system_prompt)
+        splits[split], report = encode_samples(
+            samples,
+            tokenizer,
+            template,
+            max_length=cfg.max_length,
+            truncation=cfg.truncation,
+            train_on=cfg.train_on,
+            split=split,
+        )
+        if samples:
+            reports.append(report)
+    return Splits(splits["train"], splits["eval"], reports)

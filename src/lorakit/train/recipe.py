@@ -10,18 +10,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import set_seed
 
-from lorakit.config import DataConfig, RunConfig, save_config
+from lorakit.config import RunConfig, save_config
 from lorakit.data.collate import PadCollator
-from lorakit.data.dataset import encode_samples, read_conversations
-from lorakit.data.encode import Encoded
-from lorakit.data.report import DataReport
-from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.data.dataset import build_splits
+from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
 from lorakit.train.callbacks import MetricsLog
@@ -33,34 +30,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "lorakit.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class Splits:
-    train: list[Encoded]
-    eval: list[Encoded]
-    reports: list[DataReport]
-
-
-def build_splits(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> Splits:
-    if not cfg.train:
-        raise ValueError("no training data: set data.train to one or more JSON/JSONL files")
-    splits: dict[str, list[Encoded]] = {}
-    reports = []
-    for split, paths in (("train", cfg.train), ("eval", cfg.eval)):
-        samples = read_conversations(paths, cfg.format, cfg.system_prompt)
-        splits[split], report = encode_samples(
-            samples,
-            tokenizer,
-            template,
-            max_length=cfg.max_length,
-            truncation=cfg.truncation,
-            train_on=cfg.train_on,
-            split=split,
-        )
-        if samples:
-            reports.append(report)
-    return Splits(splits["train"], splits["eval"], reports)
 
 
 def run(cfg: RunConfig) -> dict:
