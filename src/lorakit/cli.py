@@ -61,17 +61,21 @@ def train(
         _fail(str(e))
     from lorakit.data.sources import DataError
     from lorakit.model.gguf_cache import ModelNotFoundError
+    from lorakit.model.quantization import QuantizationUnavailableError
     from lorakit.train import recipe
 
     try:
         summary = recipe.run(cfg)
-    except (DataError, ModelNotFoundError, ValueError) as e:
+    except (DataError, ModelNotFoundError, QuantizationUnavailableError, ValueError) as e:
         _fail(str(e))
     table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
                 "tokens_per_second", "precision"):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) and "loss" in key else str(value))
+    trainable, total = summary["trainable_parameters"], summary["total_parameters"]
+    table.add_row("trainable_parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
+    table.add_row("model_memory", f"{summary['memory_footprint_bytes'] / 2**20:.1f} MiB")
     table.add_row("peak_rss", f"{summary['peak_rss_bytes'] / 2**30:.2f} GiB")
     if summary["cuda_peak_reserved_bytes"]:
         table.add_row("cuda_peak_reserved", f"{summary['cuda_peak_reserved_bytes'] / 2**30:.2f} GiB")
@@ -181,6 +185,48 @@ def evaluate(
     result = compare(session, samples, gen, run_cfg.data.max_length)
     print_comparison(out, result)
     write_reports(Path(target), result)
+
+
+@app.command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by lorakit train.")],
+    output: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
+    dtype: Annotated[str, typer.Option(help="base (the base checkpoint's dtype), float32, bfloat16 or float16.")] = "base",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Fold the adapter into the base weights: a folder plain transformers loads (tokenizer and template included)."""
+    _setup_logging(False)
+    from lorakit.export.merge import merge_run
+    from lorakit.model.quantization import QuantizationUnavailableError
+
+    try:
+        merge_run(run_dir, output, dtype=dtype, overwrite=overwrite)
+    except (FileNotFoundError, QuantizationUnavailableError, ValueError) as e:
+        _fail(str(e))
+    err.print(f"merged {run_dir} -> {output}")
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Export a run or a model folder for other runtimes.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("gguf")
+def export_gguf(
+    source: Annotated[Path, typer.Argument(help="A run folder (merged first) or a merged model folder.")],
+    output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; a Modelfile goes beside it.")],
+    type_: Annotated[str, typer.Option("--type", help="f16 or q8_0.")] = "f16",
+    system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
+) -> None:
+    """Write one GGUF file (weights, tokenizer, chat template) for llama.cpp and ollama, plus an Ollama Modelfile."""
+    _setup_logging(False)
+    from lorakit.export.gguf import export_gguf as write
+    from lorakit.model.quantization import QuantizationUnavailableError
+
+    try:
+        gguf_path, modelfile = write(source, output, type_, system_prompt=system)
+    except (FileNotFoundError, QuantizationUnavailableError, ValueError) as e:
+        _fail(str(e))
+    err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

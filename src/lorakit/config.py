@@ -27,6 +27,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class QuantizationConfig(_Section):
+    """Load the base quantized through bitsandbytes (QLoRA): LoRA trains on top of frozen 4/8-bit weights."""
+
+    bits: Literal[4, 8] = Field(4, description="4 (QLoRA) or 8.")
+    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; nf4 suits normally distributed weights.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit scales too (saves ~0.4 bits per weight).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype the 4-bit weights are dequantized to for each matmul; 'auto' as model.dtype."
+    )
+
+
 class ModelConfig(_Section):
     name: str = Field(
         EMBEDDED_MODEL,
@@ -34,7 +45,19 @@ class ModelConfig(_Section):
         "a .gguf file, or a hub name already in the local cache.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights' dtype when loading. LoRA trains fine on fp32 weights on CPU."
+        "float32",
+        description="Weights' dtype when loading. 'auto': bfloat16 (or float16) on a GPU, float32 on CPU. "
+        "A dtype the hardware cannot compute is refused with the reason.",
+    )
+    quantization: QuantizationConfig | None = Field(
+        None, description="Quantized loading for QLoRA (needs the 'qlora' extra: bitsandbytes). None: full weights."
+    )
+    special_tokens: list[str] = Field(
+        default_factory=list,
+        description="Special tokens to add to the vocabulary; the embeddings grow and are trained and saved.",
+    )
+    pad_token: str | None = Field(
+        None, description="Pad token to use (added as a special token when new); default: the tokenizer's, else EOS."
     )
     cache_dir: Path = Field(
         Path("~/.cache/lorakit"),
@@ -82,7 +105,20 @@ class LoraConfig(_Section):
     alpha: float = Field(32, gt=0, description="Scale of the update is alpha / rank.")
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field(
-        "all-linear", description="'all-linear', a list of module names, or a regex string."
+        "all-linear",
+        description="'all-linear', a list of module names, or a regex matched against full module names "
+        r"(e.g. '.*layers\.(1|1[0-9])\.self_attn\.(q|v)_proj' trains layers 1 and 10-19 only).",
+    )
+    layers: list[int] | None = Field(
+        None, description="Only these layer indices get adapters (needs target_modules as a list or all-linear)."
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilized LoRA: scale alpha/sqrt(rank), not alpha/rank.")
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output as well as the LoRA direction.")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train alongside.")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head). "
+        "Added automatically when model.special_tokens or a new pad token grow the vocabulary.",
     )
 
 

@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import ModelConfig, read_saved_config
 from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.model.adapter import load_run_base, load_run_model
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,12 @@ def open_session(target: str, cache_dir: Path, use_adapter: bool = True) -> Sess
     """``target`` is a run folder written by ``lorakit train`` or any model spec ``model.name`` takes."""
     if is_run_dir(target):
         run_cfg = read_saved_config(Path(target) / RUN_CONFIG)
-        base = load_model(resolve_model_folder(run_cfg.model), run_cfg.model.dtype)
         tokenizer = load_tokenizer(str(target))
         template = resolve_template(tokenizer, "auto")
         if use_adapter:
-            model = PeftModel.from_pretrained(base, str(target))
-            log.info("loaded adapter from %s on %s", target, run_cfg.model.name)
+            model = load_run_model(Path(target), run_cfg.model, tokenizer)
         else:
-            model = base
+            model = load_run_base(run_cfg.model, tokenizer)
         model.eval()
         return Session(model, tokenizer, template, has_adapter=use_adapter)
     model_cfg = ModelConfig(name=target, cache_dir=cache_dir)

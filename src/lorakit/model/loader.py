@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import EMBEDDED_MODEL, ModelConfig
+from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
+from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
+from lorakit.model.quantization import bnb_config
 
 log = logging.getLogger(__name__)
 
 _EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def resolve_model_folder(cfg: ModelConfig) -> str:
@@ -63,13 +64,21 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(source: str, dtype: str) -> PreTrainedModel:
-    torch_dtype = _DTYPES.get(dtype, "auto")
-    model = _from_pretrained(AutoModelForCausalLM, source, dtype=torch_dtype)
-    return model
+def load_model(source: str, dtype: str, quantization: QuantizationConfig | None = None) -> PreTrainedModel:
+    """Load the base: in ``dtype`` (checked against the hardware), quantized when asked.
+
+    On a GPU accelerate places the layers (``device_map="auto"``); on a CPU everything stays put.
+    """
+    kwargs: dict = {"dtype": resolve_dtype(dtype)}
+    if torch.cuda.is_available():
+        kwargs["device_map"] = "auto"
+    if quantization is not None:
+        kwargs["quantization_config"] = bnb_config(quantization, dtype)
+        kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
+    return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 
 
 def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     source = resolve_model_folder(cfg)
     log.info("loading base model from %s", source)
-    return load_model(source, cfg.dtype), load_tokenizer(source)
+    return load_model(source, cfg.dtype, cfg.quantization), load_tokenizer(source)

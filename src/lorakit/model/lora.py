@@ -1,15 +1,25 @@
-"""Wrap a base model with LoRA adapters through peft."""
+"""Wrap a base model with LoRA adapters through peft, with the variants peft offers.
+
+Everything the config says maps onto one peft ``LoraConfig``, so the saved
+``adapter_config.json`` is what plain peft reads back. What lorakit adds: target names
+checked against the real module names before peft runs, ``layers`` usable with
+``all-linear``, embeddings trained whenever the vocabulary grew, and QLoRA's preparation
+when the base is quantized.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 
+import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
 from lorakit.config import LoraConfig
+from lorakit.model.quantization import is_quantized
+from lorakit.model.tokens import embedding_module_names
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +28,18 @@ class TargetModulesError(ValueError):
     """The configured LoRA targets match no module; the message lists the real names."""
 
 
-def _linear_leaf_names(model: PreTrainedModel) -> list[str]:
-    import torch
+def _is_linear(module: torch.nn.Module) -> bool:
+    # bitsandbytes' 4/8-bit layers subclass nn.Linear, so a quantized base lists the same names.
+    return isinstance(module, torch.nn.Linear)
 
-    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
+
+def _linear_leaf_names(model: PreTrainedModel, skip_output: bool = False) -> list[str]:
+    output = model.get_output_embeddings() if skip_output else None
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if _is_linear(mod) and mod is not output
+    }
     return sorted(names)
 
 
@@ -33,7 +51,10 @@ def _check_targets(model: PreTrainedModel, targets: str | list[str]) -> None:
     if isinstance(targets, str):
         hit = any(re.fullmatch(targets, n) for n in names)
     else:
-        hit = any(n == t or n.endswith("." + t) for n in names for t in targets)
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        hit = not missing
+        if missing and len(missing) < len(targets):
+            targets = missing
     if not hit:
         raise TargetModulesError(
             f"LoRA target_modules {targets!r} match no module of this model. "
@@ -42,16 +63,73 @@ def _check_targets(model: PreTrainedModel, targets: str | list[str]) -> None:
         )
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraConfig) -> PeftModel:
-    _check_targets(model, cfg.target_modules)
+def _check_modules_to_save(model: PreTrainedModel, names: list[str]) -> None:
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()} | {n for n, _ in model.named_modules()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        top = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if not list(m.children())} - {""})
+        raise TargetModulesError(
+            f"lora.modules_to_save {missing!r} match no module of this model; its leaf modules are named: "
+            + ", ".join(top)
+        )
+
+
+def _targets(model: PreTrainedModel, cfg: LoraConfig) -> str | list[str]:
+    """peft refuses ``layers_to_transform`` with a string target, 'all-linear' included; spell it out."""
+    if cfg.layers is None:
+        return cfg.target_modules
+    if cfg.target_modules == "all-linear":
+        return _linear_leaf_names(model, skip_output=True)
+    if isinstance(cfg.target_modules, str):
+        raise TargetModulesError(
+            "lora.layers cannot be combined with a regex target_modules; put the layer numbers in the "
+            r"regex (e.g. '.*layers\.(1|1[0-9])\..*_proj') or give target_modules as a list"
+        )
+    return cfg.target_modules
+
+
+def _is_tied(model: PreTrainedModel) -> bool:
+    return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig, new_tokens: bool = False) -> PeftModel:
+    """Wrap ``model``; ``new_tokens``: the vocabulary grew, so the embeddings must train too."""
+    targets = _targets(model, cfg)
+    _check_targets(model, targets)
+    modules_to_save = list(cfg.modules_to_save)
+    if new_tokens:
+        added = [n for n in embedding_module_names(model) if n not in modules_to_save]
+        if added:
+            log.info("new tokens need trained embeddings: modules_to_save += %s", added)
+        modules_to_save += added
+    _check_modules_to_save(model, modules_to_save)
+    if is_quantized(model):
+        # Freezes the quantized base and upcasts the small unquantized parts (norms) to fp32 so
+        # their gradients through the adapter stay stable. The Trainer turns on checkpointing.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_cfg = PeftLoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=targets,
+        layers_to_transform=cfg.layers,
+        use_rslora=cfg.use_rslora,
+        use_dora=cfg.use_dora,
+        bias=cfg.bias,
+        modules_to_save=modules_to_save or None,
+        # With tied input/output embeddings one trained copy must serve both, or merging unties them.
+        ensure_weight_tying=bool(modules_to_save) and _is_tied(model),
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, peft_cfg)
-    trainable, total = peft_model.get_nb_trainable_parameters()
-    log.info("LoRA: %s trainable of %s parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log_size(peft_model)
     return peft_model
+
+
+def log_size(model: PeftModel) -> None:
+    """What QLoRA recipe users look for first: how much trains and how much memory the weights take."""
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info(
+        "LoRA: %s trainable of %s parameters (%.3f%%); weights take %.1f MiB in memory",
+        f"{trainable:,}", f"{total:,}", 100 * trainable / total, model.get_memory_footprint() / 2**20,
+    )

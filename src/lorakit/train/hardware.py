@@ -7,16 +7,24 @@ from pathlib import Path
 import torch
 
 
+def _cpu_flags() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text(errors="ignore") if cpuinfo.is_file() else ""
+
+
 def cpu_has_bf16() -> bool:
     """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX).
 
     Without them bf16 autocast on a CPU is emulated and slower than fp32.
     """
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return False
-    flags = cpuinfo.read_text(errors="ignore")
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_fp16() -> bool:
+    """True when the CPU computes float16 natively (AVX512-FP16 or AMX-FP16); most do not."""
+    flags = _cpu_flags()
+    return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
 def pick_precision(requested: str) -> str:

@@ -21,6 +21,7 @@ from lorakit.data.dataset import build_splits
 from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
+from lorakit.model.tokens import add_tokens, fit_embeddings
 from lorakit.train.callbacks import MetricsLog
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.trainer import LorakitTrainer, training_arguments
@@ -41,13 +42,16 @@ def run(cfg: RunConfig) -> dict:
     # --- setup: tokenizer and data first, so bad data fails before the model loads
     source = resolve_model_folder(cfg.model)
     tokenizer = load_tokenizer(source)
+    new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template)
     splits = build_splits(cfg.data, tokenizer, template)
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
 
-    model = apply_lora(load_model(source, cfg.model.dtype), cfg.lora)
+    base = load_model(source, cfg.model.dtype, cfg.model.quantization)
+    fit_embeddings(base, tokenizer)
+    model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     on_gpu = torch.cuda.is_available()
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision, "cuda" if on_gpu else "cpu")
@@ -90,6 +94,7 @@ def run(cfg: RunConfig) -> dict:
         "cuda_peak_reserved_bytes": cuda_peak_bytes(),
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "memory_footprint_bytes": model.get_memory_footprint(),
         "data": [r.as_dict() for r in splits.reports],
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")

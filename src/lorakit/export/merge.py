@@ -1,0 +1,91 @@
+"""Merge a run's adapter into its base and save a plain transformers folder.
+
+The folder needs nothing from lorakit or peft: ``AutoModelForCausalLM.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` load it, and the tokenizer carries the chat template the
+run was trained with. The merge is done in float32 whatever the run used, and only the saved
+weights are cast to the output dtype, so rounding happens once.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from lorakit.config import RunConfig, read_saved_config
+from lorakit.data.templates import resolve_template
+from lorakit.infer.session import RUN_CONFIG
+from lorakit.model.adapter import load_run_model
+from lorakit.model.dtype import DTYPES
+from lorakit.model.loader import load_tokenizer, resolve_model_folder
+
+log = logging.getLogger(__name__)
+
+
+class MergeError(ValueError):
+    """The folder cannot be merged as asked; the message says why and what to give instead."""
+
+
+def read_run(run_dir: Path) -> RunConfig:
+    if not (run_dir / RUN_CONFIG).is_file():
+        raise MergeError(f"{run_dir} is not a run folder (no {RUN_CONFIG}); give a folder written by `lorakit train`")
+    if not (run_dir / "adapter_config.json").is_file():
+        raise MergeError(f"{run_dir} has no adapter_config.json: the run did not finish saving its adapter")
+    return read_saved_config(run_dir / RUN_CONFIG)
+
+
+def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
+    """The dtype the base model was published in: a merged model is saved like its base."""
+    config = AutoConfig.from_pretrained(resolve_model_folder(cfg.model), local_files_only=True)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = DTYPES.get(dtype)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def merged_model(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
+    """Base + adapter folded into one float32 model (a quantized base is dequantized first)."""
+    cfg = read_run(run_dir)
+    tokenizer = load_tokenizer(str(run_dir))
+    peft_model = load_run_model(run_dir, cfg.model, tokenizer, dtype="float32", dequantize=True)
+    model = peft_model.merge_and_unload()
+    # Plain generate() should stop where lorakit's chat stops: at the template's end-of-turn.
+    end_ids = sorted(resolve_template(tokenizer, "auto").end_token_ids)
+    if end_ids:
+        model.generation_config.eos_token_id = end_ids if len(end_ids) > 1 else end_ids[0]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer, cfg
+
+
+def merge_run(run_dir: Path, out_dir: Path, dtype: str = "base", overwrite: bool = False) -> Path:
+    """Write the merged model to ``out_dir``; ``dtype``: 'base' (the base checkpoint's), or a dtype name."""
+    read_run(run_dir)  # refuse a wrong folder before anything else
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise MergeError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
+    model, tokenizer, cfg = merged_model(run_dir)
+    if dtype == "base":
+        target = _base_checkpoint_dtype(cfg)
+    elif dtype in DTYPES:
+        target = DTYPES[dtype]
+    else:
+        raise MergeError(f"--dtype {dtype!r}: choose base, {', '.join(DTYPES)}")
+    model.to(target)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a failed merge never leaves a half folder that loads.
+    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("merged %s into %s (%s)", run_dir, out_dir, str(target).replace("torch.", ""))
+    return out_dir

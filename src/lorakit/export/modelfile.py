@@ -1,0 +1,175 @@
+"""An Ollama Modelfile next to the GGUF: the chat template in Go syntax, and the stop tokens.
+
+Ollama renders prompts with Go templates, not Jinja. Rather than translate Jinja, we render
+the model's own template on conversations whose contents are markers, read off the text
+each role wraps its content in, and write a Go template that wraps contents the same way.
+The pieces are checked by rebuilding two conversations from them and comparing with the
+Jinja output; a template whose turns are not that regular (one that changes with the turn
+number, say) gets no TEMPLATE line, and ollama falls back to the one in the GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from lorakit.data.templates import resolve_template
+
+log = logging.getLogger(__name__)
+
+_SYSTEM, _USER, _ASSISTANT = "@@LORAKIT_SYSTEM@@", "@@LORAKIT_USER@@", "@@LORAKIT_ASSISTANT@@"
+
+
+class TemplateShapeError(ValueError):
+    """The chat template is not a fixed wrapper per role, so it has no faithful Go form here."""
+
+
+@dataclass(frozen=True)
+class TurnPieces:
+    """The text around each role's content, as the chat template writes it."""
+
+    start: str  # before everything (a BOS the template writes itself)
+    default_system: str  # written when the conversation has no system message
+    system: tuple[str, str]
+    user: tuple[str, str]
+    assistant: tuple[str, str]
+    generation: str  # after the last user turn, where the answer starts
+
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """The prompt these pieces give: what the Go template must produce."""
+        text = self.start
+        if not messages or messages[0]["role"] != "system":
+            text += self.default_system
+        for i, msg in enumerate(messages):
+            before, after = getattr(self, msg["role"])
+            last = i == len(messages) - 1
+            text += before + msg["content"]
+            if not (last and msg["role"] == "assistant"):
+                text += after
+        if add_generation_prompt:
+            text += self.generation
+        return text
+
+
+def _split(block: str, marker: str) -> tuple[str, str]:
+    if block.count(marker) != 1:
+        raise TemplateShapeError(f"the template does not write a {marker} message's content exactly once")
+    before, after = block.split(marker)
+    return before, after
+
+
+def _after(longer: str, prefix: str) -> str:
+    if not longer.startswith(prefix):
+        raise TemplateShapeError("adding a message changes how the earlier ones are written")
+    return longer[len(prefix):]
+
+
+def turn_pieces(tokenizer: PreTrainedTokenizerBase, template: str, strip_bos: bool) -> TurnPieces:
+    """Read the per-role wrappers off ``template``; ``strip_bos``: the runtime adds BOS itself."""
+
+    def render(messages: list[dict], gen: bool = False) -> str:
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=gen
+        )
+
+    system = [{"role": "system", "content": _SYSTEM}]
+    user = [{"role": "user", "content": _USER}]
+    assistant = [{"role": "assistant", "content": _ASSISTANT}]
+    try:
+        r_s, r_su = render(system), render(system + user)
+        r_sua, r_suau = render(system + user + assistant), render(system + user + assistant + user)
+        r_gen, r_u = render(system + user, gen=True), render(user)
+    except Exception as err:  # jinja raises whatever the template raises
+        raise TemplateShapeError(f"the template refuses a plain system/user/assistant conversation: {err}") from None
+    bos = tokenizer.bos_token or ""
+    # SmolLM's BOS is <|im_start|>, which also opens every chatml turn, so whether the template
+    # writes a BOS of its own cannot be read off the text alone: try the likelier reading first.
+    starts = [bos, ""] if "bos_token" in template else ["", bos]
+    problem = "no reading of the template fits"
+    for start in dict.fromkeys(s for s in starts if r_s.startswith(s) and r_u.startswith(s)):
+        try:
+            pieces = _pieces(start, strip_bos, r_s, r_su, r_sua, r_suau, r_gen, r_u)
+        except TemplateShapeError as err:
+            problem = str(err)
+            continue
+        checks = [system + user + assistant + user, user + assistant + user]
+        if all(pieces.render(m, True) == render(m, gen=True)[len(start) - len(pieces.start):] for m in checks):
+            return pieces
+        problem = "the template's turns are not fixed wrappers around the contents"
+    raise TemplateShapeError(problem)
+
+
+def _pieces(start: str, strip_bos: bool, r_s: str, r_su: str, r_sua: str, r_suau: str, r_gen: str,
+            r_u: str) -> TurnPieces:
+    user_block = _after(r_su, r_s)
+    if _after(r_suau, r_sua) != user_block:
+        raise TemplateShapeError("the template writes a later user turn differently from the first")
+    if not r_u.endswith(user_block):
+        raise TemplateShapeError("the template writes a user turn differently when there is no system message")
+    return TurnPieces(
+        start="" if strip_bos else start,
+        default_system=r_u[len(start):-len(user_block)],
+        system=_split(r_s[len(start):], _SYSTEM),
+        user=_split(user_block, _USER),
+        assistant=_split(_after(r_sua, r_su), _ASSISTANT),
+        generation=_after(r_gen, r_su),
+    )
+
+
+def _go(text: str) -> str:
+    """A Go string constant: JSON's escapes (\\n, \\", \\uXXXX) are all valid Go escapes."""
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}" if text else ""
+
+
+def go_template(pieces: TurnPieces) -> str:
+    """The Go template ollama renders, built only from string constants and .Messages."""
+    lines = [_go(pieces.start)] if pieces.start else []
+    if pieces.default_system:
+        lines.append('{{- if ne (index .Messages 0).Role "system" }}' + _go(pieces.default_system) + "{{ end }}")
+    lines += [
+        "{{- range $i, $m := .Messages }}",
+        "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
+        '{{- if eq $m.Role "system" }}' + _go(pieces.system[0]) + "{{ $m.Content }}" + _go(pieces.system[1]),
+        '{{- else if eq $m.Role "user" }}' + _go(pieces.user[0]) + "{{ $m.Content }}" + _go(pieces.user[1])
+        + "{{ if $last }}" + _go(pieces.generation) + "{{ end }}",
+        '{{- else if eq $m.Role "assistant" }}' + _go(pieces.assistant[0]) + "{{ $m.Content }}"
+        + "{{ if not $last }}" + _go(pieces.assistant[1]) + "{{ end }}",
+        "{{- end }}",
+        "{{- end }}",
+    ]
+    return "\n".join(lines)
+
+
+def stop_tokens(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The end-of-turn tokens lorakit's own generation stops at."""
+    ids = resolve_template(tokenizer, "auto").end_token_ids if tokenizer.chat_template else {tokenizer.eos_token_id}
+    return sorted(tokenizer.convert_ids_to_tokens(i) for i in ids if i is not None)
+
+
+def _quoted(text: str) -> str:
+    if '"""' in text:
+        raise TemplateShapeError('the text contains """, which a Modelfile cannot quote')
+    return '"""' + text + '"""'
+
+
+def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> Path:
+    """Write ``Modelfile`` beside ``gguf_path``: ``ollama create NAME -f Modelfile`` uses it."""
+    lines = [f"FROM ./{gguf_path.name}"]
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if template:
+        add_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+        try:
+            lines.append("TEMPLATE " + _quoted(go_template(turn_pieces(tokenizer, template, strip_bos=add_bos))))
+        except TemplateShapeError as err:
+            log.warning("Modelfile without TEMPLATE (ollama will use the GGUF's chat template): %s", err)
+    if system_prompt:
+        lines.append("SYSTEM " + _quoted(system_prompt))
+    for token in stop_tokens(tokenizer):
+        lines.append(f"PARAMETER stop {json.dumps(token)}")
+    path = gguf_path.parent / "Modelfile"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

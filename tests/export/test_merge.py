@@ -1,0 +1,86 @@
+"""Merging: the merged folder is plain transformers and computes what base + adapter computed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lorakit.config import read_saved_config
+from lorakit.export.merge import MergeError, merge_run
+from lorakit.model.adapter import load_run_model
+from tests.export.conftest import make_run_dir
+
+# Merging in float32 reorders one addition per weight, so logits agree to float32 rounding.
+MERGE_ATOL = 1e-4
+IDS = torch.tensor([[3, 17, 250, 42, 99, 7, 311, 5, 128, 64]])
+
+
+def adapter_logits(run_dir, ids=IDS):
+    cfg = read_saved_config(run_dir / "lorakit.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    model = load_run_model(run_dir, cfg.model, tokenizer).eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    return logits, base
+
+
+def test_merged_folder_loads_plainly_and_matches_base_plus_adapter(tiny_run, tmp_path):
+    expected, base = adapter_logits(tiny_run)
+    assert (expected - base).abs().max() > 0.05  # the adapter matters, so the comparison means something
+
+    out = merge_run(tiny_run, tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    with torch.no_grad():
+        got = model(input_ids=IDS).logits
+    assert (got - expected).abs().max() < MERGE_ATOL
+    # The template the run trained with travels with the merged model, and generation stops at its end.
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(tiny_run).chat_template
+    assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_merge_dtype_and_refusals(tiny_run, tmp_path):
+    out = merge_run(tiny_run, tmp_path / "bf16", dtype="bfloat16")
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    with pytest.raises(MergeError, match="not empty"):
+        merge_run(tiny_run, out)
+    with pytest.raises(MergeError, match="not a run folder"):
+        merge_run(tmp_path, tmp_path / "x")
+
+
+def test_new_tokens_and_pad_survive_merge(tiny_llama, tmp_path):
+    run = make_run_dir(tmp_path / "run", str(tiny_llama), "lora.rank=4",
+                       "model.special_tokens=[<tool>, </tool>]", "model.pad_token=<pad>")
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    ids = torch.tensor([[5, 6, tokenizer.convert_tokens_to_ids("<tool>"), 7, tokenizer.convert_tokens_to_ids("</tool>")]])
+    expected, _ = adapter_logits(run, ids)
+
+    merged = merge_run(run, tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+    tok = AutoTokenizer.from_pretrained(merged)
+    assert tok.pad_token == "<pad>" and "<tool>" in tok.all_special_tokens
+    assert tok("a <tool> b", add_special_tokens=False)["input_ids"].count(tok.convert_tokens_to_ids("<tool>")) == 1
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) == 403
+    assert model.config.tie_word_embeddings  # one trained embedding serves input and output
+    with torch.no_grad():
+        assert (model(input_ids=ids).logits - expected).abs().max() < MERGE_ATOL
+
+
+def test_merge_command(tiny_run, tmp_path):
+    out = tmp_path / "merged-cli"
+    result = subprocess.run([sys.executable, "-m", "lorakit", "merge", str(tiny_run), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (out / "model.safetensors").is_file() and (out / "chat_template.jinja").is_file()
+    again = subprocess.run([sys.executable, "-m", "lorakit", "merge", str(tmp_path), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "not a run folder" in again.stderr
