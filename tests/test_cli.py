@@ -40,6 +40,7 @@ def trained_run(tmp_path_factory) -> Path:
     result = lorakit("train", str(config), "--set", f"output_dir={out}", "--set", "lora.rank=4")
     assert result.returncode == 0, result.stderr
     assert "train_loss" in result.stdout and data.exists()
+    assert "trainable_parameters" in result.stdout and "model_memory" in result.stdout
     return out
 
 

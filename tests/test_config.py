@@ -49,3 +49,10 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "saved.yaml")
     again = read_saved_config(tmp_path / "saved.yaml")
     assert again == cfg
+
+
+def test_optional_sections_suggest_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'model.quantization.bitz' \(did you mean model.quantization.bits\?\)"):
+        load_config(write(tmp_path, "model:\n  quantization:\n    bitz: 4\n"))
+    cfg = load_config(write(tmp_path, "model:\n  quantization: {bits: 8}\nlora:\n  use_dora: true\n"))
+    assert cfg.model.quantization.bits == 8 and cfg.model.quantization.type == "nf4" and cfg.lora.use_dora

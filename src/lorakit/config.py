@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,9 +166,12 @@ def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
     cls: Any = model_cls
     for part in loc[:-1]:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        # An optional section (``QuantizationConfig | None``) suggests from the section's keys.
+        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return ""
-        cls = field.annotation
+        cls = sections[0]
     prefix = ".".join(str(p) for p in loc[:-1])
     close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.5)
     if close:

@@ -88,6 +88,11 @@ def _targets(model: PreTrainedModel, cfg: LoraConfig) -> str | list[str]:
     return cfg.target_modules
 
 
+def _saves_embeddings(model: PreTrainedModel, modules_to_save: list[str]) -> bool:
+    embeddings = set(embedding_module_names(model))
+    return any(name.rsplit(".", 1)[-1] in embeddings for name in modules_to_save)
+
+
 def _is_tied(model: PreTrainedModel) -> bool:
     return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
 
@@ -118,7 +123,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, new_tokens: bool = False
         bias=cfg.bias,
         modules_to_save=modules_to_save or None,
         # With tied input/output embeddings one trained copy must serve both, or merging unties them.
-        ensure_weight_tying=bool(modules_to_save) and _is_tied(model),
+        ensure_weight_tying=_is_tied(model) and _saves_embeddings(model, modules_to_save),
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, peft_cfg)

@@ -1,8 +1,8 @@
 """Quantized loading for QLoRA: the config section turned into bitsandbytes settings.
 
 bitsandbytes is an optional extra (``pip install 'lorakit[qlora]'``); the message says so
-when it is missing instead of failing deep inside transformers. Since 0.49 its 4-bit and
-8-bit layers also run on CPU, which is how the tests exercise QLoRA on this machine.
+when it is missing instead of failing deep inside transformers. Version 0.50 runs its 4-bit and
+8-bit layers on CPU too, which is how the tests exercise QLoRA on a machine with no GPU.
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""The Ollama Modelfile: its Go template writes the prompt the Jinja template (and so training) wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lorakit.export.modelfile import TemplateShapeError, go_template, stop_tokens, turn_pieces, write_modelfile
+from tests.conftest import make_tokenizer
+
+SMOLLM_TEMPLATE = (  # SmolLM2's own template: a default system prompt when the conversation has none
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "c"},
+     {"role": "user", "content": 'say "{{ x }}"'}],
+    [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"}],
+]
+GO_RENDERER = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"text/template"
+)
+
+type Message struct{ Role, Content string }
+
+func main() {
+	text, _ := os.ReadFile(os.Args[1])
+	raw, _ := os.ReadFile(os.Args[2])
+	var conversations [][]Message
+	if err := json.Unmarshal(raw, &conversations); err != nil {
+		panic(err)
+	}
+	tmpl := template.Must(template.New("t").Parse(string(text)))
+	var out []string
+	for _, c := range conversations {
+		var b = new(stringsBuilder)
+		if err := tmpl.Execute(b, map[string]any{"Messages": c}); err != nil {
+			panic(err)
+		}
+		out = append(out, b.s)
+	}
+	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+type stringsBuilder struct{ s string }
+
+func (b *stringsBuilder) Write(p []byte) (int, error) { b.s += string(p); return len(p), nil }
+"""
+
+
+def tokenizers():
+    for family in ("chatml", "llama-3", "phi-3"):
+        yield family, make_tokenizer(family)
+    smol = make_tokenizer("chatml")
+    smol.chat_template = SMOLLM_TEMPLATE
+    yield "smollm", smol
+
+
+def jinja(tokenizer, conversation) -> str:
+    return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("family,tokenizer", list(tokenizers()), ids=lambda v: v if isinstance(v, str) else "")
+def test_pieces_rebuild_the_jinja_prompt(family, tokenizer):
+    pieces = turn_pieces(tokenizer, tokenizer.chat_template, strip_bos=False)
+    for conversation in CONVERSATIONS:
+        assert pieces.render(conversation, True) == jinja(tokenizer, conversation)
+    if family == "llama-3":
+        assert pieces.start == "<|begin_of_text|>"
+        stripped = turn_pieces(tokenizer, tokenizer.chat_template, strip_bos=True)
+        assert stripped.render(CONVERSATIONS[1], True) == jinja(tokenizer, CONVERSATIONS[1])[len("<|begin_of_text|>"):]
+    if family == "smollm":
+        assert "named SmolLM" in pieces.default_system
+
+
+def test_irregular_template_is_refused():
+    tokenizer = make_tokenizer("chatml")
+    numbered = ("{% for message in messages %}{{ loop.index|string + message['role'] + ':' + message['content'] + '\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+    with pytest.raises(TemplateShapeError):
+        turn_pieces(tokenizer, numbered, strip_bos=False)
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (apt-get install golang-go) to run text/template")
+def test_go_template_renders_like_jinja(tmp_path):
+    program = tmp_path / "render.go"
+    program.write_text(GO_RENDERER, encoding="utf-8")
+    binary = tmp_path / "render"
+    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOFLAGS": "-mod=mod"}
+    subprocess.run(["go", "build", "-o", str(binary), str(program)], check=True, env=env, cwd=tmp_path, timeout=300)
+    (tmp_path / "conversations.json").write_text(json.dumps(CONVERSATIONS), encoding="utf-8")
+    for family, tokenizer in tokenizers():
+        template = tmp_path / f"{family}.tmpl"
+        template.write_text(go_template(turn_pieces(tokenizer, tokenizer.chat_template, strip_bos=False)), "utf-8")
+        result = subprocess.run([str(binary), str(template), str(tmp_path / "conversations.json")],
+                                capture_output=True, text=True, check=True, timeout=60)
+        assert json.loads(result.stdout) == [jinja(tokenizer, c) for c in CONVERSATIONS], family
+
+
+def test_modelfile_lines(tmp_path):
+    tokenizer = make_tokenizer("llama-3")
+    path = write_modelfile(tmp_path / "m.gguf", tokenizer, system_prompt="Be brief.")
+    text = path.read_text()
+    assert text.startswith("FROM ./m.gguf\nTEMPLATE \"\"\"")
+    assert 'SYSTEM """Be brief."""' in text
+    assert stop_tokens(tokenizer) == ["<|end_of_text|>", "<|eot_id|>"]
+    assert 'PARAMETER stop "<|eot_id|>"' in text and 'PARAMETER stop "<|end_of_text|>"' in text
