@@ -22,6 +22,9 @@ out = Console()
 DEFAULT_CACHE = Path("~/.cache/lorakit").expanduser()
 CacheOpt = Annotated[Path, typer.Option(help="Cache of converted GGUF models.")]
 BaseOpt = Annotated[bool, typer.Option("--base", help="Ignore the run's adapter: use the base model alone.")]
+AdapterOpt = Annotated[list[str], typer.Option(
+    "--adapter", help="Another run folder whose adapter loads on the same base (repeatable); switch with --use.")]
+UseOpt = Annotated[Optional[str], typer.Option(help="Answer with this adapter (a run folder's name).")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -93,6 +96,8 @@ def generate(
     temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
     batch_size: int = 16,
     base: BaseOpt = False,
+    adapter: AdapterOpt = [],
+    use: UseOpt = None,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """Answer one prompt or a file of prompts, then exit."""
@@ -110,7 +115,9 @@ def generate(
         else:
             turns = [{"role": "system", "content": system}] if system else []
             conversations = [turns + [{"role": "user", "content": prompt}]]
-        session = open_session(target, cache_dir, use_adapter=not base)
+        session = open_session(target, cache_dir, use_adapter=not base, others=adapter)
+        if use is not None:
+            session.use(use)
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     answers = generate_batch(
@@ -136,15 +143,19 @@ def chat(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     base: BaseOpt = False,
+    adapter: AdapterOpt = [],
+    use: UseOpt = None,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
-    """Chat in the terminal with streamed answers. /reset clears the history, /exit quits."""
+    """Chat in the terminal with streamed answers. /reset clears the history, /adapter NAME switches, /exit quits."""
     _setup_logging(False)
     from lorakit.infer.chat import chat_loop
     from lorakit.infer.session import open_session
 
     try:
-        session = open_session(target, cache_dir, use_adapter=not base)
+        session = open_session(target, cache_dir, use_adapter=not base, others=adapter)
+        if use is not None:
+            session.use(use)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     chat_loop(session, _gen_config(max_new_tokens, temperature, 1), system_prompt=system)
@@ -193,6 +204,10 @@ def merge(
     output: Annotated[Path, typer.Option("--out", help="Folder to write the merged model to.")],
     dtype: Annotated[str, typer.Option(help="base (the base checkpoint's dtype), float32, bfloat16 or float16.")] = "base",
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    with_: Annotated[list[Path], typer.Option(
+        "--with", help="Another run on the same base to fold in too (repeatable).")] = [],
+    weights: Annotated[Optional[str], typer.Option(
+        help="One weight per adapter, e.g. 0.7,0.3: W + sum(weight * delta). Default 1 each.")] = None,
 ) -> None:
     """Fold the adapter into the base weights: a folder plain transformers loads (tokenizer and template included)."""
     _setup_logging(False)
@@ -200,7 +215,11 @@ def merge(
     from lorakit.model.quantization import QuantizationUnavailableError
 
     try:
-        merge_run(run_dir, output, dtype=dtype, overwrite=overwrite)
+        factors = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        _fail(f"--weights {weights!r}: give numbers separated by commas, e.g. 0.7,0.3")
+    try:
+        merge_run(run_dir, output, dtype=dtype, overwrite=overwrite, others=with_, weights=factors)
     except (FileNotFoundError, QuantizationUnavailableError, ValueError) as e:
         _fail(str(e))
     err.print(f"merged {run_dir} -> {output}")

@@ -84,3 +84,41 @@ def test_merge_command(tiny_run, tmp_path):
     again = subprocess.run([sys.executable, "-m", "lorakit", "merge", str(tmp_path), "--out", str(out)],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "not a run folder" in again.stderr
+
+
+def expected_weighted_logits(base_dir, runs, weights, ids=IDS):
+    """W + sum(w * scale * B @ A) from the adapter files alone, without peft."""
+    from safetensors.torch import load_file
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    state = model.state_dict()
+    for run, weight in zip(runs, weights):
+        config = json.loads((run / "adapter_config.json").read_text())
+        scale = config["lora_alpha"] / (config["r"] ** 0.5 if config["use_rslora"] else config["r"])
+        tensors = load_file(run / "adapter_model.safetensors")
+        for key, a in tensors.items():
+            if key.endswith("lora_A.weight"):
+                b = tensors[key.replace("lora_A", "lora_B")]
+                target = key.removeprefix("base_model.model.").replace(".lora_A.weight", ".weight")
+                state[target] += weight * scale * (b @ a)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_weighted_merge_of_two_adapters(tiny_llama, tiny_run, tmp_path):
+    other = make_run_dir(tmp_path / "other", str(tiny_llama), "lora.rank=8", "lora.use_rslora=true",
+                         "lora.target_modules=[q_proj,k_proj,down_proj]", seed=1)
+    out = merge_run(tiny_run, tmp_path / "merged", others=[other], weights=[0.7, 0.3])
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = model(input_ids=IDS).logits
+    assert (got - expected_weighted_logits(tiny_llama, [tiny_run, other], [0.7, 0.3])).abs().max() < MERGE_ATOL
+    alone = expected_weighted_logits(tiny_llama, [tiny_run], [1.0])
+    assert (got - alone).abs().max() > 0.01  # the second adapter contributed
+
+    with pytest.raises(MergeError, match="one weight per adapter"):
+        merge_run(tiny_run, tmp_path / "x", others=[other], weights=[1.0])
+    dora = make_run_dir(tmp_path / "dora", str(tiny_llama), "lora.rank=4", "lora.use_dora=true")
+    with pytest.raises(MergeError, match="DoRA"):
+        merge_run(tiny_run, tmp_path / "y", others=[dora])

@@ -14,12 +14,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import RunConfig, read_saved_config
 from lorakit.data.templates import resolve_template
 from lorakit.infer.session import RUN_CONFIG
-from lorakit.model.adapter import load_run_model
+from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
@@ -47,12 +49,50 @@ def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else torch.float32
 
 
-def merged_model(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
-    """Base + adapter folded into one float32 model (a quantized base is dequantized first)."""
+def weighted_merge(model: PeftModel, weights: dict[str, float]) -> PreTrainedModel:
+    """Fold several adapters into the base as W + sum(weight_i * delta_i), exactly.
+
+    peft's ``add_weighted_adapter`` builds a new adapter from a copy of the first one's config,
+    so with rsLoRA its scale comes out wrong; scaling each adapter's own factor and merging them
+    all keeps every adapter's scale as trained.
+    """
+    for name in weights:
+        config = model.peft_config[name]
+        if config.use_dora:
+            raise MergeError(f"adapter {name} uses DoRA, whose magnitudes do not add up; merge it alone")
+        if config.modules_to_save:
+            raise MergeError(f"adapter {name} trains whole modules ({', '.join(config.modules_to_save)}), which "
+                             "cannot be weighted; merge it alone")
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            for name, weight in weights.items():
+                if name in module.scaling:
+                    module.scaling[name] *= weight
+    return model.merge_and_unload(adapter_names=list(weights))
+
+
+def merged_model(
+    run_dir: Path, others: list[Path] | None = None, weights: list[float] | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, RunConfig]:
+    """Base + adapter folded into one float32 model (a quantized base is dequantized first).
+
+    ``others``: more runs on the same base, folded in too with ``weights`` (default 1 each).
+    """
     cfg = read_run(run_dir)
+    others = others or []
+    for other in others:
+        read_run(other)
+    weights = weights or [1.0] * (1 + len(others))
+    if len(weights) != 1 + len(others):
+        raise MergeError(f"{len(weights)} weights for {1 + len(others)} adapters; give one weight per adapter")
     tokenizer = load_tokenizer(str(run_dir))
-    peft_model = load_run_model(run_dir, cfg.model, tokenizer, dtype="float32", dequantize=True)
-    model = peft_model.merge_and_unload()
+    peft_model = load_run_model(run_dir, cfg.model, tokenizer, dtype="float32", dequantize=True, others=others)
+    if others:
+        model = weighted_merge(peft_model, dict(zip(adapter_names([run_dir, *others]), weights)))
+    elif weights != [1.0]:
+        model = weighted_merge(peft_model, {"default": weights[0]})
+    else:
+        model = peft_model.merge_and_unload()
     # Plain generate() should stop where lorakit's chat stops: at the template's end-of-turn.
     end_ids = sorted(resolve_template(tokenizer, "auto").end_token_ids)
     if end_ids:
@@ -62,12 +102,15 @@ def merged_model(run_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return model, tokenizer, cfg
 
 
-def merge_run(run_dir: Path, out_dir: Path, dtype: str = "base", overwrite: bool = False) -> Path:
+def merge_run(
+    run_dir: Path, out_dir: Path, dtype: str = "base", overwrite: bool = False,
+    others: list[Path] | None = None, weights: list[float] | None = None,
+) -> Path:
     """Write the merged model to ``out_dir``; ``dtype``: 'base' (the base checkpoint's), or a dtype name."""
     read_run(run_dir)  # refuse a wrong folder before anything else
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
-    model, tokenizer, cfg = merged_model(run_dir)
+    model, tokenizer, cfg = merged_model(run_dir, others, weights)
     if dtype == "base":
         target = _base_checkpoint_dtype(cfg)
     elif dtype in DTYPES:

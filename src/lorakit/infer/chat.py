@@ -14,6 +14,19 @@ from lorakit.infer.generate import stream_answer
 from lorakit.infer.session import Session
 
 HELP = "Type a message. /reset starts a new conversation, /exit quits."
+ADAPTER_HELP = "/adapter NAME switches adapter (the conversation goes on): "
+
+
+def _switch(session: Session, name: str, stdout: TextIO) -> None:
+    if not name:
+        print(f"(adapters: {', '.join(session.adapters) or 'one'})", file=stdout, flush=True)
+        return
+    try:
+        session.use(name)
+    except ValueError as err:
+        print(f"({err})", file=stdout, flush=True)
+        return
+    print(f"(now answering with {name})", file=stdout, flush=True)
 
 
 def chat_loop(
@@ -33,6 +46,8 @@ def chat_loop(
 
     reset()
     print(HELP, file=stdout, flush=True)
+    if session.adapters:
+        print(ADAPTER_HELP + ", ".join(session.adapters), file=stdout, flush=True)
     answers = 0
     while True:
         print("\n>>> ", end="", file=stdout, flush=True)
@@ -48,6 +63,9 @@ def chat_loop(
         if text == "/reset":
             reset()
             print("(conversation cleared)", file=stdout, flush=True)
+            continue
+        if text.startswith("/adapter"):
+            _switch(session, text.removeprefix("/adapter").strip(), stdout)
             continue
         history.append({"role": "user", "content": text})
         answer = stream_answer(session.model, session.tokenizer, session.template, history, gen)

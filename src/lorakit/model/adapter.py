@@ -13,8 +13,8 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig
-from lorakit.model.loader import load_model, resolve_model_folder
+from lorakit.config import ModelConfig, read_saved_config
+from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import fit_embeddings
 
@@ -39,9 +39,46 @@ def load_run_base(
 
 def load_run_model(
     run_dir: Path, cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, dtype: str | None = None,
-    dequantize: bool = False,
+    dequantize: bool = False, others: list[Path] | None = None,
 ) -> PeftModel:
+    """The run's base with its adapter; ``others``: more runs' adapters on the same base, by folder name.
+
+    With several, the first is active; ``model.set_adapter(name)`` switches without reloading.
+    """
     base = load_run_base(cfg, tokenizer, dtype=dtype, dequantize=dequantize)
-    model = PeftModel.from_pretrained(base, str(run_dir))
-    log.info("loaded adapter from %s on %s", run_dir, cfg.name)
+    if not others:
+        model = PeftModel.from_pretrained(base, str(run_dir))
+        log.info("loaded adapter from %s on %s", run_dir, cfg.name)
+        return model
+    names = adapter_names([run_dir, *others])
+    model = PeftModel.from_pretrained(base, str(run_dir), adapter_name=names[0])
+    for other, name in zip(others, names[1:]):
+        check_same_base(run_dir, cfg, other, tokenizer)
+        model.load_adapter(str(other), adapter_name=name)
+    model.set_adapter(names[0])
+    log.info("loaded adapters %s on %s", ", ".join(names), cfg.name)
     return model
+
+
+def adapter_names(run_dirs: list[Path]) -> list[str]:
+    """Folder names, made unique: what ``/adapter NAME`` and ``--use NAME`` refer to."""
+    names: list[str] = []
+    for run_dir in run_dirs:
+        name = Path(run_dir).resolve().name.replace(".", "_") or "adapter"
+        unique, n = name, 2
+        while unique in names:
+            unique, n = f"{name}_{n}", n + 1
+        names.append(unique)
+    return names
+
+
+def check_same_base(first: Path, cfg: ModelConfig, other: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Adapters share a base only if they were trained on the same model, vocabulary and template."""
+    theirs = read_saved_config(Path(other) / "lorakit.yaml").model
+    if (theirs.name, theirs.quantization) != (cfg.name, cfg.quantization):
+        raise ValueError(f"{other} was trained on {theirs.name} but {first} on {cfg.name}; adapters on one base "
+                         "must come from runs on the same base model (and quantization)")
+    other_tokenizer = load_tokenizer(str(other))
+    if other_tokenizer.get_vocab() != tokenizer.get_vocab() or other_tokenizer.chat_template != tokenizer.chat_template:
+        raise ValueError(f"{other} and {first} were trained with different tokenizers or chat templates; "
+                         "they cannot share one base and one prompt format")
