@@ -8,7 +8,6 @@ Tolerances, against the merged float32 model:
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,17 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
+from lorakit.config import ModelConfig
 from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
 from lorakit.export.gguf import GgufExportError, export_gguf, gguf_tensor_name, interleave_rope_rows, write_gguf
+from lorakit.export.gguf_vocab import LLAMA3_SPLIT, VocabExportError, llama_cpp_pre_name
 from lorakit.export.merge import merged_model
 from lorakit.model.gguf_cache import embedded_gguf
 from lorakit.model.loader import resolve_model_folder
-from lorakit.config import ModelConfig
 from tests.conftest import make_tokenizer, needs_embedded
 from tests.export.conftest import make_run_dir
 
@@ -137,9 +137,21 @@ def test_export_command(tiny_run, tmp_path):
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     text = (out.parent / "Modelfile").read_text()
     assert text.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
-    bad = subprocess.run([sys.executable, "-m", "lorakit", "export", "gguf", str(tmp_path), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "neither a run folder" in bad.stderr
+    with pytest.raises(GgufExportError, match="neither a run folder"):
+        export_gguf(tmp_path, out)
+
+
+def test_pre_tokenizer_names():
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
+    assert llama_cpp_pre_name(byte_level) == "gpt-2"
+    digits = {"type": "Digits", "individual_digits": True}
+    assert llama_cpp_pre_name({"type": "Sequence", "pretokenizers": [digits, byte_level]}) == "smollm"
+    # Llama 3's shape: its split regex, then byte-level mapping without GPT-2's own regex.
+    split = {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False}
+    no_regex = {**byte_level, "use_regex": False}
+    assert llama_cpp_pre_name({"type": "Sequence", "pretokenizers": [split, no_regex]}) == "llama-bpe"
+    with pytest.raises(VocabExportError, match="not one of those"):
+        llama_cpp_pre_name({"type": "Metaspace", "replacement": "_"})
 
 
 # --- the embedded SmolLM2 ------------------------------------------------------------------

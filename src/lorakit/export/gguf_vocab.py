@@ -16,7 +16,7 @@ import gguf
 from transformers import PreTrainedTokenizerBase
 
 # Llama 3's split pattern, as its tokenizer.json and llama.cpp's "llama-bpe" both spell it.
-_LLAMA3_SPLIT = (
+LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
@@ -52,7 +52,7 @@ def llama_cpp_pre_name(pre_tokenizer: dict | None) -> str:
         if _is_byte_level(steps[1], use_regex=True):
             return "smollm"
     if len(steps) == 2 and steps[0].get("type") == "Split" and _is_byte_level(steps[1], use_regex=False):
-        if steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT:
+        if steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:
             return "llama-bpe"
     raise VocabExportError(
         "lorakit can export byte-level BPE tokenizers that split text like GPT-2, SmolLM or Llama 3; "
