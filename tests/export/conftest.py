@@ -23,8 +23,8 @@ def make_run_dir(out: Path, model_name: str, *overrides: str, cache_dir: Path | 
     cfg = load_config(None, args)
     tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
     new = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
+    torch.manual_seed(seed)  # A's random start and B's values: the same adapter on every run
     model = apply_lora(load_run_base(cfg.model, tokenizer), cfg.lora, new_tokens=bool(new))
-    torch.manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:  # B starts at zero; make the adapter do something

@@ -61,3 +61,21 @@ def test_adapters_from_other_bases_are_refused(two_runs, tmp_path):
     elsewhere = make_run_dir(tmp_path / "elsewhere", str(make_tiny_model_dir(tmp_path / "b2", seed=9)), "lora.rank=4")
     with pytest.raises(ValueError, match="same base model"):
         open_session(str(first), tmp_path, others=[str(elsewhere)])
+
+
+def test_generate_command_uses_the_named_adapter(two_runs):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+
+    _, first, second = two_runs
+    runner = CliRunner()
+    args = ["generate", "--prompt", "Say the city of Maria.", "--max-new-tokens", "6"]
+    alone = runner.invoke(app, [*args[:1], str(second), *args[1:]])
+    switched = runner.invoke(app, [*args[:1], str(first), *args[1:], "--adapter", str(second), "--use", "style"])
+    first_only = runner.invoke(app, [*args[:1], str(first), *args[1:]])
+    assert alone.exit_code == switched.exit_code == first_only.exit_code == 0, switched.output
+    assert switched.stdout == alone.stdout
+    assert switched.stdout != first_only.stdout
+    wrong = runner.invoke(app, [*args[:1], str(first), *args[1:], "--adapter", str(second), "--use", "nope"])
+    assert wrong.exit_code == 2 and "no adapter 'nope'" in wrong.output
