@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,10 @@ import torch
 from lorakit.train import checkpoints, recipe
 from tests.train.helpers import ROWS, adapter, metrics, tiny_config
 
-STEPS = 80
+STEPS = 40
+# One thread: tiny models run faster on one, and the in-process reference and the training
+# subprocesses must split their matmuls the same way to agree bit for bit.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ARGS = (f"train.max_steps={STEPS}", "train.batch_size=2", "train.save_steps=5", "train.save_total_limit=2",
         "train.logging_steps=5", "lora.dropout=0.1", "train.learning_rate=0.005")
 
@@ -24,7 +28,7 @@ ARGS = (f"train.max_steps={STEPS}", "train.batch_size=2", "train.save_steps=5", 
 def start_training(config: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "lorakit", "train", str(config), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
     )
 
 
@@ -59,7 +63,12 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("reference")
     model_dir = make_tiny_model_dir(tmp / "model")
     cfg = tiny_config(model_dir, tmp, *ARGS, "train.progress_bar=false")
-    recipe.run(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe.run(cfg)
+    finally:
+        torch.set_num_threads(threads)
     return model_dir, adapter(cfg.output_dir)
 
 
@@ -90,7 +99,7 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
 
     resumed = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--resume"],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=CHILD_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert "its write never finished" in resumed.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -116,7 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(reference, tmp_path):
     assert checkpoints.is_complete(saved)  # saved at the step it stopped, not only at save_steps
 
     resumed = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--resume", str(saved)],
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=CHILD_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_adapter(adapter(run_dir), expected)
 
