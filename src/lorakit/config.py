@@ -123,6 +123,16 @@ class TrainConfig(_Section):
         default_factory=list, description="Experiment trackers; wandb and swanlab run in offline mode."
     )
     auto_batch_size: bool = Field(False, description="GPU only: halve batch_size until it fits in memory.")
+    selective_loss: bool = Field(
+        True, description="Project only answer positions to the vocabulary (same loss, less compute and memory)."
+    )
+    loss_chunk_size: int = Field(2048, gt=0, description="Answer tokens projected at a time by selective_loss.")
+    packing: bool = Field(
+        False, description="Concatenate each batch into one unpadded row (attention kept within each sample)."
+    )
+    group_by_length: bool = Field(
+        False, description="Batch samples of similar length together (less padding) when not packing."
+    )
 
     @model_validator(mode="after")
     def _eval_fits_checkpoints(self) -> TrainConfig:
