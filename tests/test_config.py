@@ -37,6 +37,8 @@ def test_data_sources_weights_hub_names_and_template_file(tmp_path):
         ("tatsu-lab/alpaca", 1.0), ("hub:x/y", 1.0), (str(tmp_path / "local"), 1.0),
     ]
     assert data.template == str(tmp_path / "tpl" / "my.jinja")
+    # A source still reads as its path in text and as a path.
+    assert f"{data.train[0]}" == str(tmp_path / "a.jsonl") and Path(data.train[0]) == tmp_path / "a.jsonl"
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,13 @@ class DataSource(_Section):
     split: str = Field("train", description="Split to read from a hub dataset or a save_to_disk DatasetDict.")
     key: str | None = Field(None, description="For a JSON object holding several lists: the key of the samples.")
 
+    # A source reads as its path wherever a path was expected before sources had weights.
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
 
 class DataConfig(_Section):
     train: list[DataSource] = Field(
