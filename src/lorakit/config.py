@@ -39,6 +39,7 @@ class ModelConfig(_Section):
     cache_dir: Path = Field(
         Path("~/.cache/lorakit"),
         description="Where converted GGUF models are cached so the second load takes a second.",
+        validate_default=True,  # so the default's ~ is expanded too
     )
 
     @field_validator("cache_dir")
