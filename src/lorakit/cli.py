@@ -54,6 +54,9 @@ def _gen_config(max_new_tokens: int, temperature: float, batch_size: int) -> Gen
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply to what it leaves out.")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a key, e.g. --set lora.rank=8")] = [],
+    resume: Annotated[
+        Optional[str], typer.Option(help="Continue a killed run: alone, from its latest complete checkpoint; or give one.")
+    ] = None,
     verbose: bool = True,
 ) -> None:
     """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
@@ -67,13 +70,19 @@ def train(
     from lorakit.model.quantization import QuantizationUnavailableError
     from lorakit.train import recipe
 
+    from lorakit.train.trainer import NonFiniteError
+
     try:
-        summary = recipe.run(cfg)
-    except (DataError, ModelNotFoundError, QuantizationUnavailableError, ValueError) as e:
+        summary = recipe.run(cfg, resume=resume)
+    except recipe.TrainingInterrupted as e:
+        err.print(f"[yellow]{e}[/]", highlight=False)
+        raise typer.Exit(130)
+    except (DataError, ModelNotFoundError, NonFiniteError, QuantizationUnavailableError,
+            FileNotFoundError, ValueError) as e:
         _fail(str(e))
     table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
-                "tokens_per_second", "precision"):
+                "tokens_per_second", "loss_tokens_per_second", "precision"):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) and "loss" in key else str(value))
     trainable, total = summary["trainable_parameters"], summary["total_parameters"]
@@ -248,7 +257,99 @@ def export_gguf(
     err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Look at training data before training.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Annotated[str, typer.Argument(help="A config (.yaml), or a data file, glob, folder or hub dataset.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a key, e.g. --set data.format=dolly")] = [],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the same as machine-readable JSON.")] = False,
+    samples: Annotated[int, typer.Option(help="Rendered samples to show.")] = 2,
+    limit: Annotated[Optional[int], typer.Option(help="Encode only the first N samples of each split.")] = None,
+    plain: Annotated[bool, typer.Option(help="Mark trained text with [[ ]] even in a terminal.")] = False,
+) -> None:
+    """The data doctor: shapes, template, counts with reasons, lengths, loss share and masked samples.
+
+    Exits with 1 when it finds an error that would make training wrong.
+    """
+    _setup_logging(False)
+    from lorakit.config import DataSource
+    from lorakit.data.inspection import inspect_data
+    from lorakit.data.sources import DataError
+    from lorakit.data.templates import resolve_template
+    from lorakit.data.view import print_inspection
+    from lorakit.model.gguf_cache import ModelNotFoundError
+    from lorakit.model.loader import load_tokenizer, resolve_model_folder
+
+    try:
+        if target.endswith((".yaml", ".yml")):
+            cfg = load_config(Path(target), set_)
+        else:
+            cfg = load_config(None, set_)
+            local = Path(target).expanduser()
+            cfg.data.train = [DataSource(path=str(local.resolve()) if local.exists() else target)]
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    try:
+        tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
+        template = resolve_template(tokenizer, cfg.data.template)
+        result = inspect_data(
+            cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit
+        )
+    except (DataError, ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if json_out:
+        print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_inspection(out, result, plain=plain or not out.is_terminal)
+    if result.has_errors:
+        raise typer.Exit(1)
+
+
+runs_app = typer.Typer(no_args_is_help=True, help="Look at training runs.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("show")
+def runs_show(
+    folder: Annotated[Path, typer.Argument(help="A run folder (finished or still running).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Summarize a run: status, steps, losses, checkpoints, speed and memory."""
+    from lorakit.train.run_status import describe_run
+
+    try:
+        info = describe_run(folder)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"run {folder}", show_header=False)
+    for key, value in info.items():
+        if key == "peak_rss_bytes" and value:
+            key, value = "peak_rss", f"{value / 2**30:.2f} GiB"
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+
+
+def _optional_resume_value(argv: list[str]) -> list[str]:
+    """Let ``--resume`` stand alone (meaning the latest checkpoint) as well as take a path."""
+    fixed = list(argv)
+    for i, arg in enumerate(fixed):
+        if arg == "--resume" and (i + 1 == len(fixed) or fixed[i + 1].startswith("-")):
+            fixed[i] = "--resume=latest"
+    return fixed
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    sys.argv[1:] = _optional_resume_value(sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:
