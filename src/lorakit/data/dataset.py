@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -21,13 +22,14 @@ class Sample:
 
     conversation: Conversation
     origin: str
+    record: dict[str, Any] = field(default_factory=dict)  # the fields as written, for a user's eval scorer
 
 
 def read_conversations(paths: list[Path], shape: str, system_prompt: str | None) -> list[Sample]:
     samples = []
     for path in paths:
         for record in read_records(path):
-            samples.append(Sample(to_conversation(record, shape, system_prompt), record.origin()))
+            samples.append(Sample(to_conversation(record, shape, system_prompt), record.origin(), record.fields))
     return samples
 
 
