@@ -142,6 +142,8 @@ def test_base_model_alone_has_one_column(tiny_model_dir, data):
     plain = Session(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)
     result = compare(plain, read_conversations([data], "auto", None), GEN, Scoring(max_length=200))
     assert all(r.tuned is None and r.base is not None for r in result.metrics)
-    assert result.examples == []
+    assert result.examples == [0, 1, 2]  # nothing changed: the first samples are shown
     assert all(row[2] == "-" and row[3] == "" for row in table_rows(result))
-    assert "# Evaluation: base model on 4 held-out samples" in markdown(result)
+    text = markdown(result)
+    assert "# Evaluation: base model on 4 held-out samples" in text and "## Sample answers" in text
+    assert "tuned:" not in text and f"base:      {result.samples[0].base.answer}" in text

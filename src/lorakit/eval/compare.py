@@ -63,7 +63,7 @@ class MetricRow:
 class Comparison:
     metrics: list[MetricRow]
     samples: list[SampleResult]
-    examples: list[int]  # indices into samples: the answers that changed most, most first
+    examples: list[int]  # indices into samples: the answers that changed most, most first (base alone: the first)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> origins; not scored at all
     loss_excluded: dict[str, list[str]] = field(default_factory=dict)  # scored, but no answer loss
     settings: dict[str, Any] = field(default_factory=dict)
@@ -169,7 +169,8 @@ def _run_side(
     name: str, session: Session, samples: list[Sample], encoded: list[Encoded | None], gen: GenerationConfig,
     scoring: Scoring, progress: Progress | None,
 ) -> tuple[list[SideResult], dict[str, float | None]]:
-    task = progress.add_task(f"{name} model", total=2 * len(samples)) if progress is not None else None
+    steps = len(samples) + sum(e is not None for e in encoded)  # every answer, every loss
+    task = progress.add_task(f"{name} model", total=steps) if progress is not None else None
     answers = _answers(session, samples, gen, progress, task)
     losses = answer_losses(session, encoded, gen.batch_size, progress, task)
     results = []
@@ -243,5 +244,6 @@ def compare(
         "max_length": scoring.max_length, "train_on": scoring.train_on,
         "scorer": scoring.scorer.spec if scoring.scorer else None, "sacrebleu": signatures(),
     }
-    return Comparison(_rows(base_totals, tuned_totals, scoring.scorer), results, changed_most(results, scoring.examples),
-                      skipped, excluded, settings)
+    # With no tuned column nothing changed: the first samples stand as examples.
+    examples = changed_most(results, scoring.examples) if tuned_totals else list(range(len(results)))[: scoring.examples]
+    return Comparison(_rows(base_totals, tuned_totals, scoring.scorer), results, examples, skipped, excluded, settings)

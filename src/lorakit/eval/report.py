@@ -43,8 +43,12 @@ def table_rows(result: Comparison) -> list[tuple[str, str, str, str]]:
     return [(r.label, _value(r.key, r.base), _value(r.key, r.tuned), _change(r)) for r in result.metrics]
 
 
+def _has_tuned(result: Comparison) -> bool:
+    return any(r.tuned is not None for r in result.metrics)
+
+
 def _title(result: Comparison) -> str:
-    sides = "base vs tuned" if any(r.tuned is not None for r in result.metrics) else "base model"
+    sides = "base vs tuned" if _has_tuned(result) else "base model"
     return f"{sides} on {len(result.samples)} held-out samples"
 
 
@@ -64,12 +68,6 @@ def _heading(sample: SampleResult) -> str:
     if sample.base is None or sample.tuned is None:
         return sample.origin
     return f"{sample.origin} (chrF {sample.base.scores['chrf']:.1f} -> {sample.tuned.scores['chrf']:.1f})"
-
-
-def _shown(result: Comparison) -> list[SampleResult]:
-    if any(s.tuned is not None for s in result.samples):
-        return [result.samples[i] for i in result.examples]
-    return result.samples[: len(result.examples) or 3]  # base alone: nothing changed, show the first few
 
 
 def _notes(result: Comparison) -> list[str]:
@@ -93,10 +91,9 @@ def print_comparison(console: Console, result: Comparison) -> None:
     console.print(table)
     for note in _notes(result):
         console.print(note, style="yellow", markup=False, highlight=False)
-    shown = _shown(result)
-    if shown:
-        console.print("answers that changed most:" if result.examples else "sample answers:", style="bold")
-    for sample in shown:
+    if result.examples:
+        console.print("answers that changed most:" if _has_tuned(result) else "sample answers:", style="bold")
+    for sample in (result.samples[i] for i in result.examples):
         console.print(f"-- {_heading(sample)}", style="dim", markup=False, highlight=False)
         console.print(_block(sample), markup=False, highlight=False)
 
@@ -123,10 +120,9 @@ def markdown(result: Comparison) -> str:
         "scores (sacrebleu), exact match (normalized) and ROUGE-L F1 are means over samples.",
     ]
     lines += [f"- {note}" for note in _notes(result)]
-    shown = _shown(result)
-    if shown:
-        lines += ["", "## Answers that changed most" if result.examples else "## Sample answers"]
-    for number, sample in enumerate(shown, start=1):
+    if result.examples:
+        lines += ["", "## Answers that changed most" if _has_tuned(result) else "## Sample answers"]
+    for number, sample in enumerate((result.samples[i] for i in result.examples), start=1):
         block = _block(sample)
         fence = _fence(block)
         lines += ["", f"### {number}. {_heading(sample)}", "", f"{fence}text", block, fence]
