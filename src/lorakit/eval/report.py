@@ -59,8 +59,8 @@ def _block(sample: SampleResult) -> str:
     lines = []
     for label, text in parts:
         first, *rest = text.splitlines() or [""]
-        lines.append(f"{label + ':':<11}{first}")
-        lines += [" " * 11 + line for line in rest]
+        lines.append(f"{label + ':':<11}{first}".rstrip())
+        lines += [(" " * 11 + line).rstrip() for line in rest]
     return "\n".join(lines)
 
 
