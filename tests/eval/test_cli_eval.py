@@ -55,6 +55,11 @@ def test_eval_base_only_and_bad_scorer(tiny_run, tmp_path):
     assert "base model on 3 held-out samples" in base.stdout
     report = json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
     assert all(m["tuned"] is None for m in report["metrics"])
+    # A plain model folder, not a run: the same single column.
+    plain = lorakit("eval", str(run.parent / "tiny-model"), "--data", str(data), "--out", str(tmp_path / "plain"),
+                    "--max-new-tokens", "4")
+    assert plain.returncode == 0, plain.stderr
+    assert "base model on 3 held-out samples" in plain.stdout and (tmp_path / "plain" / "eval.md").is_file()
     bad = lorakit("eval", str(run), "--scorer", "checks_missing.py:fn", "--out", str(tmp_path))
     assert bad.returncode == 2
     assert "checks_missing.py does not exist" in bad.stderr
