@@ -99,3 +99,13 @@ needs_embedded = pytest.mark.skipif(
 def embedded_cache(tmp_path_factory) -> Path:
     """One GGUF conversion per test session, in a folder of the test session's own."""
     return tmp_path_factory.mktemp("lorakit-cache")
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-only tests are collected everywhere and skipped, with the reason, where there is no GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu); this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -51,6 +51,9 @@ def _gen_config(max_new_tokens: int, temperature: float, batch_size: int) -> Gen
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config; defaults apply to what it leaves out.")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a key, e.g. --set lora.rank=8")] = [],
+    resume: Annotated[
+        Optional[str], typer.Option(help="Continue a killed run: alone, from its latest complete checkpoint; or give one.")
+    ] = None,
     verbose: bool = True,
 ) -> None:
     """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
@@ -63,13 +66,18 @@ def train(
     from lorakit.model.gguf_cache import ModelNotFoundError
     from lorakit.train import recipe
 
+    from lorakit.train.trainer import NonFiniteError
+
     try:
-        summary = recipe.run(cfg)
-    except (DataError, ModelNotFoundError, ValueError) as e:
+        summary = recipe.run(cfg, resume=resume)
+    except recipe.TrainingInterrupted as e:
+        err.print(f"[yellow]{e}[/]", highlight=False)
+        raise typer.Exit(130)
+    except (DataError, ModelNotFoundError, NonFiniteError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
-                "tokens_per_second", "precision"):
+                "tokens_per_second", "loss_tokens_per_second", "precision"):
         value = summary[key]
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) and "loss" in key else str(value))
     table.add_row("peak_rss", f"{summary['peak_rss_bytes'] / 2**30:.2f} GiB")
@@ -193,7 +201,48 @@ def evaluate(
     print_comparison(out, result)
 
 
+runs_app = typer.Typer(no_args_is_help=True, help="Look at training runs.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("show")
+def runs_show(
+    folder: Annotated[Path, typer.Argument(help="A run folder (finished or still running).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Summarize a run: status, steps, losses, checkpoints, speed and memory."""
+    from lorakit.train.run_status import describe_run
+
+    try:
+        info = describe_run(folder)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"run {folder}", show_header=False)
+    for key, value in info.items():
+        if key == "peak_rss_bytes" and value:
+            key, value = "peak_rss", f"{value / 2**30:.2f} GiB"
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value)) or "-"
+        table.add_row(key, "-" if value is None else str(value))
+    out.print(table)
+
+
+def _optional_resume_value(argv: list[str]) -> list[str]:
+    """Let ``--resume`` stand alone (meaning the latest checkpoint) as well as take a path."""
+    fixed = list(argv)
+    for i, arg in enumerate(fixed):
+        if arg == "--resume" and (i + 1 == len(fixed) or fixed[i + 1].startswith("-")):
+            fixed[i] = "--resume=latest"
+    return fixed
+
+
 def main() -> None:  # pragma: no cover - console entry point
+    sys.argv[1:] = _optional_resume_value(sys.argv[1:])
     try:
         app()
     except KeyboardInterrupt:

@@ -100,8 +100,48 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="'auto': bf16 where the hardware computes it natively, else fp32."
     )
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     progress_bar: bool = True
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
+        "adamw", description="The 8-bit and paged variants need bitsandbytes."
+    )
+    save_steps: int | None = Field(
+        100, gt=0, description="Checkpoint every N steps (None: never); a killed run resumes from the last one."
+    )
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept (the best one is kept besides).")
+    eval_steps: int | None = Field(
+        None, gt=0, description="Eval loss every N steps when there is eval data (None: at each checkpoint)."
+    )
+    keep_best: bool = Field(True, description="With eval data: the saved adapter is the one with the best eval loss.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without a better eval loss."
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss or gradient: stop naming the step, or skip that optimizer step."
+    )
+    report_to: list[Literal["tensorboard", "wandb", "swanlab"]] = Field(
+        default_factory=list, description="Experiment trackers; wandb and swanlab run in offline mode."
+    )
+    auto_batch_size: bool = Field(False, description="GPU only: halve batch_size until it fits in memory.")
+    selective_loss: bool = Field(
+        True, description="Project only answer positions to the vocabulary (same loss, less compute and memory)."
+    )
+    loss_chunk_size: int = Field(2048, gt=0, description="Answer tokens projected at a time by selective_loss.")
+    packing: bool = Field(
+        False, description="Concatenate each batch into one unpadded row (attention kept within each sample)."
+    )
+    group_by_length: bool = Field(
+        False, description="Batch samples of similar length together (less padding) when not packing."
+    )
+
+    @model_validator(mode="after")
+    def _eval_fits_checkpoints(self) -> TrainConfig:
+        if self.keep_best and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                "so the best adapter is in a checkpoint; or set keep_best: false"
+            )
+        return self
 
 
 class GenerationConfig(_Section):

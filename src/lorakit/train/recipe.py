@@ -13,16 +13,19 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import set_seed
+from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import RunConfig, save_config
-from lorakit.data.collate import PadCollator
+from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.dataset import build_splits
 from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
-from lorakit.train.callbacks import MetricsLog
+from lorakit.train import checkpoints
+from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
+from lorakit.train.plot import read_metrics
+from lorakit.train.tracking import tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
 log = logging.getLogger(__name__)
@@ -30,12 +33,31 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "lorakit.yaml"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
 
 
-def run(cfg: RunConfig) -> dict:
-    """Fine-tune as configured; return the run summary (also written to summary.json)."""
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped the run after saving a checkpoint; the message says how to resume."""
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """A resumed run redoes the steps after its checkpoint; drop their old log lines."""
+    rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None) -> dict:
+    """Fine-tune as configured; return the run summary (also written to summary.json).
+
+    ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
+    ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
+    """
     out = cfg.resolved_output_dir()
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+    resume_from = checkpoints.resolve_resume(resume, ckpt_dir)
+    for partial in checkpoints.incomplete(ckpt_dir):
+        log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads
@@ -46,34 +68,69 @@ def run(cfg: RunConfig) -> dict:
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
+    if cfg.train.early_stopping_patience and not splits.eval:
+        raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
 
     model = apply_lora(load_model(source, cfg.model.dtype), cfg.lora)
     on_gpu = torch.cuda.is_available()
+    reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision, "cuda" if on_gpu else "cpu")
 
+    args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval))
     trainer = LorakitTrainer(
         model=model,
-        args=training_arguments(cfg.train, out, cfg.seed, precision, on_gpu),
-        train_dataset=splits.train,
+        args=args,
+        train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train],
         eval_dataset=splits.eval or None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[MetricsLog(out / METRICS_FILE)],
+        data_collator=PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id),
+        on_nonfinite=cfg.train.on_nonfinite,
+        keep_checkpoints=cfg.train.save_total_limit,
+        selective_loss=cfg.train.selective_loss,
+        loss_chunk_size=cfg.train.loss_chunk_size,
     )
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
+    if resume_from is not None:
+        _trim_metrics(out / METRICS_FILE, int(resume_from.name.split("-")[-1]))
+        log.info("resuming from %s", resume_from)
+    stopper = StopOnInterrupt()
+    for callback in [
+        MetricsLog(out / METRICS_FILE, trainer.count, fresh=resume_from is None),
+        LossPlot(out / METRICS_FILE, out / PLOT_FILE),
+        stopper,
+        *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
+        *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
+        *tracker_callbacks(cfg.train.report_to, out),
+        *(hooks or []),
+    ]:
+        trainer.add_callback(callback)
 
     # --- train
+    save_config(cfg, out / CONFIG_FILE)  # written first, so a killed run can be resumed and inspected
     started = time.monotonic()
-    result = trainer.train()
+    stopper.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stopper.uninstall()
     elapsed = time.monotonic() - started
-    eval_loss = trainer.evaluate()["eval_loss"] if splits.eval else None
+    if stopper.interrupted:
+        raise TrainingInterrupted(
+            f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {ckpt_dir}. "
+            "Continue with: lorakit train CONFIG --resume"
+        )
+    # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
+    # the in-training evaluations so the eval curve is not given a duplicate last point.
+    eval_loss = trainer.evaluate(metric_key_prefix="final_eval")["final_eval_loss"] if splits.eval else None
 
-    # --- save: the adapter in peft's layout, the tokenizer carrying the template we trained
-    # with (so chat and serving render exactly the same text), and the resolved config.
+    # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
+    # carrying the template we trained with (so chat and serving render exactly the same
+    # text), and the resolved config.
     model.save_pretrained(out)
     tokenizer.chat_template = template.jinja
     tokenizer.save_pretrained(out)
-    save_config(cfg, out / CONFIG_FILE)
     trainable, total = model.get_nb_trainable_parameters()
+    cuda_peak = cuda_peak_bytes()
     summary = {
         "base_model": cfg.model.name,
         "template": template.name,
@@ -82,12 +139,17 @@ def run(cfg: RunConfig) -> dict:
         "train_loss": result.training_loss,
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "skipped_steps": trainer.skipped_steps,
+        "resumed_from": str(resume_from) if resume_from else None,
         "train_seconds": round(elapsed, 2),
-        "tokens_seen": trainer.tokens_seen,
-        "loss_tokens_seen": trainer.loss_tokens_seen,
-        "tokens_per_second": round(trainer.tokens_seen / elapsed, 1) if elapsed > 0 else None,
+        "tokens_seen": trainer.count.tokens,
+        "loss_tokens_seen": trainer.count.loss_tokens,
+        "tokens_per_second": round(trainer.count.tokens / elapsed, 1) if elapsed > 0 else None,
+        "loss_tokens_per_second": round(trainer.count.loss_tokens / elapsed, 1) if elapsed > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
-        "cuda_peak_reserved_bytes": cuda_peak_bytes(),
+        "cuda_peak_reserved_bytes": cuda_peak,
+        "cuda_training_reserved_bytes": cuda_peak - reserved_before if cuda_peak is not None else None,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "data": [r.as_dict() for r in splits.reports],

@@ -1,34 +1,132 @@
 """The transformers Trainer, told how lorakit's runs are set up.
 
 We keep the Trainer's loop (accumulation with token-weighted loss, schedulers, mixed
-precision, accelerate for multi-process) and only add what it does not count: tokens that
-were trained on and tokens that carried loss.
+precision, accelerate for multi-process, resume with RNG and data-order restore) and add
+only what it lacks: token counts, a guard against non-finite losses and gradients, and
+checkpoints that are complete or ignored.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import Trainer, TrainingArguments
 
 from lorakit.config import TrainConfig
+from lorakit.train import checkpoints
+from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced NaN or inf; the message names the step."""
+
+
+@dataclass
+class TokenCount:
+    tokens: int = 0
+    loss_tokens: int = 0
 
 
 class LorakitTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(
+        self,
+        *args,
+        on_nonfinite: str = "stop",
+        keep_checkpoints: int = 2,
+        selective_loss: bool = True,
+        loss_chunk_size: int = 2048,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
-        self.tokens_seen = 0
-        self.loss_tokens_seen = 0
+        self.count = TokenCount()
+        self.selective_loss = selective_loss and selective_loss_supported(self.model)
+        self.loss_chunk_size = loss_chunk_size
+        self.on_nonfinite = on_nonfinite
+        self.keep_checkpoints = keep_checkpoints
+        self.skipped_steps: list[int] = []
+        self._poisoned = False
 
+    # --- counting and guarding each step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
-            self.loss_tokens_seen += int((inputs["labels"] != -100).sum())
+            mask = inputs.get("attention_mask")
+            self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+            if self.selective_loss and not return_outputs:
+                head = output_head(self.accelerator.unwrap_model(model))
+                return answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            self._nonfinite(f"the loss is {loss.item()}")
+        return loss
 
-def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool) -> TrainingArguments:
+    def _nonfinite(self, what: str) -> None:
+        step = self.state.global_step + 1
+        if self.on_nonfinite == "stop":
+            raise NonFiniteError(
+                f"step {step}: {what}. Training stopped so no bad update is kept. Lower the learning rate, "
+                "check the data of this step, or set train.on_nonfinite=skip to skip such steps."
+            )
+        self._poisoned = True
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        step = optimizer.step
+
+        def guarded_step(*args, **kwargs):
+            # Gradients can be inf with a finite loss (an overflow in backward): check them too.
+            if not self._poisoned:
+                for group in optimizer.param_groups:
+                    if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in group["params"]):
+                        self._nonfinite("a gradient is NaN or inf")
+                        break
+            if self._poisoned:
+                self.skipped_steps.append(self.state.global_step + 1)
+                log.warning("step %d: non-finite loss or gradient, update skipped", self.state.global_step + 1)
+                optimizer.zero_grad(set_to_none=True)
+                self._poisoned = False
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        return optimizer
+
+    # --- checkpoints: complete or ignored
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"checkpoint-{self.state.global_step}"
+        checkpoints.mark_complete(folder, self.state.global_step)
+        best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
+        checkpoints.rotate(run_dir, self.keep_checkpoints, protect=best)
+
+
+def training_arguments(
+    cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool, has_eval: bool
+) -> TrainingArguments:
     """Map lorakit's train section onto TrainingArguments; nothing else reaches the Trainer."""
+    save = cfg.save_steps is not None
+    eval_every = cfg.eval_steps or cfg.save_steps
+    evaluate = has_eval and eval_every is not None
+    keep_best = has_eval and save and cfg.keep_best and evaluate
     return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -41,17 +139,26 @@ def training_arguments(cfg: TrainConfig, output_dir: Path, seed: int, precision:
         max_steps=cfg.max_steps,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        optim=_OPTIMIZERS[cfg.optimizer],
         logging_steps=cfg.logging_steps,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
+        save_strategy="steps" if save else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=None,  # we rotate ourselves, after a new checkpoint is complete
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=eval_every,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
+        report_to="none",  # trackers are attached by lorakit.train.tracking, with our folders and modes
         seed=seed,
         data_seed=seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not on_gpu,
         activation_checkpointing=cfg.gradient_checkpointing,
-        disable_tqdm=not cfg.progress_bar,
+        auto_find_batch_size=cfg.auto_batch_size and on_gpu,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
+        disable_tqdm=True,  # lorakit draws its own progress bar
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )

@@ -1,0 +1,64 @@
+"""What a run leaves behind to look at: metrics, a loss picture, tracker logs, a summary command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from lorakit.cli import app
+from lorakit.train import recipe
+from tests.train.helpers import ROWS, metrics, tiny_config
+
+
+def test_metrics_plot_tensorboard_and_runs_show(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=8", "train.batch_size=2", "train.logging_steps=1",
+                      "train.save_steps=4", "train.eval_steps=2", "train.report_to=[tensorboard]", eval_rows=ROWS)
+    recipe.run(cfg)
+    run_dir = cfg.output_dir
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    assert all(abs(r["eval_perplexity"] - np.exp(r["eval_loss"])) < 1e-6 for r in evals)
+    seen = [r["tokens_seen"] for r in rows if "loss" in r]
+    assert all(b > a > 0 for a, b in zip(seen, seen[1:]))  # counted every step
+
+    import matplotlib.image as mpimg
+
+    picture = mpimg.imread(run_dir / "loss.png")
+    assert picture.shape[:2] == (450, 800)
+    rgb = picture[..., :3].reshape(-1, 3)
+    assert rgb.std() > 0.05  # not blank
+    colours = {tuple(np.round(c, 1)) for c in rgb[:: 97]}
+    assert len(colours) > 4  # axes, text and two curves, not one flat colour
+
+    events = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+    result = CliRunner().invoke(app, ["runs", "show", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["status"] == "finished" and info["steps"] == 8 and info["evaluations"] == 4
+    assert info["best_eval_loss"] == min(r["eval_loss"] for r in evals)
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_model_dir, tmp_path):
+    # Eval answers contradict the training answers: eval loss falls while the model learns the
+    # format and end token, then rises as it learns the training answers.
+    train = [{"instruction": f"Name city {i}.", "input": "", "output": "Lisbon is the city."} for i in range(8)]
+    held = [{"instruction": f"Name city {i}.", "input": "", "output": "Oslo"} for i in range(8)]
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=60", "train.batch_size=4", "train.logging_steps=1",
+                      "train.learning_rate=0.03", "train.warmup=0", "train.scheduler=constant", "lora.rank=8",
+                      "train.save_steps=2", "train.eval_steps=2", "train.early_stopping_patience=2",
+                      "train.save_total_limit=1", rows=train, eval_rows=held)
+    summary = recipe.run(cfg)
+    evals = [r["eval_loss"] for r in metrics(cfg.output_dir) if "eval_loss" in r]
+    assert summary["steps"] < 60, "early stopping never triggered"
+    best = min(evals)
+    # Stopped exactly `patience` evaluations after the best one.
+    assert evals.index(best) == len(evals) - 3
+    # The saved adapter is the best one: evaluating it again gives the best eval loss.
+    assert abs(summary["eval_loss"] - best) < 1e-5
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{2 * (evals.index(best) + 1)}")

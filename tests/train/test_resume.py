@@ -1,0 +1,152 @@
+"""Runs that are killed, interrupted or resumed end exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.train import checkpoints, recipe
+from tests.train.helpers import ROWS, adapter, metrics, tiny_config
+
+STEPS = 40
+# One thread: tiny models run faster on one, and the in-process reference and the training
+# subprocesses must split their matmuls the same way to agree bit for bit.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ARGS = (f"train.max_steps={STEPS}", "train.batch_size=2", "train.save_steps=5", "train.save_total_limit=2",
+        "train.logging_steps=5", "lora.dropout=0.1", "train.learning_rate=0.005")
+
+
+def start_training(config: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lorakit", "train", str(config), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+    )
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = checkpoints.latest_complete(folder)
+        if found is not None:
+            return found
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before a checkpoint: {proc.stderr.read()}")
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def write_config(tmp: Path, model_dir: Path) -> Path:
+    cfg = tiny_config(model_dir, tmp, *ARGS)  # writes train.jsonl
+    path = tmp / "resume.yaml"
+    lines = [f"model:\n  name: {model_dir}", f"data:\n  train: {cfg.data.train[0]}", f"output_dir: {tmp / 'run'}",
+             "lora:\n  dropout: 0.1", "train:"]
+    lines += [f"  {a.split('=')[0].split('.')[1]}: {a.split('=')[1]}" for a in ARGS if a.startswith("train.")]
+    lines += ["  progress_bar: false"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict]:
+    """The uninterrupted run every interrupted one must reproduce exactly."""
+    from tests.conftest import make_tiny_model_dir
+
+    tmp = tmp_path_factory.mktemp("reference")
+    model_dir = make_tiny_model_dir(tmp / "model")
+    cfg = tiny_config(model_dir, tmp, *ARGS, "train.progress_bar=false")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe.run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return model_dir, adapter(cfg.output_dir)
+
+
+def assert_same_adapter(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    for key in got:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_sigkill_then_resume_is_exact(reference, tmp_path):
+    model_dir, expected = reference
+    config = write_config(tmp_path, model_dir)
+    run_dir = tmp_path / "run"
+    proc = start_training(config)
+    first = wait_for_checkpoint(run_dir / "checkpoints", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
+    killed_at = checkpoints.latest_complete(run_dir / "checkpoints")
+    assert int(killed_at.name.split("-")[1]) < STEPS and first.name.startswith("checkpoint-")
+
+    # A checkpoint write cut short by the kill: newer, but incomplete, with a torn file.
+    torn = run_dir / "checkpoints" / f"checkpoint-{int(killed_at.name.split('-')[1]) + 5}"
+    shutil.copytree(killed_at, torn)
+    (torn / checkpoints.MARKER).unlink()
+    weights = torn / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    resumed = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--resume"],
+                             capture_output=True, text=True, timeout=600, env=CHILD_ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "its write never finished" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == str(killed_at) and summary["steps"] == STEPS
+    assert_same_adapter(adapter(run_dir), expected)
+    steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
+    assert steps == list(range(5, STEPS + 1, 5))  # no step logged twice after the resume
+    assert not torn.exists()  # the torn leftover was cleaned once a newer checkpoint completed
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(reference, tmp_path):
+    model_dir, expected = reference
+    config = write_config(tmp_path, model_dir)
+    run_dir = tmp_path / "run"
+    proc = start_training(config)
+    wait_for_checkpoint(run_dir / "checkpoints", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted at step" in stderr and "--resume" in stderr
+    step = int(stderr.split("interrupted at step ")[1].split(";")[0])
+    saved = run_dir / "checkpoints" / f"checkpoint-{step}"
+    assert checkpoints.is_complete(saved)  # saved at the step it stopped, not only at save_steps
+
+    resumed = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--resume", str(saved)],
+                             capture_output=True, text=True, timeout=600, env=CHILD_ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_adapter(adapter(run_dir), expected)
+
+
+def test_resume_refuses_an_incomplete_checkpoint(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=2")
+    partial = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    partial.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="not a complete lorakit checkpoint"):
+        recipe.run(cfg, resume=str(partial))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        recipe.run(cfg, resume="latest")
+
+
+def test_rotation_keeps_the_last_k_and_the_best(tmp_path):
+    for step in (10, 20, 30, 40):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        checkpoints.mark_complete(folder, step)
+    (tmp_path / "checkpoint-50").mkdir()  # being written
+    removed = checkpoints.rotate(tmp_path, keep=2, protect=tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in removed) == ["checkpoint-20"]
+    assert [p.name for _, p in checkpoints.checkpoints(tmp_path)] == [
+        "checkpoint-10", "checkpoint-30", "checkpoint-40", "checkpoint-50"]
