@@ -15,6 +15,7 @@ from lorakit.config import EvalConfig, GenerationConfig, LoraConfig, load_config
 from lorakit.data.dataset import read_conversations
 from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
+from lorakit.eval import compare as compare_module
 from lorakit.eval.compare import Scoring, answer_losses, compare
 from lorakit.eval.report import markdown, read_report, table_rows, write_reports
 from lorakit.eval.run import evaluate
@@ -91,14 +92,21 @@ def test_each_side_runs_its_own_model_and_unscorable_samples_are_counted(session
     assert row.tuned == pytest.approx(sum(len(t) == len(r) for t, r in zip(tuned, [c[1] for c in calls[:4]])) / 4)
 
 
-def test_answer_loss_does_not_depend_on_batching(session, data):
+@pytest.mark.parametrize("selective", [True, False], ids=["answer-positions-only", "full-logits"])
+def test_answer_loss_is_the_plain_per_sample_loss_in_any_batch(session, data, selective, monkeypatch):
+    assert compare_module.selective_loss_supported(session.model)  # the tiny Llama takes the selective path
+    monkeypatch.setattr(compare_module, "selective_loss_supported", lambda model: selective)
     samples = [s for s in read_conversations([data], "auto", None) if s.conversation[-1]["role"] == "assistant"][:3]
     encoded = [encode_conversation(session.tokenizer, session.template, s.conversation, 200) for s in samples]
-    together = answer_losses(session, encoded, batch_size=3)
-    alone = [answer_losses(session, [e], batch_size=1)[0] for e in encoded]
-    for (loss_a, n_a), (loss_b, n_b), enc in zip(together, alone, encoded):
-        assert n_a == n_b == sum(1 for x in enc.labels if x != -100)  # every answer token, once
-        assert loss_a == pytest.approx(loss_b, rel=1e-4)
+    together = answer_losses(session, encoded, batch_size=3)  # padded to one width, answers projected alone
+    for (loss, count), enc in zip(together, encoded):
+        # The textbook definition on the sample alone: full logits, shifted labels, -100 ignored.
+        with torch.no_grad():
+            logits = session.model(input_ids=torch.tensor([enc.input_ids])).logits[0, :-1]
+        labels = torch.tensor(enc.labels[1:])
+        expected = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        assert count == sum(1 for x in enc.labels if x != -100) > 0
+        assert loss == pytest.approx(float(expected), rel=1e-4)
     result = compare(session, samples, GEN, Scoring(max_length=200))
     total = sum(loss for loss, _ in together) / sum(n for _, n in together)
     assert result.row("answer_loss").tuned == pytest.approx(total, rel=1e-4)

@@ -24,6 +24,7 @@ from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores
 from lorakit.eval.scorer import UserScorer
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import Session
+from lorakit.train.loss import output_head, selective_loss_supported
 
 
 @dataclass
@@ -98,6 +99,24 @@ def _advance(progress: Progress | None, task: TaskID | None, steps: int) -> None
         progress.advance(task, steps)
 
 
+def _token_losses(session: Session, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each answer token, and the row it belongs to.
+
+    Only answer positions are projected to the vocabulary where the model allows it (as in
+    training), so a batch of long samples never holds a full batch x length x vocab tensor.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if selective_loss_supported(session.model):
+        hidden = session.model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
+        logits = output_head(session.model)(hidden[keep])
+    else:
+        logits = session.model(**args).logits[:, :-1][keep]
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    return losses, keep.nonzero()[:, 0]
+
+
 @torch.inference_mode()
 def answer_losses(
     session: Session, encoded: list[Encoded | None], batch_size: int, progress: Progress | None = None,
@@ -109,13 +128,11 @@ def answer_losses(
     results: list[tuple[float, int] | None] = [None] * len(encoded)
     for rows in _chunks(present, batch_size):
         batch = {k: v.to(session.model.device) for k, v in collate([encoded[i] for i in rows]).items()}
-        logits = session.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
-        )
+        losses, row_of = _token_losses(session, batch)
+        sums = torch.zeros(len(rows), dtype=torch.float32, device=losses.device).index_add_(0, row_of, losses)
+        counts = torch.bincount(row_of, minlength=len(rows))
         for row, index in enumerate(rows):
-            results[index] = (float(losses[row].sum()), int((targets[row] != -100).sum()))
+            results[index] = (float(sums[row]), int(counts[row]))
         _advance(progress, task, len(rows))
     return results
 
