@@ -69,6 +69,10 @@ def train(
     from lorakit.train.trainer import NonFiniteError
 
     try:
+        if cfg.eval.at_end and cfg.eval.scorer:  # a typo in the scorer fails now, not after training
+            from lorakit.eval.scorer import load_scorer
+
+            load_scorer(cfg.eval.scorer)
         summary = recipe.run(cfg, resume=resume)
     except recipe.TrainingInterrupted as e:
         err.print(f"[yellow]{e}[/]", highlight=False)
@@ -160,12 +164,12 @@ def chat(
 
 @app.command("eval")
 def evaluate(
-    target: Annotated[str, typer.Argument(help="A run folder written by lorakit train, or a model (then --data).")],
-    data: Annotated[Optional[list[Path]], typer.Option(help="Held-out samples (repeatable); default: the run's data.eval.")] = None,
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder, .gguf) with --data.")],
+    data: Annotated[Optional[list[Path]], typer.Option(help="Held-out samples (repeatable); default: data.eval.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples, for a quick look.")] = None,
-    scorer: Annotated[Optional[str], typer.Option(help="Your per-sample score: file.py:function or module:function.")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Your per-sample score: file.py:fn or module:fn.")] = None,
     examples: Annotated[Optional[int], typer.Option(help="How many most-changed answers to show.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--out", help="Folder for eval.json/eval.md; default: the run folder.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", help="Folder for eval.json/md; default: the run.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
     base: BaseOpt = False,
@@ -190,7 +194,7 @@ def evaluate(
     gen_overrides = {k: v for k, v in {"max_new_tokens": max_new_tokens, "batch_size": batch_size}.items()
                      if v is not None}
     try:
-        # Validated again, so --limit 0 is refused as data.eval.limit=0 would be.
+        # Validated again, so --limit 0 is refused as eval.limit=0 in a config would be.
         settings = type(run_cfg.eval).model_validate({**run_cfg.eval.model_dump(), **overrides})
         gen = type(run_cfg.generation).model_validate({**run_cfg.generation.model_dump(), **gen_overrides})
         session = open_session(target, cache_dir, use_adapter=not base)

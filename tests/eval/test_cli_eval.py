@@ -69,3 +69,11 @@ def test_train_refuses_eval_at_end_without_held_out_data(tmp_path):
     result = lorakit("train", "--set", "eval.at_end=true", "--set", f"data.train={tmp_path / 'x.jsonl'}")
     assert result.returncode == 2
     assert "eval.at_end needs held-out samples: set data.eval" in result.stderr
+
+
+def test_train_checks_the_scorer_before_training(tmp_path):
+    # The data does not even exist: the scorer is checked first, so nothing is trained for nothing.
+    result = lorakit("train", "--set", "eval.at_end=true", "--set", f"data.train={tmp_path / 'x.jsonl'}",
+                     "--set", f"data.eval={tmp_path / 'y.jsonl'}", "--set", f"eval.scorer={tmp_path / 'c.py'}:fn")
+    assert result.returncode == 2
+    assert f"scorer {tmp_path / 'c.py'}:fn: file {tmp_path / 'c.py'} does not exist" in result.stderr

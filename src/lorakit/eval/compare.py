@@ -208,7 +208,10 @@ def _run_side(
     return results, totals
 
 
-def _rows(base: dict[str, float | None] | None, tuned: dict[str, float | None] | None, scorer: UserScorer | None) -> list[MetricRow]:
+Totals = dict[str, float | None]
+
+
+def _rows(base: Totals | None, tuned: Totals | None, scorer: UserScorer | None) -> list[MetricRow]:
     labels = [("answer_loss", "answer loss", False), ("perplexity", "answer perplexity", False),
               ("exact_match", "exact match", True), ("chrf", "chrF", True), ("bleu", "BLEU", True),
               ("rouge_l", "ROUGE-L", True)]
@@ -262,5 +265,6 @@ def compare(
         "scorer": scoring.scorer.spec if scoring.scorer else None, "sacrebleu": signatures(),
     }
     # With no tuned column nothing changed: the first samples stand as examples.
-    examples = changed_most(results, scoring.examples) if tuned_totals else list(range(len(results)))[: scoring.examples]
+    first = list(range(min(scoring.examples, len(results))))
+    examples = changed_most(results, scoring.examples) if tuned_totals else first
     return Comparison(_rows(base_totals, tuned_totals, scoring.scorer), results, examples, skipped, excluded, settings)
