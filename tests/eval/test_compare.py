@@ -16,7 +16,7 @@ from lorakit.data.dataset import read_conversations
 from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
 from lorakit.eval import compare as compare_module
-from lorakit.eval.compare import Scoring, answer_losses, compare
+from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare
 from lorakit.eval.report import markdown, read_report, table_rows, write_reports
 from lorakit.eval.run import evaluate
 from lorakit.eval.scorer import load_scorer
@@ -110,6 +110,7 @@ def test_answer_loss_is_the_plain_per_sample_loss_in_any_batch(session, data, se
     result = compare(session, samples, GEN, Scoring(max_length=200))
     total = sum(loss for loss, _ in together) / sum(n for _, n in together)
     assert result.row("answer_loss").tuned == pytest.approx(total, rel=1e-4)
+    assert answer_loss(session, samples, max_length=200, batch_size=2) == pytest.approx(total, rel=1e-4)
     assert result.row("perplexity").tuned == pytest.approx(math.exp(total), rel=1e-4)
 
 

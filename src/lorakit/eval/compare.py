@@ -137,6 +137,13 @@ def answer_losses(
     return results
 
 
+def answer_loss(session: Session, samples: list[Sample], max_length: int, batch_size: int) -> float:
+    """One number: the token-weighted mean answer loss over ``samples`` (what bench/ compares)."""
+    encoded, _ = _encode_all(session, samples, Scoring(max_length))
+    pairs = [x for x in answer_losses(session, encoded, batch_size) if x is not None]
+    return sum(s for s, _ in pairs) / max(sum(n for _, n in pairs), 1)
+
+
 def _answers(
     session: Session, samples: list[Sample], gen: GenerationConfig, progress: Progress | None, task: TaskID | None
 ) -> list[str]:
