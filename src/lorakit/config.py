@@ -203,6 +203,20 @@ class GenerationConfig(_Section):
     batch_size: int = Field(16, gt=0)
 
 
+class EvalConfig(_Section):
+    at_end: bool = Field(
+        False, description="After training, score base against tuned on data.eval (writes eval.json, eval.md)."
+    )
+    limit: int | None = Field(None, gt=0, description="Score only the first N held-out samples; null: all.")
+    examples: int = Field(3, ge=0, description="How many of the samples whose answer changed most to show.")
+    scorer: str | None = Field(
+        None,
+        description="Your own per-sample score, averaged: 'file.py:function' (relative to this config) or "
+        "'package.module:function', called as fn(prediction, reference) or fn(prediction, reference, sample) "
+        "and returning a number or a bool.",
+    )
+
+
 class RunConfig(_Section):
     name: str = "run"
     output_dir: Path | None = Field(None, description="Default: runs/<name>.")
@@ -212,6 +226,14 @@ class RunConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _eval_at_end_needs_data(self) -> RunConfig:
+        # Checked here, not after training, so a missing file list costs no training time.
+        if self.eval.at_end and not self.data.eval:
+            raise ValueError("eval.at_end needs held-out samples: set data.eval to one or more files")
+        return self
 
     def resolved_output_dir(self) -> Path:
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
@@ -241,6 +263,8 @@ def _validate(raw: dict[str, Any], source: str) -> RunConfig:
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 lines.append(f"  unknown key '{key}'{_suggest(RunConfig, tuple(e['loc']))}")
+            elif not key:  # a check across sections (a model validator): its message says it all
+                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
             else:
                 lines.append(f"  {key}: {e['msg']}")
         raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
@@ -293,6 +317,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     name_path = Path(cfg.model.name).expanduser()
     if not name_path.is_absolute() and (base / name_path).exists():
         cfg.model.name = str((base / name_path).resolve())
+    if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
+        file, _, function = cfg.eval.scorer.rpartition(":")
+        cfg.eval.scorer = f"{fix(Path(file))}:{function}"
     if cfg.output_dir is None:
         cfg.output_dir = Path("runs") / cfg.name
     return cfg

@@ -154,5 +154,11 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         "total_parameters": total,
         "data": [r.as_dict() for r in splits.reports],
     }
+    if cfg.eval.at_end:  # base against tuned on the validation split: eval.json, eval.md
+        from lorakit.eval.run import evaluate_after_training
+
+        summary["eval"] = evaluate_after_training(
+            model, tokenizer, template, cfg.data, cfg.generation, cfg.eval, out, cfg.train.progress_bar
+        )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
