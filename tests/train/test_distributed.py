@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from lorakit.config import ConfigError, DistributedConfig, load_config
-from lorakit.train import distributed, recipe
+from lorakit.train import distributed
 from lorakit.train.trainer import training_arguments
-from tests.train.helpers import ROWS, adapter, metrics, tiny_config
+from tests.train.helpers import adapter, metrics, run_on_one_thread, tiny_config
 
 # One thread per worker: two workers share this 2-core machine, and the in-process
 # reference must split its matmuls the same way.
@@ -76,12 +76,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
     # optimizer step k sees samples [4k, 4k+4) of that permutation in both runs, and with
     # token-weighted loss over all ranks the update is the same one.
     cfg = tiny_config(model_dir, tmp / "single", *SHARED, "train.batch_size=4", "train.progress_bar=false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        recipe.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    run_on_one_thread(cfg)
     one, two = metrics(cfg.output_dir), metrics(run2)
     one_loss = [(r["step"], r["loss"], r["loss_tokens_seen"]) for r in one if "loss" in r]
     two_loss = [(r["step"], r["loss"], r["loss_tokens_seen"]) for r in two if "loss" in r]
