@@ -119,13 +119,23 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
-def test_a_killed_rank_fails_the_whole_run_fast(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(("stop", "expected", "bound_s"), [
+    # Dead: torchrun's agent sees the exit within its monitor interval and stops the other rank.
+    (signal.SIGKILL, "rank 1 exited with -9", 60),
+    # Hung (stopped, not dead): rank 0 waits in the gradient allreduce until
+    # train.distributed.timeout_s (5 s here), fails, and the agent then kills the stopped
+    # rank (SIGTERM, and SIGKILL after its 30 s grace).
+    (signal.SIGSTOP, "rank 0 exited with 1", 5 + 30 + 30),
+])
+def test_a_dead_or_hung_rank_fails_the_whole_run_in_bounded_time(tiny_model_dir, tmp_path, stop, expected, bound_s):
     cfg = tiny_config(tiny_model_dir, tmp_path, "train.logging_steps=1")
     config = write_config(tmp_path / "long.yaml", tiny_model_dir, cfg.data.train[0], tmp_path / "run",
                           "train.max_steps=100000", "train.batch_size=2", "train.logging_steps=1",
                           "train.save_steps=100000", "lora.dropout=0")
-    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
+                             "--set", "train.distributed.timeout_s=5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         log = tmp_path / "run" / "metrics.jsonl"
@@ -135,17 +145,20 @@ def test_a_killed_rank_fails_the_whole_run_fast(tiny_model_dir, tmp_path):
             time.sleep(0.2)
         workers = _children(proc.pid)
         assert len(workers) == 2, workers
-        os.kill(workers[1], signal.SIGKILL)
-        killed = time.monotonic()
-        _, stderr = proc.communicate(timeout=90)
+        os.kill(workers[1], stop)
+        stopped = time.monotonic()
+        _, stderr = proc.communicate(timeout=bound_s + 30)
+        took = time.monotonic() - stopped
     finally:
         if proc.poll() is None:
-            proc.kill()
-    # torchrun's agent sees the dead worker within its monitor interval and stops the other.
-    assert time.monotonic() - killed < 60
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, started by this test
+    assert took < bound_s, took
     assert proc.returncode == 1, stderr[-4000:]
-    assert "multi-process training failed" in stderr and "exited with -9" in stderr, stderr[-4000:]
-    assert not Path(f"/proc/{workers[0]}").exists() or "zombie" in Path(f"/proc/{workers[0]}/status").read_text()
+    assert f"multi-process training failed: {expected}" in stderr, stderr[-4000:]
+    if stop == signal.SIGSTOP:
+        assert "Timed out" in stderr or "timed out" in stderr, stderr[-4000:]  # rank 0's own error is shown
+    for pid in workers:  # no worker left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not (tmp_path / "run" / "summary.json").exists()
 
 

@@ -45,9 +45,9 @@ def launch(nproc: int, child_args: list[str]) -> None:
     try:
         run(get_args_parser().parse_args(launcher_args))
     except ChildFailedError as err:
+        # A signal has no traceback to show, so name it; a Python error was printed by the rank itself.
         failures = "; ".join(
-            f"rank {rank} exited with {failure.exitcode}"
-            + (f" ({failure.message})" if failure.message and failure.message != "<N/A>" else "")
+            f"rank {rank} exited with {failure.exitcode}" + (f" ({failure.message})" if failure.exitcode < 0 else "")
             for rank, failure in sorted(err.failures.items())
         )
         raise LaunchError(f"multi-process training failed: {failures}. The first failing rank's error is above.") from None
