@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 from datetime import timedelta
 from typing import Any
 
@@ -45,12 +46,21 @@ def launch(nproc: int, child_args: list[str]) -> None:
     try:
         run(get_args_parser().parse_args(launcher_args))
     except ChildFailedError as err:
-        # A signal has no traceback to show, so name it; a Python error was printed by the rank itself.
-        failures = "; ".join(
-            f"rank {rank} exited with {failure.exitcode}" + (f" ({failure.message})" if failure.exitcode < 0 else "")
-            for rank, failure in sorted(err.failures.items())
-        )
-        raise LaunchError(f"multi-process training failed: {failures}. The first failing rank's error is above.") from None
+        raise LaunchError(_describe_failures(err.failures)) from None
+
+
+def _describe_failures(failures: dict) -> str:
+    """Name the rank(s) that failed, not the ones the launcher then stopped with SIGTERM."""
+    causes = {r: f for r, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+    # A signal has no traceback to show, so name it; a Python error was printed by the rank itself.
+    text = "; ".join(
+        f"rank {rank} exited with {f.exitcode}" + (f" ({f.message})" if f.exitcode < 0 else "")
+        for rank, f in sorted(causes.items())
+    )
+    stopped = sorted(set(failures) - set(causes))
+    if stopped:
+        text += f"; the launcher then stopped rank(s) {', '.join(map(str, stopped))}"
+    return f"multi-process training failed: {text}. The failing rank's own error, if any, is printed above."
 
 
 def launched() -> bool:
