@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from lorakit.config import ConfigError, GenerationConfig, load_config
+from lorakit.config import ConfigError, GenerationConfig, RunConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, chat with and evaluate LoRA adapters.")
 err = Console(stderr=True, soft_wrap=True)
@@ -54,6 +54,9 @@ def train(
     resume: Annotated[
         Optional[str], typer.Option(help="Continue a killed run: alone, from its latest complete checkpoint; or give one.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine, started through torchrun (gloo on CPU, NCCL on GPUs).")
+    ] = 1,
     verbose: bool = True,
 ) -> None:
     """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
@@ -62,6 +65,9 @@ def train(
         cfg = load_config(config, set_)
     except ConfigError as e:
         _fail(str(e))
+    if nproc != 1:
+        _launch(nproc, config, set_, resume, verbose, cfg)
+        return
     from lorakit.data.sources import DataError
     from lorakit.model.gguf_cache import ModelNotFoundError
     from lorakit.train import recipe
@@ -79,6 +85,10 @@ def train(
         raise typer.Exit(130)
     except (DataError, ModelNotFoundError, NonFiniteError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    from lorakit.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
                 "tokens_per_second", "loss_tokens_per_second", "precision"):
@@ -92,6 +102,31 @@ def train(
         from lorakit.eval.report import print_comparison, read_report
 
         print_comparison(out, read_report(cfg.resolved_output_dir()))
+
+
+def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None, verbose: bool, cfg: RunConfig) -> None:
+    """Start ``nproc`` copies of this command through torchrun; errors that all ranks would hit stop here once."""
+    import torch
+
+    from lorakit.train import checkpoints, distributed
+
+    try:
+        distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
+        # Resolved once here, so every rank is handed the same checkpoint.
+        resume_from = checkpoints.resolve_resume(resume, cfg.resolved_output_dir() / "checkpoints")
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    child = ["train", *([str(config)] if config is not None else [])]
+    child += [f"--set={assignment}" for assignment in set_]
+    child += [f"--resume={resume_from}"] if resume_from is not None else []
+    child += [] if verbose else ["--no-verbose"]
+    try:
+        distributed.launch(nproc, child)
+    except ValueError as e:
+        _fail(str(e))
+    except distributed.LaunchError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()

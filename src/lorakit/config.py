@@ -138,6 +138,17 @@ class LoraConfig(_Section):
     )
 
 
+class DistributedConfig(_Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp",
+        description="How several processes share the work: ddp (a full copy per process; CPU or GPU), "
+        "fsdp or deepspeed_zero2/3 (shard optimizer state, gradients and with fsdp/zero3 the weights; GPUs only).",
+    )
+    timeout_s: int = Field(
+        600, gt=0, description="A collective that waits longer (a rank hung or lost) fails the run instead of hanging."
+    )
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1: run the epochs.")
@@ -185,6 +196,9 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."
     )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Multi-process training (lorakit train --nproc N, torchrun)."
+    )
 
     @model_validator(mode="after")
     def _eval_fits_checkpoints(self) -> TrainConfig:
@@ -193,6 +207,30 @@ class TrainConfig(_Section):
                 f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
                 "so the best adapter is in a checkpoint; or set keep_best: false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sharding_fits(self) -> TrainConfig:
+        strategy = self.distributed.strategy
+        if strategy == "ddp":
+            return self
+        if self.on_nonfinite == "skip":
+            # Each rank sees only its shard of the gradients, so ranks could disagree on skipping.
+            raise ValueError(f"train.on_nonfinite=skip is not supported with distributed.strategy={strategy}; use stop")
+        if self.selective_loss and strategy in ("fsdp", "deepspeed_zero3"):
+            # selective_loss applies the output head outside the model's forward, where
+            # fsdp and ZeRO-3 hold only a shard of its weights.
+            raise ValueError(
+                f"train.selective_loss is not supported with distributed.strategy={strategy}; "
+                "set train.selective_loss=false"
+            )
+        if self.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            raise ValueError(
+                f"train.optimizer={self.optimizer} is not supported with distributed.strategy={strategy}; "
+                "use adamw, adafactor or sgd"
+            )
+        if self.auto_batch_size:
+            raise ValueError(f"train.auto_batch_size is not supported with distributed.strategy={strategy}")
         return self
 
 
