@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -23,6 +23,7 @@ class Answer:
     new_tokens: int
     # "stop": an end-of-turn token or a stop string ended it; "length": max_new_tokens did.
     finish_reason: str = "stop"
+    token_ids: list[int] = field(default_factory=list, repr=False)  # the generated tokens, stop token included
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv: Conversation) -> list[int]:
@@ -109,7 +110,7 @@ def generate_ids(
             new = _cut_at_stop(out[row, width:].tolist(), stop_ids)
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
             answers[index] = Answer(
-                text, len(prompts[index]), len(new), finish_reason(new, stop_ids, gen.max_new_tokens)
+                text, len(prompts[index]), len(new), finish_reason(new, stop_ids, gen.max_new_tokens), new
             )
         if progress is not None:
             progress(len(rows))

@@ -43,7 +43,8 @@ def _records(path: Path) -> list[Record]:
 
 
 def _conversation(record: Record, system_prompt: str | None) -> Conversation:
-    fields = dict(record.fields)
+    # An empty cell is an absent column: CSV rows have every column, used or not.
+    fields = {k: v for k, v in record.fields.items() if v != ""}
     for key in ("messages", "conversations"):
         if isinstance(fields.get(key), str):
             # A CSV cell can only hold text: a message list arrives as JSON inside it.

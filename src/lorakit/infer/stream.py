@@ -127,7 +127,7 @@ class TextStream:
         reason = "stop" if self._stopped_by_string else finish_reason(
             self._new_ids, self._stop_ids, self._gen.max_new_tokens
         )
-        self.answer = Answer(text, len(self._ids), len(self._new_ids), reason)
+        self.answer = Answer(text, len(self._ids), len(self._new_ids), reason, self._new_ids)
 
     def read(self) -> Answer:
         """Consume the whole stream and return the answer."""

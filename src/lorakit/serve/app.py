@@ -124,6 +124,7 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
                 while (piece := await anyio.to_thread.run_sync(next, pieces, _END)) is not _END:
                     yield _sse(chunk(piece, None))
                 answer = job.stream.answer
+                job.finish()  # the model is free: give the place back before the client hears the end
                 yield _sse(chunk("", answer.finish_reason))
                 if usage_chunk is not None:
                     yield _sse(usage_chunk(_usage(answer)))
