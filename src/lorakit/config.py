@@ -149,6 +149,8 @@ class GenerationConfig(_Section):
 
 
 class ServeConfig(_Section):
+    """Settings of ``lorakit serve``, given on its command line (a training config has no use for them)."""
+
     host: str = Field("127.0.0.1", description="Loopback by default: nothing outside this machine can reach it.")
     port: int = Field(8000, ge=0, le=65535)
     api_key: str | None = Field(None, description="When set, requests need 'Authorization: Bearer <key>'.")
@@ -166,7 +168,6 @@ class RunConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     def resolved_output_dir(self) -> Path:
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
