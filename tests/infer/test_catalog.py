@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lorakit.infer.catalog import BASE, UnknownModel, open_catalog, parse_adapter_specs
-from tests.infer.runs import make_tiny_run, save_random_adapter
+from tests.infer.runs import make_tiny_catalog
 
 IDS = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
 
@@ -19,9 +19,8 @@ IDS = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("catalog")
-    run, base_dir = make_tiny_run(root)
-    extra = save_random_adapter(base_dir, root / "extra.v2", seed=2)
-    catalog = open_catalog(str(run), root / "cache", [("extra.v2", extra)])
+    catalog, run, extra = make_tiny_catalog(root, "extra.v2")
+    base_dir = root / "base"
 
     @torch.inference_mode()
     def reference(adapter: Path | None) -> torch.Tensor:

@@ -7,9 +7,8 @@ import io
 import pytest
 
 from lorakit.config import GenerationConfig
-from lorakit.infer.catalog import open_catalog
 from lorakit.infer.chat import chat_loop, fit_history
-from tests.infer.runs import make_tiny_run, save_random_adapter
+from tests.infer.runs import make_tiny_catalog
 
 
 def turn(role: str, n: int) -> dict:
@@ -37,10 +36,7 @@ def test_fit_history_drops_oldest_exchanges_and_keeps_the_system_prompt():
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat")
-    run, base_dir = make_tiny_run(root)
-    extra = save_random_adapter(base_dir, root / "extra", seed=2)
-    return open_catalog(str(run), root / "cache", [("extra", extra)])
+    return make_tiny_catalog(tmp_path_factory.mktemp("chat"))[0]
 
 
 def talk(catalog, lines: list[str], **kwargs) -> str:

@@ -14,11 +14,10 @@ import httpx2 as httpx
 import pytest
 
 from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.infer.catalog import open_catalog
 from lorakit.infer.stream import TextStream
 from lorakit.serve.app import chat_prompt_ids, create_app
-from tests.infer.runs import make_tiny_run, save_random_adapter
+from tests.infer.runs import make_tiny_catalog, make_tiny_run, trainer_prompt_ids
 from tests.serve.server import running
 
 GEN = GenerationConfig(max_new_tokens=8, context_length=96)
@@ -27,10 +26,7 @@ HI = [{"role": "user", "content": "What is two plus two?"}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    run, base_dir = make_tiny_run(root)
-    extra = save_random_adapter(base_dir, root / "extra", seed=2)
-    catalog = open_catalog(str(run), root / "cache", [("extra", extra)])
+    catalog, _, _ = make_tiny_catalog(tmp_path_factory.mktemp("api"))
     with running(create_app(catalog, GEN, ServeConfig(max_pending=1))) as url:
         yield url, catalog
 
@@ -162,11 +158,8 @@ def test_server_prompt_tokens_equal_the_trainers(tmp_path, family):
         {"role": "assistant", "content": "It is four."},
         {"role": "user", "content": "Say the city of Maria."},
     ]
-    encoded = encode_conversation(choice.tokenizer, choice.template,
-                                  conversation + [{"role": "assistant", "content": "Lisbon"}],
-                                  max_length=512, train_on="last_assistant")
-    answer_starts = next(k for k, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
-    assert chat_prompt_ids(choice, conversation) == encoded.input_ids[:answer_starts]
+    expected = trainer_prompt_ids(choice, conversation)
+    assert chat_prompt_ids(choice, conversation) == expected
     with running(create_app(catalog, GEN.model_copy(update={"max_new_tokens": 2}), ServeConfig())) as url:
         body = httpx.post(f"{url}/v1/chat/completions", json={"model": "run", "messages": conversation}).json()
-    assert body["usage"]["prompt_tokens"] == answer_starts
+    assert body["usage"]["prompt_tokens"] == len(expected)

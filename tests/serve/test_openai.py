@@ -17,10 +17,10 @@ import httpx2 as httpx
 import pytest
 
 from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.infer.catalog import open_catalog
 from lorakit.serve.app import chat_prompt_ids, create_app
 from tests.conftest import needs_embedded
+from tests.infer.runs import trainer_prompt_ids
 from tests.serve.server import running
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency: pip install -e '.[test]'")
@@ -145,13 +145,10 @@ def test_server_prompt_tokens_equal_the_trainers(server):
         {"role": "assistant", "content": "It is four."},
         {"role": "user", "content": "And three plus three?"},
     ]
-    encoded = encode_conversation(choice.tokenizer, choice.template,
-                                  conversation + [{"role": "assistant", "content": "Six."}],
-                                  max_length=1024, train_on="last_assistant")
-    answer_starts = next(k for k, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
-    assert chat_prompt_ids(choice, conversation) == encoded.input_ids[:answer_starts]
+    expected = trainer_prompt_ids(choice, conversation)
+    assert chat_prompt_ids(choice, conversation) == expected
     reply = client(url).chat.completions.create(model="smol-zero", messages=conversation, max_tokens=1)
-    assert reply.usage.prompt_tokens == answer_starts
+    assert reply.usage.prompt_tokens == len(expected)
 
 
 CHROMIUM = shutil.which("chromium")

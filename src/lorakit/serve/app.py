@@ -159,30 +159,42 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
         lookup(name)
         return model_card(name)
 
+    def respond(job: _Job, req: _Sampling, head: dict, objects: tuple[str, str],
+                piece_fields: Callable[[str | None], dict], answer_fields: Callable[[Answer], dict]):
+        """Stream the job as server-sent events, or wait for it and send one body.
+
+        ``objects`` names the chunk and the whole-answer object; the two callables give the
+        endpoint's own fields of a choice (a delta or text for a piece, a message or text for the answer).
+        """
+        if req.stream:
+            def chunk(piece: str | None, reason: str | None) -> dict:
+                return {**head, "object": objects[0],
+                        "choices": [{"index": 0, **piece_fields(piece), "finish_reason": reason}]}
+
+            include = req.stream_options is not None and req.stream_options.include_usage
+            usage = (lambda u: {**head, "object": objects[0], "choices": [], "usage": u}) if include else None
+            return streamed(job, chunk, usage)
+        try:
+            answer = job.stream.read()
+        finally:
+            job.finish()
+        return {**head, "object": objects[1],
+                "choices": [{"index": 0, **answer_fields(answer), "finish_reason": answer.finish_reason}],
+                "usage": _usage(answer)}
+
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     def chat_completions(req: ChatRequest):
         choice = lookup(req.model)
         ids = chat_prompt_ids(choice, req.conversation())
         job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=True)
-        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": ident, "created": created, "model": req.model}
-        if req.stream:
-            def chunk(piece: str | None, reason: str | None) -> dict:
-                delta = {"role": "assistant", "content": ""} if piece is None else ({"content": piece} if piece else {})
-                return {**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
-
-            include = req.stream_options is not None and req.stream_options.include_usage
-            return streamed(job, chunk, (lambda u: {**head, "object": "chat.completion.chunk", "choices": [],
-                                                    "usage": u}) if include else None)
-        try:
-            answer = job.stream.read()
-        finally:
-            job.finish()
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                             "finish_reason": answer.finish_reason}],
-                "usage": _usage(answer)}
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+        return respond(
+            job, req, head, ("chat.completion.chunk", "chat.completion"),
+            # The first chunk announces the role; the closing one has an empty delta.
+            lambda piece: {"delta": {"role": "assistant", "content": ""} if piece is None
+                           else ({"content": piece} if piece else {})},
+            lambda answer: {"message": {"role": "assistant", "content": answer.text}},
+        )
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     def completions(req: CompletionRequest):
@@ -191,21 +203,11 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
         ids = choice.tokenizer(req.prompt)["input_ids"]
         job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=False)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-        if req.stream:
-            def chunk(piece: str | None, reason: str | None) -> dict:
-                return {**head, "object": "text_completion",
-                        "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": reason}]}
-
-            include = req.stream_options is not None and req.stream_options.include_usage
-            return streamed(job, chunk, (lambda u: {**head, "object": "text_completion", "choices": [],
-                                                    "usage": u}) if include else None)
-        try:
-            answer = job.stream.read()
-        finally:
-            job.finish()
-        return {**head, "object": "text_completion",
-                "choices": [{"index": 0, "text": answer.text, "logprobs": None, "finish_reason": answer.finish_reason}],
-                "usage": _usage(answer)}
+        return respond(
+            job, req, head, ("text_completion", "text_completion"),
+            lambda piece: {"text": piece or "", "logprobs": None},
+            lambda answer: {"text": answer.text, "logprobs": None},
+        )
 
     return app
 
