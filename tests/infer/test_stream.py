@@ -107,3 +107,21 @@ def test_an_error_while_generating_reaches_the_reader(tiny):
     stream = TextStream(model, tokenizer, ids, GenerationConfig(max_new_tokens=4), template.end_token_ids, hold=broken)
     with pytest.raises(RuntimeError, match="the model went away"):
         stream.read()
+
+
+def test_a_reader_that_stops_early_ends_the_generation(tiny):
+    model, tokenizer, template, ids = tiny
+    released = threading.Event()
+
+    @contextmanager
+    def hold():
+        yield
+        released.set()
+
+    stream = TextStream(model, tokenizer, ids, GenerationConfig(max_new_tokens=2000), frozenset(), hold=hold)
+    pieces = iter(stream)
+    next(pieces)
+    pieces.close()  # as a server does when its client disconnects
+    assert released.wait(timeout=120)
+    generated = len(stream._new_ids)  # set before the hold is released
+    assert 0 < generated < 2000, "the worker kept generating after the reader left"

@@ -85,7 +85,7 @@ class TextStream:
                     stopping_criteria=StoppingCriteriaList([_UntilCancelled(self._cancel)]),
                     **sampling_kwargs(self._gen),
                 )
-            self._new_ids = out[0, len(self._ids) :].tolist()
+                self._new_ids = out[0, len(self._ids) :].tolist()
         except BaseException as err:  # handed to the reading thread, which re-raises it
             self._error = err
             self._streamer.end()
@@ -95,6 +95,13 @@ class TextStream:
         self._cancel.set()
 
     def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._pieces()
+        finally:
+            if self.answer is None:  # the reader stopped early: nobody wants the rest
+                self.cancel()
+
+    def _pieces(self) -> Iterator[str]:
         text, sent = "", 0
         started = not self._strip_leading
         for piece in self._streamer:
