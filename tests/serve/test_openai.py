@@ -125,7 +125,7 @@ def test_eight_concurrent_clients_each_get_their_own_answer(server):
 
     def ask(question: str) -> str:
         reply = client(url).chat.completions.create(
-            model="base", messages=[{"role": "user", "content": question}], max_tokens=12, temperature=0
+            model="base", messages=[{"role": "user", "content": question}], max_tokens=8, temperature=0
         )
         return reply.choices[0].message.content
 
