@@ -21,8 +21,39 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.name == "exp" and cfg.resolved_output_dir() == Path("runs/exp")
     assert cfg.lora.rank == 8 and cfg.train.learning_rate == pytest.approx(1e-3)
     # Data paths are relative to the config file, not to where the command runs.
-    assert cfg.data.train == [tmp_path / "d.jsonl"]
-    assert cfg.data.eval == [tmp_path / "a.jsonl", tmp_path / "b.jsonl"]
+    assert [s.path for s in cfg.data.train] == [str(tmp_path / "d.jsonl")]
+    assert [s.path for s in cfg.data.eval] == [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+
+
+def test_data_sources_weights_hub_names_and_template_file(tmp_path):
+    (tmp_path / "local").mkdir()
+    path = write(tmp_path, (
+        "data:\n  train: [a.jsonl, {path: b.csv, weight: 2}, 'parts/*.jsonl', tatsu-lab/alpaca, hub:x/y, local]\n"
+        "  template: tpl/my.jinja\n"
+    ))
+    data = load_config(path).data
+    assert [(s.path, s.weight) for s in data.train] == [
+        (str(tmp_path / "a.jsonl"), 1.0), (str(tmp_path / "b.csv"), 2.0), (str(tmp_path / "parts/*.jsonl"), 1.0),
+        ("tatsu-lab/alpaca", 1.0), ("hub:x/y", 1.0), (str(tmp_path / "local"), 1.0),
+    ]
+    assert data.template == str(tmp_path / "tpl" / "my.jinja")
+    # A source still reads as its path in text and as a path.
+    assert f"{data.train[0]}" == str(tmp_path / "a.jsonl") and Path(data.train[0]) == tmp_path / "a.jsonl"
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["data.eval=e.jsonl", "data.val_fraction=0.1"], "data.eval (held-out files) or data.val_fraction, not both"),
+        (["data.eval=[{path: e.jsonl, weight: 2}]"], "without a weight"),
+        (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["data.train_on=prompts"], "data.train_on"),
+    ],
+)
+def test_bad_data_settings(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -305,6 +305,57 @@ def evaluate(
     write_reports(Path(target), result)
 
 
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Look at training data before training.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Annotated[str, typer.Argument(help="A config (.yaml), or a data file, glob, folder or hub dataset.")],
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="Override a key, e.g. --set data.format=dolly")] = [],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the same as machine-readable JSON.")] = False,
+    samples: Annotated[int, typer.Option(help="Rendered samples to show.")] = 2,
+    limit: Annotated[Optional[int], typer.Option(help="Encode only the first N samples of each split.")] = None,
+    plain: Annotated[bool, typer.Option(help="Mark trained text with [[ ]] even in a terminal.")] = False,
+) -> None:
+    """The data doctor: shapes, template, counts with reasons, lengths, loss share and masked samples.
+
+    Exits with 1 when it finds an error that would make training wrong.
+    """
+    _setup_logging(False)
+    from lorakit.config import DataSource
+    from lorakit.data.inspection import inspect_data
+    from lorakit.data.sources import DataError
+    from lorakit.data.templates import resolve_template
+    from lorakit.data.view import print_inspection
+    from lorakit.model.gguf_cache import ModelNotFoundError
+    from lorakit.model.loader import load_tokenizer, resolve_model_folder
+
+    try:
+        if target.endswith((".yaml", ".yml")):
+            cfg = load_config(Path(target), set_)
+        else:
+            cfg = load_config(None, set_)
+            local = Path(target).expanduser()
+            cfg.data.train = [DataSource(path=str(local.resolve()) if local.exists() else target)]
+    except (ConfigError, ValueError) as e:
+        _fail(str(e))
+    try:
+        tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
+        template = resolve_template(tokenizer, cfg.data.template)
+        result = inspect_data(
+            cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit
+        )
+    except (DataError, ModelNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if json_out:
+        print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    else:
+        print_inspection(out, result, plain=plain or not out.is_terminal)
+    if result.has_errors:
+        raise typer.Exit(1)
+
+
 runs_app = typer.Typer(no_args_is_help=True, help="Look at training runs.")
 app.add_typer(runs_app, name="runs")
 

@@ -39,6 +39,7 @@ class ModelConfig(_Section):
     cache_dir: Path = Field(
         Path("~/.cache/lorakit"),
         description="Where converted GGUF models are cached so the second load takes a second.",
+        validate_default=True,  # so the default's ~ is expanded too
     )
 
     @field_validator("cache_dir")
@@ -47,34 +48,85 @@ class ModelConfig(_Section):
         return value.expanduser()
 
 
+class DataSource(_Section):
+    """One place samples come from; a plain string in the YAML is a source with weight 1."""
+
+    path: str = Field(
+        description="A file (.json, .jsonl, .csv, .tsv, .parquet), a glob ('parts/*.jsonl'), a folder "
+        "written by datasets' save_to_disk, or a hub dataset ('hub:owner/name', or 'owner/name' when no "
+        "such local path exists)."
+    )
+    weight: float = Field(
+        1.0, gt=0, description="Times each record is used: 2 repeats this source twice, 0.5 keeps a seeded half."
+    )
+    split: str = Field("train", description="Split to read from a hub dataset or a save_to_disk DatasetDict.")
+    key: str | None = Field(None, description="For a JSON object holding several lists: the key of the samples.")
+
+    # A source reads as its path wherever a path was expected before sources had weights.
+    def __str__(self) -> str:
+        return self.path
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
 class DataConfig(_Section):
-    train: list[Path] = Field(default_factory=list, description="Training files (JSON or JSONL).")
-    eval: list[Path] = Field(default_factory=list, description="Held-out files for eval loss and scoring.")
-    format: Literal["auto", "alpaca", "messages"] = Field(
-        "auto", description="Sample shape; 'auto' detects it from the columns."
+    train: list[DataSource] = Field(
+        default_factory=list, description="Training sources: paths, globs, hub names, or {path, weight}."
+    )
+    eval: list[DataSource] = Field(default_factory=list, description="Held-out sources for eval loss and scoring.")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Hold out this seeded fraction of each training source for eval instead."
+    )
+    shuffle: bool = Field(True, description="Shuffle the samples (seeded) before holding out and training.")
+    seed: int = Field(42, description="Seed of the shuffle, the held-out choice and fractional weights.")
+    format: Literal["auto", "alpaca", "dolly", "prompt_completion", "text", "messages", "sharegpt"] = Field(
+        "auto", description="Sample shape; 'auto' detects it from each source's columns."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Read a shape's field from another column: {prompt: sentence, completion: translation}.",
     )
     template: str = Field(
         "auto",
         description="'auto' uses the tokenizer's own chat template (alpaca-style fallback when it "
-        "has none); or one of chatml, llama-3, phi-3, alpaca, human-assistant.",
+        "has none); one of chatml, llama-3, phi-3, alpaca, human-assistant; or a .jinja file.",
     )
     system_prompt: str | None = Field(None, description="System prompt added to samples that have none.")
     max_length: int = Field(1024, gt=8, description="Longest tokenized sample.")
     truncation: Literal["drop", "cut", "error"] = Field(
         "drop", description="Over max_length: drop the sample (default, answers stay whole), cut it, or stop."
     )
-    train_on: Literal["all_assistant", "last_assistant"] = Field(
-        "all_assistant", description="Which assistant turns carry loss."
+    train_on: Literal["all_assistant", "last_assistant", "everything"] = Field(
+        "all_assistant", description="Which tokens carry loss: every answer, the last answer, or all tokens."
     )
+    skip_bad_records: bool = Field(
+        False, description="Skip malformed records (counted and reported) instead of stopping at the first."
+    )
+    hub_download: bool = Field(
+        True, description="Download a hub dataset missing from the local cache; false: use the cache only."
+    )
+    hub_cache: Path | None = Field(None, description="Hugging Face hub cache to read from (default: HF's own).")
 
     @model_validator(mode="before")
     @classmethod
-    def _one_path_is_a_list(cls, values: Any) -> Any:
+    def _one_source_is_a_list(cls, values: Any) -> Any:
         if isinstance(values, dict):
             for key in ("train", "eval"):
-                if isinstance(values.get(key), (str, Path)):
-                    values[key] = [values[key]]
+                value = values.get(key)
+                if isinstance(value, (str, Path, dict)):
+                    value = [value]
+                if isinstance(value, list):
+                    values[key] = [{"path": str(v)} if isinstance(v, (str, Path)) else v for v in value]
         return values
+
+    @model_validator(mode="after")
+    def _one_way_to_hold_out(self) -> "DataConfig":
+        if self.val_fraction and self.eval:
+            raise ValueError("set data.eval (held-out files) or data.val_fraction, not both")
+        if any(s.weight != 1 for s in self.eval):
+            raise ValueError("source weights mix training data; give data.eval sources without a weight")
+        return self
 
 
 class LoraConfig(_Section):
@@ -123,6 +175,16 @@ class TrainConfig(_Section):
         default_factory=list, description="Experiment trackers; wandb and swanlab run in offline mode."
     )
     auto_batch_size: bool = Field(False, description="GPU only: halve batch_size until it fits in memory.")
+    selective_loss: bool = Field(
+        True, description="Project only answer positions to the vocabulary (same loss, less compute and memory)."
+    )
+    loss_chunk_size: int = Field(2048, gt=0, description="Answer tokens projected at a time by selective_loss.")
+    packing: bool = Field(
+        False, description="Concatenate each batch into one unpadded row (attention kept within each sample)."
+    )
+    group_by_length: bool = Field(
+        False, description="Batch samples of similar length together (less padding) when not packing."
+    )
 
     @model_validator(mode="after")
     def _eval_fits_checkpoints(self) -> TrainConfig:
@@ -217,6 +279,21 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
 
 
+def _resolve_source(source: DataSource, base: Path) -> DataSource:
+    """Make a local path absolute; leave hub names alone (they have no folder to be relative to)."""
+    text = source.path
+    if text.startswith("hub:"):
+        return source
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        local = base / path
+        looks_like_hub = text.count("/") == 1 and not path.suffix and not text.startswith(".")
+        if looks_like_hub and not local.exists() and not any(c in text for c in "*?["):
+            return source
+        path = local
+    return source.model_copy(update={"path": str(path.resolve())})
+
+
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """Data files are relative to the config file, so a config folder can be moved whole."""
 
@@ -224,8 +301,12 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         p = p.expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
-    cfg.data.train = [fix(p) for p in cfg.data.train]
-    cfg.data.eval = [fix(p) for p in cfg.data.eval]
+    cfg.data.train = [_resolve_source(s, base) for s in cfg.data.train]
+    cfg.data.eval = [_resolve_source(s, base) for s in cfg.data.eval]
+    if cfg.data.template.endswith((".jinja", ".jinja2", ".j2")):
+        cfg.data.template = str(fix(Path(cfg.data.template)))
+    if cfg.data.hub_cache is not None:
+        cfg.data.hub_cache = fix(cfg.data.hub_cache)
     cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
     name_path = Path(cfg.model.name).expanduser()
     if not name_path.is_absolute() and (base / name_path).exists():

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 
 from lorakit.config import ModelConfig
 from lorakit.data.collate import PadCollator
-from lorakit.data.encode import IGNORE_INDEX, SampleDropped, encode_conversation
-from lorakit.data.templates import NAMED_TEMPLATES, resolve_template
+from lorakit.data.encode import IGNORE_INDEX, SampleDropped, encode_conversation, encode_text
+from lorakit.data.records import Record
+from lorakit.data.shapes import detect_shape, to_content
+from lorakit.data.templates import NAMED_TEMPLATES, TemplateError, resolve_template
 from tests.conftest import make_tokenizer, needs_embedded
 
 MULTI_TURN = [
@@ -185,3 +187,89 @@ def test_property_labels_are_answers_plus_end(family, system, turns):
 
 
 TOKENIZERS: dict = {}
+
+
+# --- train_on=everything, plain text, and a user's own template file ---------------------------
+
+def test_train_on_everything_trains_every_token():
+    tokenizer = make_tokenizer("chatml")
+    enc = encode_conversation(tokenizer, resolve_template(tokenizer, "auto"), MULTI_TURN, 4096, train_on="everything")
+    assert enc.labels == enc.input_ids
+
+
+def test_text_sample_trains_everything_and_ends_with_eos():
+    tokenizer = make_tokenizer("chatml")
+    enc = encode_text(tokenizer, "The quick brown fox.", 4096)
+    assert enc.labels == enc.input_ids and enc.input_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(enc.input_ids) == "The quick brown fox.<|im_end|>"
+    cut = encode_text(tokenizer, "The quick brown fox.", len(enc.input_ids) - 1, truncation="cut")
+    assert cut.lost_end and cut.cut_tokens == 1
+    with pytest.raises(SampleDropped, match="empty text"):
+        encode_text(tokenizer, "  ", 4096)
+
+
+USER_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '### Q: ' + m['content'] + '\\n' }}"
+    "{% elif m['role'] == 'system' %}{{ m['content'] + '\\n' }}"
+    "{% else %}{{ '### A:\\n' + m['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### A:\\n' }}{% endif %}"
+)
+
+
+def test_template_from_a_file(tmp_path):
+    path = tmp_path / "mine.jinja"
+    path.write_text(USER_TEMPLATE, encoding="utf-8")
+    tokenizer = make_tokenizer("chatml", with_template=False)
+    template = resolve_template(tokenizer, str(path))
+    assert template.name == "mine" and tokenizer.eos_token_id in template.end_token_ids
+    enc = check_masking(tokenizer, template, MULTI_TURN, tokenizer.eos_token)
+    assert tokenizer.decode(enc.input_ids).startswith("You answer briefly.\n### Q: What is two plus two?")
+
+
+def test_template_file_errors_name_the_line(tmp_path):
+    path = tmp_path / "broken.jinja"
+    path.write_text("{% for m in messages %}\n{{ m['content'] }\n{% endfor %}", encoding="utf-8")
+    tokenizer = make_tokenizer("chatml")
+    with pytest.raises(TemplateError, match=r"broken.jinja, line 2: not a valid Jinja template"):
+        resolve_template(tokenizer, str(path))
+    with pytest.raises(TemplateError, match="does not exist"):
+        resolve_template(tokenizer, str(tmp_path / "absent.jinja"))
+    with pytest.raises(TemplateError, match="unknown template 'vicuna'"):
+        resolve_template(tokenizer, "vicuna")
+
+
+# --- property: for records of every shape, the labels are exactly the answers plus end tokens ---
+
+_pair = st.tuples(_text, _text)
+
+
+@st.composite
+def records_of_any_shape(draw):
+    shape = draw(st.sampled_from(["alpaca", "dolly", "prompt_completion", "messages"]))
+    system = draw(st.one_of(st.none(), _text))
+    if shape == "alpaca":
+        fields = {"instruction": draw(_text), "input": draw(st.one_of(st.just(""), _text)), "output": draw(_text)}
+        fields["history"] = [list(p) for p in draw(st.lists(_pair, max_size=3))]
+    elif shape == "dolly":
+        fields = {"instruction": draw(_text), "context": draw(st.one_of(st.just(""), _text)), "response": draw(_text)}
+    elif shape == "prompt_completion":
+        fields = {"prompt": draw(_text), "completion": draw(_text)}
+    else:
+        turns = [{"from": "system", "value": system}] if system else []
+        for user, answer in draw(st.lists(_pair, min_size=1, max_size=3)):
+            turns += [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]
+        return shape, {"conversations": turns}
+    if system:
+        fields["system"] = system
+    return shape, fields
+
+
+@settings(max_examples=60, deadline=None)
+@given(family=st.sampled_from(["chatml", "llama-3", "phi-3"]), shaped=records_of_any_shape())
+def test_property_every_shape_trains_exactly_the_answers(family, shaped):
+    shape, fields = shaped
+    tokenizer = TOKENIZERS.setdefault(family, make_tokenizer(family))
+    record = Record(fields, "p.jsonl", "line 1")
+    assert detect_shape(fields) == shape
+    conv = to_content(record, shape, None)
+    check_masking(tokenizer, resolve_template(tokenizer, "auto"), conv, end_token_of(tokenizer, family))

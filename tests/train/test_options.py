@@ -64,3 +64,14 @@ def test_auto_batch_size_on_gpu(tiny_model_dir, tmp_path):
                       "train.max_steps=2", "train.save_steps=null")
     summary = recipe.run(cfg)
     assert summary["steps"] == 2 and summary["cuda_peak_reserved_bytes"] > 0
+
+
+@pytest.mark.parametrize("switch", ["train.packing=true", "train.group_by_length=true", "train.selective_loss=false"])
+def test_speed_switches_still_learn(tiny_model_dir, tmp_path, switch):
+    cfg = tiny_config(tiny_model_dir, tmp_path, switch, "train.max_steps=15", "train.batch_size=4",
+                      "train.learning_rate=0.02", "train.logging_steps=1", "train.warmup=0",
+                      "train.scheduler=constant", "train.save_steps=null", "lora.rank=8")
+    summary = recipe.run(cfg)
+    seen = [r["loss"] for r in metrics(cfg.output_dir) if "loss" in r]
+    assert sum(seen[-3:]) / 3 < 0.8 * sum(seen[:3]) / 3
+    assert summary["loss_tokens_seen"] > 0

@@ -1,34 +1,151 @@
-"""From configured files to encoded samples plus a report of every sample's fate."""
+"""From configured sources to encoded samples, with a report of every record's fate.
+
+The order is fixed and each step counts what it does: read records (bad ones stop the run,
+or are skipped and counted), turn them into conversations (unanswered trailing user turns
+removed and counted), hold out a seeded fraction for eval, mix sources by weight, shuffle,
+encode (drops and cuts counted), and let the doctor look at the result.
+"""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
-from lorakit.data.report import DataReport
-from lorakit.data.shapes import Conversation, to_conversation
-from lorakit.data.sources import DataError, read_records
-from lorakit.config import DataConfig
+from lorakit.config import DataConfig, DataSource
+from lorakit.data.doctor import diagnose
+from lorakit.data.encode import Encoded, SampleDropped, content_problem, encode_conversation, encode_text
+from lorakit.data.mixing import apply_weight, hold_out
+from lorakit.data.records import DataError, Record
+from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
+from lorakit.data.shapes import Conversation, canonical_shape, detect_shape, to_content
+from lorakit.data.sources import SourceRecords, read_source
 from lorakit.data.templates import ChatTemplate
 
 
 @dataclass
 class Sample:
-    """One conversation, kept with its origin so any later message can point at it."""
+    """One conversation (or, for the text shape, one text), kept with its origin."""
 
     conversation: Conversation
     origin: str
+    text: str | None = None  # plain language-model text: every token carries loss
+
+    def key(self) -> tuple:
+        """Equal for samples that train the same tokens; used to find repeats and eval leaks."""
+        return (self.text, *((m["role"], m["content"]) for m in self.conversation))
 
 
-def read_conversations(paths: list[Path], shape: str, system_prompt: str | None) -> list[Sample]:
+@dataclass
+class SourceSamples:
+    source: DataSource
+    samples: list[Sample]
+
+
+def _as_source(item: DataSource | Path | str) -> DataSource:
+    return item if isinstance(item, DataSource) else DataSource(path=str(item))
+
+
+def _shape_of(records: list[Record], cfg: DataConfig) -> str | None:
+    """The configured shape, or the one the first readable record's columns show.
+
+    None when every record is unreadable and skipped: there is nothing to have a shape.
+    """
+    if cfg.format != "auto":
+        return canonical_shape(cfg.format)
+    for record in records:
+        try:
+            if record.problem:
+                raise record.error(record.problem)
+            return detect_shape(record.fields, cfg.columns)
+        except DataError as err:
+            if not cfg.skip_bad_records:
+                raise (err if record.problem else record.error(str(err))) from None
+    return None
+
+
+def _convert(
+    src: SourceRecords, cfg: DataConfig, report: DataReport, unanswered: list[str]
+) -> tuple[list[Sample], str]:
+    shape = _shape_of(src.records, cfg)
     samples = []
-    for path in paths:
-        for record in read_records(path):
-            samples.append(Sample(to_conversation(record, shape, system_prompt), record.origin()))
-    return samples
+    for record in src.records:
+        try:
+            if record.problem:
+                raise record.error(record.problem)
+            if shape is None:
+                raise record.error("no record of this source is readable")
+            content = to_content(record, shape, cfg.system_prompt, cfg.columns)
+        except DataError as err:
+            if not cfg.skip_bad_records:
+                raise
+            report.skip(str(err))
+            continue
+        if isinstance(content, str):
+            samples.append(Sample([], record.origin(), text=content))
+            continue
+        if cfg.train_on != "everything" and content[-1]["role"] == "user":
+            # The unanswered question teaches nothing (it carries no loss) but costs length.
+            unanswered.append(record.origin())
+            if any(m["role"] == "assistant" for m in content):
+                while content[-1]["role"] == "user":
+                    content = content[:-1]
+        samples.append(Sample(content, record.origin()))
+    return samples, shape or "unknown"
+
+
+def _duplicates(samples: Sequence[Sample]) -> list[str]:
+    first: dict[tuple, str] = {}
+    repeats = []
+    for sample in samples:
+        key = sample.key()
+        if key in first:
+            repeats.append(f"{sample.origin} repeats {first[key]}")
+        else:
+            first[key] = sample.origin
+    return repeats
+
+
+def read_samples(
+    sources: Sequence[DataSource | Path | str], cfg: DataConfig, report: DataReport
+) -> list[SourceSamples]:
+    """Read and convert every source of one split; quirks of the data go into ``report``."""
+    pools, unanswered = [], []
+    for item in sources:
+        src = read_source(_as_source(item), cfg.hub_cache, cfg.hub_download)
+        report.records += len(src.records)
+        samples, shape = _convert(src, cfg, report, unanswered)
+        report.sources.append(SourceSummary(src.label, len(src.files), len(src.records), shape, src.source.weight))
+        pools.append(SourceSamples(src.source, samples))
+    if unanswered:
+        report.findings.append(Finding(
+            "note", "ends_on_user",
+            f"{len(unanswered)} conversations end on a user turn with no answer; that turn was removed "
+            "(a conversation with no answer at all is dropped)",
+            len(unanswered), unanswered[:MAX_EXAMPLES],
+        ))
+    repeats = _duplicates([s for p in pools for s in p.samples])
+    if repeats:
+        report.findings.append(Finding(
+            "note", "duplicates",
+            f"{len(repeats)} samples repeat an earlier sample exactly; they are kept and weigh it more",
+            len(repeats), repeats[:MAX_EXAMPLES],
+        ))
+    return pools
+
+
+def read_conversations(
+    paths: Sequence[DataSource | Path | str],
+    shape: str,
+    system_prompt: str | None,
+    columns: dict[str, str] | None = None,
+) -> list[Sample]:
+    """All samples of some files, strictly (the first bad record stops with its file and line)."""
+    cfg = DataConfig(format=shape, system_prompt=system_prompt, columns=columns or {})
+    return [s for pool in read_samples(paths, cfg, DataReport("read")) for s in pool.samples]
 
 
 def encode_samples(
@@ -40,18 +157,39 @@ def encode_samples(
     truncation: str,
     train_on: str,
     split: str,
+    report: DataReport | None = None,
+    require_samples: bool = True,
+    limit: int | None = None,
 ) -> tuple[list[Encoded], DataReport]:
-    report = DataReport(split)
+    """Encode samples, counting every drop and cut in ``report``.
+
+    ``limit`` tokenizes only that many samples (an inspection of a large file); the content
+    checks, which need no tokenizer, still run on all, so their counts are complete.
+    """
+    report = report if report is not None else DataReport(split)
     encoded: list[Encoded] = []
+    tokenized = 0
     for sample in samples:
         report.read += 1
+        problem = content_problem(sample.conversation, sample.text, train_on)
+        if problem:
+            report.drop(problem, sample.origin)
+            continue
+        if limit is not None and tokenized >= limit:
+            report.not_encoded += 1
+            continue
+        tokenized += 1
         try:
-            item = encode_conversation(tokenizer, template, sample.conversation, max_length, truncation, train_on)
+            if sample.text is not None:
+                item = encode_text(tokenizer, sample.text, max_length, truncation)
+            else:
+                item = encode_conversation(tokenizer, template, sample.conversation, max_length, truncation, train_on)
         except SampleDropped as dropped:
             report.drop(dropped.reason, sample.origin)
             continue
         except ValueError as err:
             raise DataError(f"{sample.origin}: {err}") from None
+        item.origin = sample.origin
         if item.cut_tokens:
             report.truncated += 1
             report.tokens_cut += item.cut_tokens
@@ -60,7 +198,7 @@ def encode_samples(
         report.tokens += len(item.input_ids)
         report.loss_tokens += sum(1 for x in item.labels if x != -100)
         encoded.append(item)
-    if not encoded and samples:
+    if require_samples and not encoded and samples:
         raise DataError(f"{split}: all {len(samples)} samples were dropped: " + "; ".join(report.lines()[1:]))
     return encoded, report
 
@@ -72,22 +210,66 @@ class Splits:
     reports: list[DataReport]
 
 
-def build_splits(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> Splits:
+def _mix(pools: list[SourceSamples], rng: random.Random, report: DataReport) -> list[Sample]:
+    mixed: list[Sample] = []
+    for pool in pools:
+        samples, repeated, left_out = apply_weight(pool.samples, pool.source.weight, rng)
+        report.repeated += repeated
+        report.left_out += left_out
+        mixed += samples
+    return mixed
+
+
+def _leaks(train: list[Sample], held: list[Sample]) -> list[Finding]:
+    seen = {s.key(): s.origin for s in train}
+    hits = [f"{s.origin} = {seen[s.key()]}" for s in held if s.key() in seen]
+    if not hits:
+        return []
+    return [Finding(
+        "warning", "eval_in_train",
+        f"{len(hits)} eval samples also appear in the training data, so eval loss overstates how well it generalizes",
+        len(hits), hits[:MAX_EXAMPLES],
+    )]
+
+
+def build_splits(
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    template: ChatTemplate,
+    *,
+    limit: int | None = None,
+    require_samples: bool = True,
+) -> Splits:
+    """Train and eval samples as configured; ``limit`` encodes only the first N of each (inspection)."""
     if not cfg.train:
-        raise ValueError("no training data: set data.train to one or more JSON/JSONL files")
-    splits: dict[str, list[Encoded]] = {}
-    reports = []
-    for split, paths in (("train", cfg.train), ("eval", cfg.eval)):
-        samples = read_conversations(paths, cfg.format, cfg.system_prompt)
-        splits[split], report = encode_samples(
-            samples,
-            tokenizer,
-            template,
-            max_length=cfg.max_length,
-            truncation=cfg.truncation,
-            train_on=cfg.train_on,
-            split=split,
+        raise DataError("no training data: set data.train to one or more files, globs or hub datasets")
+    rng = random.Random(cfg.seed)
+    train_report, eval_report = DataReport("train"), DataReport("eval")
+    train_pools = read_samples(cfg.train, cfg, train_report)
+    held: list[Sample] = []
+    if cfg.val_fraction:
+        for pool in train_pools:
+            pool.samples, out = hold_out(pool.samples, cfg.val_fraction, rng if cfg.shuffle else None)
+            held += out
+        train_report.held_out = eval_report.from_train = len(held)
+    eval_samples = held + [s for pool in read_samples(cfg.eval, cfg, eval_report) for s in pool.samples]
+    train_samples = _mix(train_pools, rng, train_report)
+    if cfg.shuffle:
+        rng.shuffle(train_samples)
+    if not train_samples and require_samples:
+        left = "; ".join(train_report.lines())
+        raise DataError(f"no training samples are left after holding out and weighting: {left}")
+    eval_report.findings += _leaks(train_samples, eval_samples)
+
+    encoded: dict[str, list[Encoded]] = {}
+    for split, samples, report in (("train", train_samples, train_report), ("eval", eval_samples, eval_report)):
+        encoded[split], _ = encode_samples(
+            samples, tokenizer, template, max_length=cfg.max_length, truncation=cfg.truncation,
+            train_on=cfg.train_on, split=split, report=report, require_samples=require_samples, limit=limit,
         )
-        if samples:
-            reports.append(report)
-    return Splits(splits["train"], splits["eval"], reports)
+        report.findings += diagnose(
+            tokenizer, template, encoded[split], report,
+            has_conversations=any(s.text is None for s in samples), has_text=any(s.text is not None for s in samples),
+        ) if split == "train" else []
+    reports = [train_report] + ([eval_report] if eval_report.records or eval_report.from_train else [])
+    return Splits(encoded["train"], encoded["eval"], reports)

@@ -35,27 +35,31 @@ class Encoded:
     labels: list[int]
     cut_tokens: int = 0  # tokens discarded by truncation
     lost_end: bool = False  # truncation removed an answer's end-of-turn token
+    answers_without_end: int = 0  # trained answers whose labels hold no end-of-turn token
+    origin: str = ""  # file and line of the sample, for reports
 
 
 def _answer_spans(
     tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv: Conversation, full: str, train_on: str
 ) -> list[tuple[int, int]]:
     """Character spans of the assistant turns that carry loss."""
+    indices = [i for i, m in enumerate(conv) if m["role"] == "assistant"]
+    if train_on == "last_assistant":
+        indices = indices[-1:]
     spans = []
-    for index, message in enumerate(conv):
-        if message["role"] != "assistant":
-            continue
+    for index in indices:
         before = template.render(tokenizer, conv[:index], add_generation_prompt=True)
-        through = template.render(tokenizer, conv[: index + 1], add_generation_prompt=False)
+        last = index == len(conv) - 1
+        through = full if last else template.render(tokenizer, conv[: index + 1], add_generation_prompt=False)
         if not (through.startswith(before) and full.startswith(through)):
+            hint = " or train on the last answer only (data.train_on=last_assistant)"
+            hint = "" if train_on == "last_assistant" else hint
             raise TemplateError(
                 f"template '{template.name}' does not render a conversation as a growing prefix "
                 f"(turn {index}); the answer cannot be located for masking. Use a named template "
-                "(data.template) or a template without history rewriting."
+                f"(data.template){hint}."
             )
         spans.append((len(before), len(through)))
-    if train_on == "last_assistant":
-        spans = spans[-1:]
     return spans
 
 
@@ -75,6 +79,35 @@ def _label_positions(
     return inside[: ends[-1] + 1], True
 
 
+def _fit(encoded: Encoded, end_positions: list[int], max_length: int, truncation: str) -> Encoded:
+    """Apply the over-length policy; every outcome is either whole, counted as cut, or raised."""
+    ids, labels = encoded.input_ids, encoded.labels
+    if len(ids) <= max_length:
+        return encoded
+    if truncation == "error":
+        raise ValueError(f"sample has {len(ids)} tokens, over max_length={max_length} (data.truncation=error)")
+    if truncation == "drop":
+        raise SampleDropped(f"longer than max_length={max_length}")
+    kept = labels[:max_length]
+    if all(x == IGNORE_INDEX for x in kept):
+        raise SampleDropped("no token carries loss after truncation")
+    encoded.input_ids, encoded.labels = ids[:max_length], kept
+    encoded.cut_tokens = len(ids) - max_length
+    encoded.lost_end = any(p >= max_length for p in end_positions)
+    return encoded
+
+
+def content_problem(conv: Conversation, text: str | None, train_on: str) -> str | None:
+    """Why a sample cannot be trained on, judged from its content alone (no tokenizer needed)."""
+    if text is not None:
+        return None if text.strip() else "empty text"
+    if train_on != "everything" and not any(m["role"] == "assistant" for m in conv):
+        return "no assistant turn"
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in conv):
+        return "empty assistant answer"
+    return None
+
+
 def encode_conversation(
     tokenizer: PreTrainedTokenizerBase,
     template: ChatTemplate,
@@ -83,35 +116,42 @@ def encode_conversation(
     truncation: str = "drop",
     train_on: str = "all_assistant",
 ) -> Encoded:
-    if not any(m["role"] == "assistant" for m in conv):
-        raise SampleDropped("no assistant turn")
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in conv):
-        raise SampleDropped("empty assistant answer")
+    problem = content_problem(conv, None, train_on)
+    if problem:
+        raise SampleDropped(problem)
     full = template.render(tokenizer, conv, add_generation_prompt=False)
     # The template already writes BOS where the model wants it; adding special tokens
     # again here is how recipes end up training on a doubled BOS.
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
+    if train_on == "everything":
+        ends = [k for k, t in enumerate(ids) if t in template.end_token_ids]
+        return _fit(Encoded(ids, list(ids)), ends[-1:], max_length, truncation)
     offsets: list[tuple[int, int]] = enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
     end_positions: list[int] = []
+    without_end = 0
     for span in _answer_spans(tokenizer, template, conv, full, train_on):
         positions, has_end = _label_positions(offsets, ids, span, template.end_token_ids)
         for k in positions:
             labels[k] = ids[k]
         if has_end:
             end_positions.append(positions[-1])
+        else:
+            without_end += 1
     if all(x == IGNORE_INDEX for x in labels):
         raise SampleDropped("no token carries loss")
-    if len(ids) <= max_length:
-        return Encoded(ids, labels)
-    if truncation == "error":
-        raise ValueError(f"sample has {len(ids)} tokens, over max_length={max_length} (data.truncation=error)")
-    if truncation == "drop":
-        raise SampleDropped(f"longer than max_length={max_length}")
-    cut = len(ids) - max_length
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(x == IGNORE_INDEX for x in labels):
-        raise SampleDropped("no token carries loss after truncation")
-    lost_end = any(p >= max_length for p in end_positions)
-    return Encoded(ids, labels, cut_tokens=cut, lost_end=lost_end)
+    return _fit(Encoded(ids, labels, answers_without_end=without_end), end_positions, max_length, truncation)
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, truncation: str = "drop") -> Encoded:
+    """Plain language-model data: every token carries loss, and EOS closes the text so the model learns to stop."""
+    problem = content_problem([], text, "everything")
+    if problem:
+        raise SampleDropped(problem)
+    # Here the tokenizer's own special tokens are wanted: there is no template to write BOS.
+    ids: list[int] = tokenizer(text, add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if eos is not None and ids[-1:] != [eos]:
+        ids.append(eos)
+    return _fit(Encoded(ids, list(ids)), [len(ids) - 1], max_length, truncation)

@@ -1,18 +1,28 @@
-"""Turn a record of any supported shape into one conversation: a list of role/content turns.
+"""Turn a record of any supported shape into one conversation (or, for ``text``, one string).
 
-Everything downstream (templates, masking, generation, serving) speaks conversations
-only, so a shape is supported by writing one small function here.
+Everything downstream (templates, masking, generation, serving) speaks conversations only,
+so a shape is supported by one small function here. ``data.columns`` lets a file name its
+columns differently: the shape reads the canonical name, the record holds the user's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from lorakit.data.sources import DataError, Record
+from lorakit.data.records import DataError, Record
 
 Message = dict[str, str]
 Conversation = list[Message]
+Content = Conversation | str  # a conversation, or plain text trained on everything
+
+SHAPES = ("alpaca", "dolly", "prompt_completion", "text", "messages")
+_ALIASES = {"sharegpt": "messages"}
+# Canonical names a shape reads; data.columns may map each to a column of the user's file.
+COLUMN_NAMES = (
+    "instruction", "input", "output", "system", "history", "context", "response",
+    "prompt", "completion", "text", "messages", "conversations", "role", "content",
+)
 
 _ROLE_ALIASES = {
     "system": "system",
@@ -25,75 +35,197 @@ _ROLE_ALIASES = {
 }
 
 
-def _text(record: Record, key: str, required: bool = True) -> str:
-    value = record.fields.get(key)
-    if value is None:
-        if required:
-            raise DataError(f"{record.origin()}: missing required field '{key}'")
-        return ""
-    if not isinstance(value, str):
-        raise DataError(
-            f"{record.origin()}: field '{key}' must be a string, got {type(value).__name__}; "
-            "convert it to text in the file"
-        )
-    return value
+class _View:
+    """One record read through the column mapping; its errors name the record and the column."""
+
+    def __init__(self, record: Record, columns: Mapping[str, str]):
+        self.record = record
+        self.columns = columns
+
+    def key(self, name: str) -> str:
+        return self.columns.get(name, name)
+
+    def has(self, name: str) -> bool:
+        return self.record.fields.get(self.key(name)) is not None
+
+    def raw(self, name: str) -> Any:
+        return self.record.fields.get(self.key(name))
+
+    def label(self, name: str) -> str:
+        column = self.key(name)
+        return f"'{column}' (data.columns.{name})" if column != name else f"'{name}'"
+
+    def fail(self, message: str) -> DataError:
+        return self.record.error(message)
+
+    def text(self, name: str, required: bool = True) -> str:
+        value = self.raw(name)
+        if value is None:
+            if required:
+                have = ", ".join(sorted(self.record.fields)) or "none"
+                raise self.fail(
+                    f"missing required field {self.label(name)} (columns here: {have}); add it, or map another "
+                    f"column to it with data.columns.{name}"
+                )
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(
+                f"field {self.label(name)} must be a string, got {type(value).__name__}; convert it to text in the file"
+            )
+        return value
 
 
-def from_alpaca(record: Record, system_prompt: str | None) -> Conversation:
-    instruction = _text(record, "instruction")
-    extra = _text(record, "input", required=False)
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    system = _text(record, "system", required=False) or system_prompt
-    turns: Conversation = [{"role": "system", "content": system}] if system else []
-    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": _text(record, "output")}]
+def _system_turn(view: _View, system_prompt: str | None) -> Conversation:
+    system = view.text("system", required=False) or system_prompt
+    return [{"role": "system", "content": system}] if system else []
+
+
+def _user_text(main: str, extra: str) -> str:
+    return f"{main}\n\n{extra}" if extra.strip() else main
+
+
+def _history(view: _View) -> Conversation:
+    raw = view.raw("history")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise view.fail(f"field {view.label('history')} must be a list of [question, answer] pairs")
+    turns: Conversation = []
+    for index, pair in enumerate(raw):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise view.fail(f"history item {index} must be a [question, answer] pair of strings, got {pair!r:.80}")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     return turns
 
 
-def from_messages(record: Record, system_prompt: str | None) -> Conversation:
-    key = "messages" if "messages" in record.fields else "conversations"
-    raw = record.fields.get(key)
+def _alpaca(view: _View, system_prompt: str | None) -> Conversation:
+    user = _user_text(view.text("instruction"), view.text("input", required=False))
+    return [
+        *_system_turn(view, system_prompt),
+        *_history(view),
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": view.text("output")},
+    ]
+
+
+def _dolly(view: _View, system_prompt: str | None) -> Conversation:
+    user = _user_text(view.text("instruction"), view.text("context", required=False))
+    return [
+        *_system_turn(view, system_prompt),
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": view.text("response")},
+    ]
+
+
+def _content(view: _View, value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    # OpenAI's list-of-parts content: text parts only; anything else is not trainable text.
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    raise view.fail(f"{where} content must be a string, got {type(value).__name__}")
+
+
+def _turns(view: _View, name: str, raw: Any) -> Conversation:
     if not isinstance(raw, list) or not raw:
-        raise DataError(f"{record.origin()}: '{key}' must be a non-empty list of turns")
+        raise view.fail(f"{view.label(name)} must be a non-empty list of turns")
+    role_keys = [view.columns["role"]] if "role" in view.columns else ["role", "from"]
+    content_keys = [view.columns["content"]] if "content" in view.columns else ["content", "value"]
     turns: Conversation = []
     for index, turn in enumerate(raw):
         if not isinstance(turn, dict):
-            raise DataError(f"{record.origin()}: turn {index} of '{key}' must be an object")
-        role_raw = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
+            raise view.fail(f"turn {index} of {view.label(name)} must be an object with a role and a content")
+        role_raw = next((turn[k] for k in role_keys if k in turn), None)
         role = _ROLE_ALIASES.get(str(role_raw).lower()) if role_raw is not None else None
         if role is None:
-            raise DataError(
-                f"{record.origin()}: turn {index} has unknown role {role_raw!r}; "
+            raise view.fail(
+                f"turn {index} has unknown role {role_raw!r} (role keys: {', '.join(role_keys)}); "
                 f"use one of {', '.join(sorted(_ROLE_ALIASES))}"
             )
-        if not isinstance(content, str):
-            raise DataError(f"{record.origin()}: turn {index} content must be a string")
-        turns.append({"role": role, "content": content})
-    if system_prompt and turns[0]["role"] != "system":
-        turns.insert(0, {"role": "system", "content": system_prompt})
+        content = next((turn[k] for k in content_keys if k in turn), None)
+        turns.append({"role": role, "content": _content(view, content, f"turn {index}")})
     return turns
 
 
-_SHAPES: dict[str, Callable[[Record, str | None], Conversation]] = {
-    "alpaca": from_alpaca,
-    "messages": from_messages,
+def _messages(view: _View, system_prompt: str | None) -> Conversation:
+    name = "messages" if view.has("messages") else "conversations"
+    turns = _turns(view, name, view.raw(name))
+    if turns[0]["role"] != "system":
+        # A record-level "system" (ShareGPT exports carry one) comes first, then the default.
+        turns = _system_turn(view, system_prompt) + turns
+    return turns
+
+
+def _prompt_completion(view: _View, system_prompt: str | None) -> Conversation:
+    prompt, completion = view.raw("prompt"), view.raw("completion")
+    if isinstance(prompt, list):  # conversational prompt/completion, as TRL writes it
+        head = _turns(view, "prompt", prompt)
+    else:
+        head = [{"role": "user", "content": view.text("prompt")}]
+    if isinstance(completion, list):
+        tail = _turns(view, "completion", completion)
+    else:
+        tail = [{"role": "assistant", "content": view.text("completion")}]
+    if head[0]["role"] != "system":
+        head = _system_turn(view, system_prompt) + head
+    return head + tail
+
+
+def _text(view: _View, system_prompt: str | None) -> str:
+    return view.text("text")
+
+
+_BUILDERS: dict[str, Callable[[_View, str | None], Content]] = {
+    "alpaca": _alpaca,
+    "dolly": _dolly,
+    "prompt_completion": _prompt_completion,
+    "text": _text,
+    "messages": _messages,
 }
 
 
-def detect_shape(fields: dict[str, Any]) -> str:
-    if "messages" in fields or "conversations" in fields:
+def canonical_shape(shape: str) -> str:
+    return _ALIASES.get(shape, shape)
+
+
+def detect_shape(fields: Mapping[str, Any], columns: Mapping[str, str] | None = None) -> str:
+    """The shape a record's columns say it has; the first record of a source decides for all."""
+    columns = columns or {}
+    has = {name for name in COLUMN_NAMES if columns.get(name, name) in fields}
+    if has & {"messages", "conversations"}:
         return "messages"
-    if "instruction" in fields:
-        return "alpaca"
+    if "instruction" in has:
+        return "dolly" if "output" not in has and has & {"response", "context"} else "alpaca"
+    if "prompt" in has:
+        return "prompt_completion"
+    if "text" in has:
+        return "text"
     raise DataError(
-        f"cannot tell the data shape from the columns {sorted(fields)}; expected alpaca "
-        "(instruction/input/output) or messages/conversations. Set data.format explicitly."
+        f"cannot tell the data shape from the columns {sorted(fields)}; expected alpaca (instruction/input/"
+        "output), dolly (instruction/context/response), prompt/completion, text, or messages/conversations. "
+        "Set data.format, or map your columns with data.columns (e.g. {prompt: question, completion: answer})."
     )
 
 
+def to_content(
+    record: Record, shape: str, system_prompt: str | None, columns: Mapping[str, str] | None = None
+) -> Content:
+    """The conversation (or text) of one record of a known shape."""
+    return _BUILDERS[canonical_shape(shape)](_View(record, columns or {}), system_prompt)
+
+
 def to_conversation(record: Record, shape: str, system_prompt: str | None) -> Conversation:
+    """One record as a conversation; ``shape`` may be 'auto' (detected from this record)."""
     try:
         resolved = detect_shape(record.fields) if shape == "auto" else shape
     except DataError as err:
-        raise DataError(f"{record.origin()}: {err}") from None
-    return _SHAPES[resolved](record, system_prompt)
+        raise record.error(str(err)) from None
+    content = to_content(record, resolved, system_prompt)
+    if isinstance(content, str):
+        raise record.error("a 'text' sample is not a conversation; it cannot be used here")
+    return content
+
+
+def from_messages(record: Record, system_prompt: str | None) -> Conversation:
+    """A messages/conversations record as a conversation (used to read prompt files)."""
+    return _messages(_View(record, {}), system_prompt)

@@ -1,82 +1,82 @@
-"""Read records from files, remembering where each came from.
+"""Where samples come from: a data source in the config becomes records that know their origin.
 
-Every record carries its file and line (JSONL) or index (JSON) so that any later error
-or drop can name the exact sample the user must look at.
+A source is a file, a glob of files, a folder written by datasets' ``save_to_disk``, or a
+hub dataset. Whatever it is, the result is a flat list of records, each naming its file
+and line or row; the readers that parse each format live in ``readers``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
+import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from lorakit.config import DataSource
+from lorakit.data.hub import snapshot_folder, split_files
+from lorakit.data.readers import is_saved_dataset, read_file, read_saved_dataset
+from lorakit.data.records import DataError, Record
+
+__all__ = ["DataError", "Record", "SourceRecords", "read_records", "read_source"]
+
+_GLOB_CHARS = "*?["
 
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, the record and the fix."""
+@dataclass
+class SourceRecords:
+    """The records of one configured source, with the files they were read from."""
 
+    source: DataSource
+    files: list[str]
+    records: list[Record]
 
-@dataclass(frozen=True)
-class Record:
-    fields: dict[str, Any]
-    file: str
-    where: str  # "line 12" for JSONL, "record 12" for a JSON list
-
-    def origin(self) -> str:
-        return f"{self.file}, {self.where}"
-
-
-def _read_text(path: Path) -> str:
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); re-save it as UTF-8"
-        ) from None
-
-
-def _jsonl(path: Path, text: str) -> Iterator[Record]:
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}, line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(value, dict):
-            raise DataError(f"{path}, line {number}: each line must be a JSON object, got {type(value).__name__}")
-        yield Record(value, str(path), f"line {number}")
-
-
-def _json(path: Path, text: str) -> Iterator[Record]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg})") from None
-    if isinstance(value, dict):
-        lists = [k for k, v in value.items() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON list of samples, or an object holding exactly one list")
-        value = value[lists[0]]
-    if not isinstance(value, list):
-        raise DataError(f"{path}: expected a JSON list of samples, got {type(value).__name__}")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise DataError(f"{path}, record {index}: each sample must be a JSON object, got {type(item).__name__}")
-        yield Record(item, str(path), f"record {index}")
+    @property
+    def label(self) -> str:
+        return self.source.path
 
 
 def read_records(path: Path) -> list[Record]:
-    text = _read_text(path)
-    if not text.strip():
-        raise DataError(f"{path} is empty; it must hold at least one sample")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return list(_jsonl(path, text))
-    if suffix == ".json":
-        # Some ".json" files are really JSON Lines; the first character tells.
-        return list(_json(path, text) if text.lstrip()[0] in "[" or text.count("\n{") == 0 else _jsonl(path, text))
-    raise DataError(f"{path}: unsupported file type '{suffix}'; use .json or .jsonl")
+    """Every record of one file; the first unreadable one stops with its file and line."""
+    records = read_file(path)
+    for record in records:
+        if record.problem:
+            raise record.error(record.problem)
+    return records
+
+
+def _from_files(source: DataSource, files: list[Path]) -> SourceRecords:
+    records: list[Record] = []
+    for file in files:
+        records += read_file(file, source.key)
+    return SourceRecords(source, [str(f) for f in files], records)
+
+
+def _from_hub(source: DataSource, name: str, cache_dir: Path | None, download: bool) -> SourceRecords:
+    folder = snapshot_folder(name, cache_dir, download)
+    return _from_files(source, split_files(folder, source.split, name))
+
+
+def _looks_like_hub_name(text: str) -> bool:
+    return text.count("/") == 1 and not Path(text).suffix and not text.startswith((".", "/", "~"))
+
+
+def read_source(source: DataSource, hub_cache: Path | None = None, hub_download: bool = False) -> SourceRecords:
+    """Read one configured source, whatever kind it is."""
+    text = source.path
+    if text.startswith("hub:"):
+        return _from_hub(source, text[4:], hub_cache, hub_download)
+    if any(c in text for c in _GLOB_CHARS):
+        matches = sorted(Path(m) for m in glob.glob(text, recursive=True) if Path(m).is_file())
+        if not matches:
+            raise DataError(f"data source '{text}' matches no file")
+        return _from_files(source, matches)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not is_saved_dataset(path):
+            raise DataError(
+                f"{path} is a folder but not one written by datasets' save_to_disk (no state.json or "
+                f"dataset_dict.json in it); to read the files in it use a glob such as '{path}/*.jsonl'"
+            )
+        return SourceRecords(source, [str(path)], read_saved_dataset(path, source.split))
+    if not path.exists() and _looks_like_hub_name(text):
+        return _from_hub(source, text, hub_cache, hub_download)
+    return _from_files(source, [path])

@@ -1,4 +1,4 @@
-"""Chat templates: the model's own, or a named one for base models.
+"""Chat templates: the model's own, a named one for base models, or the user's own Jinja file.
 
 Every template is Jinja run through the tokenizer's ``apply_chat_template``, so training,
 generation and serving all render a conversation by one code path. The chosen template
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.shapes import Conversation
@@ -58,6 +61,9 @@ NAMED_TEMPLATES: dict[str, tuple[str, str | None]] = {
 KNOWN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
+
+
 class TemplateError(ValueError):
     """A template that cannot be used as asked; the message says what to change."""
 
@@ -93,17 +99,44 @@ def _end_ids(tokenizer: PreTrainedTokenizerBase, preferred: str | None) -> froze
     return frozenset(ids)
 
 
+def _known_end_ids(tokenizer: PreTrainedTokenizerBase, jinja: str) -> frozenset[int]:
+    """EOS plus every known end-of-turn token that this template writes and the vocabulary has."""
+    known = [_token_id(tokenizer, t) for t in KNOWN_END_TOKENS if t in jinja]
+    return _end_ids(tokenizer, None) | {i for i in known if i is not None}
+
+
+def _from_file(tokenizer: PreTrainedTokenizerBase, name: str) -> ChatTemplate:
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise TemplateError(f"template file {path} does not exist (data.template)")
+    try:
+        jinja = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise TemplateError(f"template file {path} is not UTF-8 text") from None
+    try:
+        ImmutableSandboxedEnvironment().parse(jinja)
+    except TemplateSyntaxError as err:
+        raise TemplateError(f"{path}, line {err.lineno}: not a valid Jinja template ({err.message})") from None
+    return ChatTemplate(path.stem, jinja, _known_end_ids(tokenizer, jinja))
+
+
+def is_template_file(name: str) -> bool:
+    return name.endswith(TEMPLATE_SUFFIXES) or "/" in name or "\\" in name
+
+
 def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str) -> ChatTemplate:
-    """Pick the template named in the config ('auto' = the tokenizer's own)."""
+    """Pick the template named in the config ('auto' = the tokenizer's own, or a .jinja file)."""
     if name == "auto":
         own = tokenizer.chat_template
         if isinstance(own, str) and own.strip():
-            known = [t for t in KNOWN_END_TOKENS if t in own and _token_id(tokenizer, t) is not None]
-            ids = _end_ids(tokenizer, None) | {_token_id(tokenizer, t) for t in known}
-            return ChatTemplate("model", own, frozenset(i for i in ids if i is not None))
+            return ChatTemplate("model", own, _known_end_ids(tokenizer, own))
         log.warning("the tokenizer has no chat template; falling back to the 'alpaca' template")
         name = "alpaca"
     if name not in NAMED_TEMPLATES:
-        raise TemplateError(f"unknown template {name!r}; choose auto or one of {', '.join(NAMED_TEMPLATES)}")
+        if is_template_file(name):
+            return _from_file(tokenizer, name)
+        raise TemplateError(
+            f"unknown template {name!r}; choose auto, one of {', '.join(NAMED_TEMPLATES)}, or a path to a .jinja file"
+        )
     jinja, end = NAMED_TEMPLATES[name]
     return ChatTemplate(name, jinja, _end_ids(tokenizer, end))

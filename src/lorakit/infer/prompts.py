@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.data.shapes import Conversation, from_messages
-from lorakit.data.sources import DataError, Record, read_records
+from lorakit.data.records import DataError, Record
+from lorakit.data.sources import read_records
 
 
 @dataclass(frozen=True)
 class Prompt:
     origin: str  # "file, line N": where to look when this prompt is reported
     conversation: Conversation
-
-
-def _read_csv(path: Path) -> list[Record]:
-    """CSV rows as records named by their line, for files that data.sources does not read itself."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); re-save it as UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise DataError(f"{path}: no header row; the first line must name the columns (prompt, messages or instruction)")
-    records, line = [], 2
-    for row in reader:
-        records.append(Record({k: v for k, v in row.items() if k is not None}, str(path), f"line {line}"))
-        line = reader.line_num + 1
-    return records
-
-
-def _records(path: Path) -> list[Record]:
-    if path.suffix.lower() == ".csv":
-        if not path.is_file():
-            raise DataError(f"prompt file {path} does not exist")
-        return _read_csv(path)
-    return read_records(path)
 
 
 def _conversation(record: Record, system_prompt: str | None) -> Conversation:
@@ -72,8 +47,8 @@ def _conversation(record: Record, system_prompt: str | None) -> Conversation:
 
 
 def read_prompts(path: Path, system_prompt: str | None = None) -> list[Prompt]:
-    """JSONL, JSON or CSV; records hold ``prompt``, ``messages``/``conversations``, or ``instruction``/``input``.
+    """Any file data.sources reads (JSONL, JSON, CSV, Parquet); records hold ``prompt``, ``messages``/``conversations``, or ``instruction``/``input``.
 
     A trailing assistant turn (a reference answer) is removed. In CSV, ``messages`` is a JSON list.
     """
-    return [Prompt(r.origin(), _conversation(r, system_prompt)) for r in _records(path)]
+    return [Prompt(r.origin(), _conversation(r, system_prompt)) for r in read_records(path)]

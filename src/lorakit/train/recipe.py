@@ -16,7 +16,7 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import RunConfig, save_config
-from lorakit.data.collate import PadCollator
+from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.dataset import build_splits
 from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
@@ -81,11 +81,13 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     trainer = LorakitTrainer(
         model=model,
         args=args,
-        train_dataset=splits.train,
+        train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train],
         eval_dataset=splits.eval or None,
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id),
         on_nonfinite=cfg.train.on_nonfinite,
         keep_checkpoints=cfg.train.save_total_limit,
+        selective_loss=cfg.train.selective_loss,
+        loss_chunk_size=cfg.train.loss_chunk_size,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:

@@ -17,6 +17,7 @@ from transformers import Trainer, TrainingArguments
 
 from lorakit.config import TrainConfig
 from lorakit.train import checkpoints
+from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,19 @@ class TokenCount:
 
 
 class LorakitTrainer(Trainer):
-    def __init__(self, *args, on_nonfinite: str = "stop", keep_checkpoints: int = 2, **kwargs):
+    def __init__(
+        self,
+        *args,
+        on_nonfinite: str = "stop",
+        keep_checkpoints: int = 2,
+        selective_loss: bool = True,
+        loss_chunk_size: int = 2048,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.count = TokenCount()
+        self.selective_loss = selective_loss and selective_loss_supported(self.model)
+        self.loss_chunk_size = loss_chunk_size
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
@@ -51,8 +62,12 @@ class LorakitTrainer(Trainer):
     # --- counting and guarding each step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            self.count.tokens += int(inputs["attention_mask"].sum())
-            self.count.loss_tokens += int((inputs["labels"] != -100).sum())
+            mask = inputs.get("attention_mask")
+            self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+            if self.selective_loss and not return_outputs:
+                head = output_head(self.accelerator.unwrap_model(model))
+                return answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -142,6 +157,7 @@ def training_arguments(
         use_cpu=not on_gpu,
         activation_checkpointing=cfg.gradient_checkpointing,
         auto_find_batch_size=cfg.auto_batch_size and on_gpu,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         disable_tqdm=True,  # lorakit draws its own progress bar
         dataloader_num_workers=0,
         remove_unused_columns=False,

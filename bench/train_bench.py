@@ -1,0 +1,269 @@
+"""lorakit against the recipes it replaces: same model, data, LoRA, learning rate and batch.
+
+Each competitor trains in its own process (so peak RSS is its own), in alternating order,
+in one invocation. Every trained adapter is then scored by the same code: answer-only loss
+on held-out samples, so speed is never bought with quality.
+
+    python bench/train_bench.py                  # 64 alpaca samples, all competitors
+    python bench/train_bench.py --n 32 --only a,e
+
+Writes bench/results/train-<host>-<time>.json and a bar chart PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data" / "alpaca_en.json"
+COMPETITORS = {
+    "a": "Trainer + peft, per-sample tokenization, dynamic padding (notebook recipe)",
+    "b": "Trainer + peft, every sample padded to max_length",
+    "c": "TRL SFTTrainer defaults (bf16 off: it refuses to start on CPU otherwise)",
+    "d": "TRL tuned for this CPU: no activation checkpointing, best precision here",
+    "d+pack": "TRL tuned, with padding-free packing",
+    "e": "lorakit defaults",
+}
+LR, BATCH, RANK, ALPHA, MAX_LEN, SEED = 2e-4, 4, 16, 32, 512, 0
+
+
+def samples(n: int, offset: int) -> list[dict]:
+    rows = [r for r in json.loads(SHARED.read_text(encoding="utf-8")) if r["output"].strip()]
+    return rows[offset : offset + n]
+
+
+def messages(row: dict) -> list[dict]:
+    user = f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+# ---------------------------------------------------------------- workers (one per process)
+def _model_and_tokenizer(cache: Path):
+    from lorakit.config import ModelConfig
+    from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+
+    source = resolve_model_folder(ModelConfig(cache_dir=cache))
+    return source, load_model(source, "float32"), load_tokenizer(source)
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def _precision_flags() -> dict:
+    from lorakit.train.hardware import pick_precision
+
+    return {"bf16": pick_precision("auto") == "bf16"}
+
+
+def work_recipe(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
+    """(a) and (b): the recipe most notebooks copy."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    _, model, tok = _model_and_tokenizer(cache)
+    model = _lora(model)
+
+    def encode(row):
+        conv = messages(row)
+        prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+        full = prompt + conv[1]["content"] + tok.eos_token
+        enc = tok(full, truncation=True, max_length=MAX_LEN, padding="max_length" if name == "b" else False)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        cut = len(tok(prompt)["input_ids"])
+        labels = [-100 if (i < cut or m == 0) else t for i, (t, m) in enumerate(zip(ids, mask))]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    data = Dataset.from_list(rows).map(encode, remove_columns=["instruction", "input", "output"])
+    args = TrainingArguments(output_dir=str(tmp), per_device_train_batch_size=BATCH, learning_rate=LR,
+                             num_train_epochs=1, logging_steps=1, report_to="none", save_strategy="no",
+                             use_cpu=True, seed=SEED, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data,
+                      data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    started = time.monotonic()
+    out = trainer.train()
+    return {"wall_s": time.monotonic() - started, "train_loss": out.training_loss, "model": model, "tok": tok}
+
+
+def work_trl(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    _, model, tok = _model_and_tokenizer(cache)
+    model = _lora(model)
+    data = Dataset.from_list([{"prompt": messages(r)[:1], "completion": messages(r)[1:]} for r in rows])
+    extra: dict = {"bf16": False}
+    if name.startswith("d"):
+        extra = {**_precision_flags(), "gradient_checkpointing": False, "packing": name == "d+pack"}
+    args = SFTConfig(output_dir=str(tmp), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
+                     logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=SEED,
+                     max_length=MAX_LEN, disable_tqdm=True, **extra)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+    started = time.monotonic()
+    out = trainer.train()
+    return {"wall_s": time.monotonic() - started, "train_loss": out.training_loss, "model": model, "tok": tok}
+
+
+def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
+    from lorakit.config import load_config
+    from lorakit.train import recipe
+
+    data = tmp / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = load_config(None, [f"data.train={data}", f"output_dir={tmp / 'run'}", f"model.cache_dir={cache}",
+                             f"train.batch_size={BATCH}", f"train.learning_rate={LR}", f"lora.rank={RANK}",
+                             f"lora.alpha={ALPHA}", "lora.dropout=0", f"data.max_length={MAX_LEN}",
+                             "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}"])
+    summary = recipe.run(cfg)
+    from lorakit.infer.session import open_session
+
+    session = open_session(str(tmp / "run"), cache)
+    return {"wall_s": summary["train_seconds"], "train_loss": summary["train_loss"], "model": session.model,
+            "tok": session.tokenizer}
+
+
+def held_out_loss(model, tok, rows: list[dict]) -> float:
+    """The same answer-only loss, same template and masking, for every competitor."""
+    from lorakit.data.dataset import Sample
+    from lorakit.data.templates import resolve_template
+    from lorakit.eval.compare import answer_loss
+    from lorakit.infer.session import Session
+
+    model.eval()
+    session = Session(model, tok, resolve_template(tok, "auto"), has_adapter=True)
+    return answer_loss(session, [Sample(messages(r), f"held-out {i}") for i, r in enumerate(rows)], MAX_LEN, 8)
+
+
+def token_counts(tok, rows: list[dict]) -> tuple[int, int]:
+    from lorakit.data.encode import encode_conversation
+    from lorakit.data.templates import resolve_template
+
+    template = resolve_template(tok, "auto")
+    total = loss = 0
+    for r in rows:
+        enc = encode_conversation(tok, template, messages(r), MAX_LEN, truncation="cut")
+        total += len(enc.input_ids)
+        loss += sum(1 for x in enc.labels if x != -100)
+    return total, loss
+
+
+def worker(name: str, n: int, out: Path, cache: Path) -> None:
+    import tempfile
+
+    import torch
+
+    torch.manual_seed(SEED)
+    train, held = samples(n, 0), samples(64, 10_000)
+    fn = {"a": work_recipe, "b": work_recipe, "e": work_lorakit}.get(name, work_trl)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fn(name, train, Path(tmp), cache)
+        tokens, loss_tokens = token_counts(result["tok"], train)
+        params = sum(p.numel() for p in result["model"].parameters())
+        record = {
+            "competitor": name, "description": COMPETITORS[name], "samples": n,
+            "wall_s": round(result["wall_s"], 2), "train_loss": result["train_loss"],
+            "tokens": tokens, "loss_tokens": loss_tokens,
+            "tokens_per_s": tokens / result["wall_s"], "loss_tokens_per_s": loss_tokens / result["wall_s"],
+            # LoRA training: forward (2N) plus activation gradients (2N) per real token.
+            "useful_flop_per_s": 4 * params * tokens / result["wall_s"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+        record["eval_loss"] = held_out_loss(result["model"], result["tok"], held)
+    out.write_text(json.dumps(record), encoding="utf-8")
+
+
+# ---------------------------------------------------------------- parent
+def matmul_peak() -> dict:
+    """This machine's fp32 (and bf16) matmul rate, measured now, for the FLOP/s shares."""
+    import torch
+
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+        a @ b
+        started, reps = time.perf_counter(), 0
+        while time.perf_counter() - started < 2.0:
+            a @ b
+            reps += 1
+        rates[str(dtype).split(".")[-1]] = 2 * 1024**3 * reps / (time.perf_counter() - started)
+    return rates
+
+
+def chart(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = [r["competitor"] for r in results]
+    ax.bar(names, [r["loss_tokens_per_s"] for r in results], color="tab:blue")
+    ax.set_ylabel("loss-bearing tokens / s")
+    ax.set_title("LoRA fine-tuning of SmolLM2-135M on alpaca, this CPU")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--only", default=",".join(COMPETITORS))
+    parser.add_argument("--cache", type=Path, default=Path("~/.cache/lorakit").expanduser())
+    parser.add_argument("--worker")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.n, args.out, args.cache)
+        return
+    if not SHARED.is_file():
+        sys.exit(f"benchmark data not found: {SHARED} (the team's shared/data folder)")
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
+    peak = matmul_peak()
+    results = []
+    for name in args.only.split(","):
+        out = results_dir / f".worker-{name}.json"
+        print(f"[{name}] {COMPETITORS[name]} ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--n", str(args.n), "--out", str(out),
+                               "--cache", str(args.cache)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:])
+            results.append({"competitor": name, "description": COMPETITORS[name], "error": proc.stderr[-500:]})
+            continue
+        record = json.loads(out.read_text())
+        record["flop_share_of_fp32_peak"] = record["useful_flop_per_s"] / peak["float32"]
+        results.append(record)
+        out.unlink()
+    ok = [r for r in results if "error" not in r]
+    ref = next((r for r in ok if r["competitor"] == "e"), None)
+    header = f"{'':7} {'wall s':>7} {'loss tok/s':>10} {'tok/s':>7} {'RSS GB':>6} {'train':>6} {'eval':>6} {'%peak':>6}"
+    print(header + ("   e vs it: speed   RSS" if ref else ""))
+    for r in ok:
+        line = (f"{r['competitor']:7} {r['wall_s']:7.1f} {r['loss_tokens_per_s']:10.1f} {r['tokens_per_s']:7.1f} "
+                f"{r['peak_rss_gb']:6.2f} {r['train_loss']:6.3f} {r['eval_loss']:6.3f} "
+                f"{100 * r['flop_share_of_fp32_peak']:5.1f}%")
+        if ref:
+            line += f"   {ref['loss_tokens_per_s'] / r['loss_tokens_per_s']:5.2f}x {ref['peak_rss_gb'] / r['peak_rss_gb']:5.2f}x"
+        print(line)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = results_dir / f"train-{platform.node()}-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps({"matmul_peak_flop_per_s": peak, "cpu": platform.processor(),
+                                                     "results": results}, indent=2), encoding="utf-8")
+    if ok:
+        chart(ok, base.with_suffix(".png"))
+    print(f"wrote {base}.json and .png")
+
+
+if __name__ == "__main__":
+    main()

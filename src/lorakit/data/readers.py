@@ -1,0 +1,181 @@
+"""One file (or one save_to_disk folder) in, a list of records out.
+
+The table formats are parsed by the standard library (json, csv), pyarrow and datasets;
+what is written here is only the bookkeeping those parsers do not do: which line or row
+each record came from, and turning an unreadable record into a counted problem rather
+than an exception, so ``data.skip_bad_records`` can skip it and say so.
+
+Record and row numbers count from 0, as ``data[i]`` does in Python; line numbers count
+from 1, as an editor shows them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from lorakit.data.records import DataError, Record
+
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
+# Columns that make a JSON object a sample itself rather than a wrapper around a list of them.
+_SAMPLE_KEYS = {"instruction", "messages", "conversations", "prompt", "text", "input", "output"}
+
+
+def _line_of(raw: bytes, byte: int) -> int:
+    return raw.count(b"\n", 0, byte) + 1
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}, line {_line_of(raw, err.start)}: not UTF-8 text (byte {err.start} cannot be decoded); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def _jsonl(path: Path, raw: bytes) -> list[Record]:
+    records = []
+    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = line_bytes.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            problem = f"not UTF-8 text (byte {err.start} of the line cannot be decoded); re-save the file as UTF-8"
+            records.append(Record({}, str(path), f"line {number}", problem))
+            continue
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at column {err.colno}); fix or remove the line"
+            records.append(Record({}, str(path), f"line {number}", problem))
+            continue
+        if not isinstance(value, dict):
+            problem = f"each line must be a JSON object, got {type(value).__name__}"
+            records.append(Record({}, str(path), f"line {number}", problem))
+            continue
+        records.append(Record(value, str(path), f"line {number}"))
+    return records
+
+
+def _samples_in(path: Path, value: dict[str, Any], key: str | None) -> Any:
+    """The list of samples inside a JSON object: under ``key``, or its one list of objects."""
+    if key is not None:
+        if key not in value:
+            raise DataError(f"{path}: no key '{key}' in the JSON object (data source key); it has {sorted(value)}")
+        return value[key]
+    if _SAMPLE_KEYS & set(value):
+        return [value]  # the whole file is one sample
+    lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if len(lists) != 1:
+        found = f"lists under {lists}" if lists else "no list of objects"
+        raise DataError(
+            f"{path}: expected a JSON list of samples, or an object holding one list of them; found {found}. "
+            "Name the key of the samples with {path: ..., key: NAME} in data.train"
+        )
+    return value[lists[0]]
+
+
+def _json(path: Path, raw: bytes, key: str | None) -> list[Record]:
+    text = _decode(path, raw)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
+            return _jsonl(path, raw)
+        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if isinstance(value, dict):
+        value = _samples_in(path, value, key)
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a JSON list of samples, got {type(value).__name__}")
+    records = []
+    for index, item in enumerate(value):
+        if isinstance(item, dict):
+            records.append(Record(item, str(path), f"record {index}"))
+        else:
+            problem = f"each sample must be a JSON object, got {type(item).__name__}"
+            records.append(Record({}, str(path), f"record {index}", problem))
+    return records
+
+
+def _table(path: Path, raw: bytes, delimiter: str) -> list[Record]:
+    text = _decode(path, raw)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise DataError(f"{path}: no header row; the first line must name the columns")
+    records = []
+    start = 2
+    for row in reader:
+        where = f"line {start}"
+        start = reader.line_num + 1
+        if None in row:
+            extra = len(row[None])
+            problem = f"{extra} more cell(s) than the header has columns; quote cells that contain '{delimiter}'"
+            records.append(Record({}, str(path), where, problem))
+            continue
+        records.append(Record({k: v for k, v in row.items() if v is not None}, str(path), where))
+    return records
+
+
+def _parquet(path: Path) -> list[Record]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    return [Record(row, str(path), f"row {index}") for index, row in enumerate(rows)]
+
+
+def read_file(path: Path, key: str | None = None) -> list[Record]:
+    """Every record of one data file, unreadable ones included with their problem."""
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+    if suffix == ".parquet":
+        records = _parquet(path)
+    else:
+        raw = path.read_bytes()
+        if not raw.strip():
+            raise DataError(f"{path} is empty; it must hold at least one sample")
+        if suffix in (".jsonl", ".ndjson"):
+            records = _jsonl(path, raw)
+        elif suffix == ".json":
+            records = _json(path, raw, key)
+        else:
+            records = _table(path, raw, "\t" if suffix == ".tsv" else ",")
+    if not records:
+        raise DataError(f"{path} holds no samples; it must hold at least one")
+    return records
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def read_saved_dataset(folder: Path, split: str) -> list[Record]:
+    """Rows of a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(folder))
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"{folder}: cannot be read as a save_to_disk folder ({err})") from None
+    label = str(folder)
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise DataError(f"{folder} has no split '{split}'; it has {', '.join(dataset)} (set split: in the source)")
+        dataset = dataset[split]
+        label = f"{folder} [{split}]"
+    rows = dataset.to_list()
+    if not rows:
+        raise DataError(f"{label} holds no samples; it must hold at least one")
+    return [Record(row, label, f"row {index}") for index, row in enumerate(rows)]

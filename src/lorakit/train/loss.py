@@ -1,0 +1,78 @@
+"""Cross-entropy on the answer tokens only, without the full logits tensor.
+
+With loss on answers only, most positions of an instruction sample carry no loss, yet the
+standard path projects every position to the vocabulary (for SmolLM2, 49,152 columns) and
+keeps those logits for backward. Here the model returns its final hidden states, we keep the
+positions whose next token is a label, and project only those, in chunks that are recomputed
+in backward, so at most one chunk of logits exists at a time. The model is still called
+through its own forward (with ``logits_to_keep=1``), so wrappers such as peft and DDP see a
+normal forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def selective_loss_supported(model: torch.nn.Module) -> bool:
+    """Only where the logits are exactly ``lm_head(final hidden state)``.
+
+    Some families post-process logits (Gemma-2's soft-capping, Cohere's logit scale); for
+    them we keep the model's own loss rather than silently compute a different one.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    if config is None or base.get_output_embeddings() is None:
+        return False
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return False
+    return not getattr(config, "is_encoder_decoder", False)
+
+
+def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+
+def output_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The vocabulary projection of a (peft-wrapped) causal LM, with any adapter on it."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_output_embeddings()
+
+
+def answer_only_loss(
+    model: torch.nn.Module,
+    head: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    num_items_in_batch: torch.Tensor | int | None,
+    chunk_size: int = 2048,
+) -> torch.Tensor:
+    """Sum of answer-token cross-entropies divided by the tokens of the whole optimizer step.
+
+    Dividing by ``num_items_in_batch`` (all label tokens of all micro-batches of the step)
+    rather than by this micro-batch's count is what makes accumulated steps token-weighted.
+    """
+    labels = inputs["labels"]
+    forward_args = {k: v for k, v in inputs.items() if k != "labels"}
+    out = model(**forward_args, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1][:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected, wanted = hidden[keep], targets[keep]
+    if selected.shape[0] <= chunk_size:
+        total = _chunk_ce(head, selected, wanted)
+    else:
+        total = selected.new_zeros((), dtype=torch.float32)
+        for start in range(0, selected.shape[0], chunk_size):
+            # Recomputed in backward: only one chunk of logits is alive at a time.
+            total = total + checkpoint(
+                _chunk_ce, head, selected[start : start + chunk_size], wanted[start : start + chunk_size],
+                use_reentrant=False,
+            )
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    if isinstance(count, torch.Tensor):
+        count = count.to(total.device).clamp(min=1)
+    return total / max(count, 1) if not isinstance(count, torch.Tensor) else total / count

@@ -1,0 +1,77 @@
+"""`lorakit data inspect`: what will be trained, shown before training, as text and as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lorakit.cli import app
+from tests.conftest import make_tiny_model_dir, write_jsonl
+
+ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "Hi there"},
+    {"instruction": "Add", "input": "2+2", "output": ""},
+    {"instruction": "Add", "input": "2+3", "output": "5"},
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("inspect") / "tiny-model")
+
+
+def inspect(*args: str):
+    return CliRunner().invoke(app, ["data", "inspect", *args], catch_exceptions=False)
+
+
+def test_plain_output_marks_the_trained_part(tmp_path, model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    result = inspect(str(data), "--set", f"model.name={model_dir}", "--set", "data.shuffle=false", "--samples", "1")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "template 'model' (end tokens: <|im_end|>)" in out
+    assert "train: read 3, kept 2, dropped 1, truncated 0" in out
+    assert f"dropped 1: empty assistant answer (e.g. {data}, line 2)" in out
+    assert f"sources: {data} (alpaca, 3 records)" in out
+    assert "of tokens carry loss" in out and "| prompt | answer | total |" in out
+    assert f"--- {data}, line 1\n<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n[[Hi there<|im_end|>]]\n" in out
+
+
+def test_json_output(tmp_path, model_dir):
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 4)
+    result = inspect(str(data), "--json", "--set", f"model.name={model_dir}", "--set", "data.val_fraction=0.25")
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.output)
+    train, held = got["reports"]
+    assert (train["records"], train["held_out"], train["read"]) == (12, 3, 9)
+    assert train["kept"] == 9 - train["dropped"]["empty assistant answer"] and train["kept"] < 9
+    assert held["from_train"] == 3 and held["split"] == "eval"
+    assert {f["code"] for f in train["findings"]} >= {"duplicates", "pad_is_eos"}
+    lengths = got["lengths"][0]
+    assert sum(lengths["counts"]["total"]) == train["kept"] and 0 < lengths["loss_share"] < 1
+    sample = got["samples"][0]
+    trained = "".join(s["text"] for s in sample["segments"] if s["trained"])
+    assert trained in ("Hi there<|im_end|>", "5<|im_end|>")
+
+
+def test_config_file_and_doctor_errors_exit_1(tmp_path, model_dir):
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "open.jinja").write_text(
+        "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}", encoding="utf-8")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model:\n  name: {model_dir}\ndata:\n  train: d.jsonl\n  template: open.jinja\n", encoding="utf-8")
+    result = inspect(str(config))
+    assert result.exit_code == 1
+    assert "error: 2 answers carry no end-of-turn token in their labels (template 'open')" in result.output
+
+
+def test_bad_data_stops_with_the_line(tmp_path, model_dir):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": \n', encoding="utf-8")
+    result = inspect(str(data), "--set", f"model.name={model_dir}")
+    assert result.exit_code == 2 and "bad.jsonl, line 2: not valid JSON" in result.output
+    skipped = inspect(str(data), "--set", f"model.name={model_dir}", "--set", "data.skip_bad_records=true")
+    assert skipped.exit_code == 0 and "skipped 1 bad records (data.skip_bad_records), first: " in skipped.output

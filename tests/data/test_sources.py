@@ -1,0 +1,131 @@
+"""Every kind of source reads into the same records, each naming its file and line or row."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorakit.config import DataSource
+from lorakit.data.records import DataError
+from lorakit.data.sources import read_records, read_source
+from tests.conftest import write_jsonl
+
+ROWS = [
+    {"instruction": "Say hi", "input": "", "output": "Hi"},
+    {"instruction": "Add", "input": "2+2", "output": "4"},
+]
+
+
+def fields(src) -> list[dict]:
+    return [r.fields for r in src.records]
+
+
+def test_jsonl_and_json_list_and_json_object(tmp_path):
+    jsonl = write_jsonl(tmp_path / "a.jsonl", ROWS)
+    as_list = tmp_path / "b.json"
+    as_list.write_text(json.dumps(ROWS, indent=2), encoding="utf-8")
+    wrapped = tmp_path / "c.json"
+    wrapped.write_text(json.dumps({"version": 2, "data": ROWS}), encoding="utf-8")
+    lines_in_json = tmp_path / "d.json"  # JSON Lines saved as .json
+    lines_in_json.write_text(jsonl.read_text(encoding="utf-8"), encoding="utf-8")
+    for path in (jsonl, as_list, wrapped, lines_in_json):
+        src = read_source(DataSource(path=str(path)))
+        assert fields(src) == ROWS, path
+    assert read_source(DataSource(path=str(jsonl))).records[1].origin() == f"{jsonl}, line 2"
+    assert read_source(DataSource(path=str(as_list))).records[1].origin() == f"{as_list}, record 1"
+
+
+def test_json_object_with_several_lists_needs_a_key(tmp_path):
+    path = tmp_path / "two.json"
+    path.write_text(json.dumps({"train": ROWS, "test": ROWS[:1]}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"lists under \['train', 'test'\].*key: NAME"):
+        read_source(DataSource(path=str(path)))
+    assert fields(read_source(DataSource(path=str(path), key="test"))) == ROWS[:1]
+
+
+def test_csv_and_tsv_with_quoted_newlines(tmp_path):
+    csv_path = tmp_path / "a.csv"
+    csv_path.write_text('instruction,input,output\nSay hi,,Hi\n"Add\nthese",2+2,4\nLast,,x\n', encoding="utf-8")
+    src = read_source(DataSource(path=str(csv_path)))
+    assert [r.fields["instruction"] for r in src.records] == ["Say hi", "Add\nthese", "Last"]
+    # The quoted newline makes the third record start on line 5 of the file.
+    assert [r.where for r in src.records] == ["line 2", "line 3", "line 5"]
+    tsv_path = tmp_path / "a.tsv"
+    tsv_path.write_text("prompt\tcompletion\nHello\tWorld\n", encoding="utf-8")
+    assert fields(read_source(DataSource(path=str(tsv_path)))) == [{"prompt": "Hello", "completion": "World"}]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "a.parquet"
+    messages = [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]]
+    pq.write_table(pa.Table.from_pylist([{"messages": messages[0]}]), path)
+    src = read_source(DataSource(path=str(path)))
+    assert fields(src) == [{"messages": messages[0]}] and src.records[0].where == "row 0"
+
+
+def test_save_to_disk_folders(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "one"))
+    DatasetDict({"train": Dataset.from_list(ROWS), "test": Dataset.from_list(ROWS[:1])}).save_to_disk(
+        str(tmp_path / "many")
+    )
+    assert fields(read_source(DataSource(path=str(tmp_path / "one")))) == ROWS
+    assert fields(read_source(DataSource(path=str(tmp_path / "many"), split="test"))) == ROWS[:1]
+    with pytest.raises(DataError, match="no split 'validation'; it has train, test"):
+        read_source(DataSource(path=str(tmp_path / "many"), split="validation"))
+
+
+def test_plain_folder_is_refused_with_a_glob_hint(tmp_path):
+    (tmp_path / "parts").mkdir()
+    with pytest.raises(DataError, match=r"not one written by datasets' save_to_disk.*parts/\*\.jsonl"):
+        read_source(DataSource(path=str(tmp_path / "parts")))
+
+
+def test_glob_reads_every_match_in_order(tmp_path):
+    (tmp_path / "parts").mkdir()
+    write_jsonl(tmp_path / "parts" / "b.jsonl", ROWS[1:])
+    write_jsonl(tmp_path / "parts" / "a.jsonl", ROWS[:1])
+    src = read_source(DataSource(path=str(tmp_path / "parts" / "*.jsonl")))
+    assert fields(src) == ROWS and len(src.files) == 2
+    with pytest.raises(DataError, match="matches no file"):
+        read_source(DataSource(path=str(tmp_path / "nothing" / "*.jsonl")))
+
+
+def _fake_hub_cache(root, name: str, files: dict[str, list[dict]]):
+    """The layout huggingface_hub writes: refs/main names a snapshot folder holding the files."""
+    repo = root / f"datasets--{name.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40, encoding="utf-8")
+    for rel, rows in files.items():
+        target = repo / "snapshots" / ("0" * 40) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(target, rows)
+
+
+def test_hub_dataset_from_the_local_cache(tmp_path):
+    _fake_hub_cache(tmp_path, "org/tiny", {"data/train.jsonl": ROWS, "data/test.jsonl": ROWS[:1]})
+    for spec in ("org/tiny", "hub:org/tiny"):
+        src = read_source(DataSource(path=spec), hub_cache=tmp_path, hub_download=False)
+        assert fields(src) == ROWS and src.files[0].endswith("data/train.jsonl")
+    test = read_source(DataSource(path="org/tiny", split="test"), hub_cache=tmp_path, hub_download=False)
+    assert fields(test) == ROWS[:1]
+
+
+def test_hub_dataset_missing_offline_names_the_cache(tmp_path):
+    with pytest.raises(DataError) as info:
+        read_source(DataSource(path="org/absent"), hub_cache=tmp_path, hub_download=False)
+    message = str(info.value)
+    assert "'org/absent' is not in the local Hugging Face cache" in message and str(tmp_path) in message
+    assert "hf download --repo-type dataset org/absent" in message
+
+
+def test_read_records_stops_at_the_first_bad_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: each line must be a JSON object, got list"):
+        read_records(path)

@@ -1,0 +1,84 @@
+"""The fast paths compute the same thing as the plain one: selective loss, chunks, packing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lorakit.config import LoraConfig
+from lorakit.data.collate import PackCollator, PadCollator
+from lorakit.data.encode import encode_conversation
+from lorakit.data.templates import resolve_template
+from lorakit.model.lora import apply_lora
+from lorakit.train.loss import answer_only_loss, output_head
+from tests.conftest import make_tokenizer
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "It is four."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help you today?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Extract the name: Maria is 34."},
+     {"role": "assistant", "content": '{"name": "Maria"}'}],
+]
+
+
+def encoded():
+    tokenizer = make_tokenizer("chatml")
+    template = resolve_template(tokenizer, "auto")
+    return tokenizer, [encode_conversation(tokenizer, template, c, 512) for c in CONVERSATIONS]
+
+
+def lora_model(tiny_model_dir):
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(rank=4, dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    return model.train()
+
+
+def lora_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("chunk", [4, 10_000])
+def test_selective_chunked_loss_equals_full_loss_and_gradient(tiny_model_dir, chunk):
+    tokenizer, items = encoded()
+    batch = PadCollator(tokenizer.pad_token_id)(items)
+    model = lora_model(tiny_model_dir)
+    full = model(**batch, use_cache=False).loss  # the model's own loss over all logits
+    full.backward()
+    expected = lora_grads(model)
+    model.zero_grad()
+    mine = answer_only_loss(model, output_head(model), batch, None, chunk_size=chunk)
+    mine.backward()
+    got = lora_grads(model)
+    torch.testing.assert_close(mine, full, rtol=1e-5, atol=1e-6)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_packed_rows_never_attend_across_samples(tiny_model_dir):
+    tokenizer, items = encoded()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    packed = PackCollator()(items)
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    with torch.no_grad():
+        row = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        start = 0
+        for item in items:
+            alone = model(input_ids=torch.tensor([item.input_ids]), use_cache=False).logits[0]
+            torch.testing.assert_close(row[start : start + len(item.input_ids)], alone, rtol=1e-4, atol=1e-5)
+            start += len(item.input_ids)
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir):
+    tokenizer, items = encoded()
+    model = lora_model(tiny_model_dir)
+    head = output_head(model)
+    padded = answer_only_loss(model, head, PadCollator(tokenizer.pad_token_id)(items), None)
+    packed = answer_only_loss(model, head, PackCollator()(items), None)
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    # Packing hides each sample's first label; it is never an answer token anyway.
+    assert all(item.labels[0] == -100 for item in items)
