@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from lorakit.config import ConfigError, GenerationConfig, load_config
+from lorakit.config import ConfigError, GenerationConfig, RunConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, chat with and evaluate LoRA adapters.")
 err = Console(stderr=True, soft_wrap=True)
@@ -50,6 +50,9 @@ def train(
     resume: Annotated[
         Optional[str], typer.Option(help="Continue a killed run: alone, from its latest complete checkpoint; or give one.")
     ] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine, started through torchrun (gloo on CPU, NCCL on GPUs).")
+    ] = 1,
     verbose: bool = True,
 ) -> None:
     """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
@@ -58,6 +61,9 @@ def train(
         cfg = load_config(config, set_)
     except ConfigError as e:
         _fail(str(e))
+    if nproc != 1:
+        _launch(nproc, config, set_, resume, verbose, cfg)
+        return
     from lorakit.data.sources import DataError
     from lorakit.model.gguf_cache import ModelNotFoundError
     from lorakit.train import recipe
@@ -65,12 +71,20 @@ def train(
     from lorakit.train.trainer import NonFiniteError
 
     try:
+        if cfg.eval.at_end and cfg.eval.scorer:  # a typo in the scorer fails now, not after training
+            from lorakit.eval.scorer import load_scorer
+
+            load_scorer(cfg.eval.scorer)
         summary = recipe.run(cfg, resume=resume)
     except recipe.TrainingInterrupted as e:
         err.print(f"[yellow]{e}[/]", highlight=False)
         raise typer.Exit(130)
     except (DataError, ModelNotFoundError, NonFiniteError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    from lorakit.train.distributed import is_main_process
+
+    if not is_main_process():
+        return
     table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
                 "tokens_per_second", "loss_tokens_per_second", "precision"):
@@ -80,6 +94,35 @@ def train(
     if summary["cuda_peak_reserved_bytes"]:
         table.add_row("cuda_peak_reserved", f"{summary['cuda_peak_reserved_bytes'] / 2**30:.2f} GiB")
     out.print(table)
+    if cfg.eval.at_end:
+        from lorakit.eval.report import print_comparison, read_report
+
+        print_comparison(out, read_report(cfg.resolved_output_dir()))
+
+
+def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None, verbose: bool, cfg: RunConfig) -> None:
+    """Start ``nproc`` copies of this command through torchrun; errors that all ranks would hit stop here once."""
+    import torch
+
+    from lorakit.train import checkpoints, distributed
+
+    try:
+        distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
+        # Resolved once here, so every rank is handed the same checkpoint.
+        resume_from = checkpoints.resolve_resume(resume, cfg.resolved_output_dir() / "checkpoints")
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    child = ["train", *([str(config)] if config is not None else [])]
+    child += [f"--set={assignment}" for assignment in set_]
+    child += [f"--resume={resume_from}"] if resume_from is not None else []
+    child += [] if verbose else ["--no-verbose"]
+    try:
+        distributed.launch(nproc, child)
+    except ValueError as e:
+        _fail(str(e))
+    except distributed.LaunchError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1)
 
 
 # Sampling options shared by generate, chat and serve (see GenerationConfig for what each does).
@@ -270,39 +313,45 @@ def serve(
 
 @app.command("eval")
 def evaluate(
-    target: Annotated[str, typer.Argument(help="A run folder written by lorakit train.")],
-    data: Annotated[Optional[Path], typer.Option(help="Held-out samples; default: the run's eval files.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N samples.")] = None,
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder, .gguf) with --data.")],
+    data: Annotated[Optional[list[Path]], typer.Option(help="Held-out samples (repeatable); default: data.eval.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples, for a quick look.")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Your per-sample score: file.py:fn or module:fn.")] = None,
+    examples: Annotated[Optional[int], typer.Option(help="How many most-changed answers to show.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--out", help="Folder for eval.json/md; default: the run.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
+    base: BaseOpt = False,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
-    """Score base and tuned model side by side on held-out samples."""
+    """Score base and tuned model side by side on held-out samples; writes eval.json and eval.md."""
     _setup_logging(False)
-    from lorakit.config import read_saved_config
-    from lorakit.data.dataset import read_conversations
+    from lorakit.config import RunConfig, read_saved_config
     from lorakit.data.sources import DataError
-    from lorakit.eval.compare import compare
-    from lorakit.eval.report import print_comparison, write_reports
+    from lorakit.eval.report import print_comparison
+    from lorakit.eval.run import evaluate as run_eval
+    from lorakit.eval.scorer import ScorerError
     from lorakit.infer.session import RUN_CONFIG, is_run_dir, open_session
 
-    if not is_run_dir(target):
-        _fail(f"{target} is not a run folder (no {RUN_CONFIG}); train one with `lorakit train`")
-    run_cfg = read_saved_config(Path(target) / RUN_CONFIG)
-    files = [data] if data is not None else run_cfg.data.eval
+    is_run = is_run_dir(target)
+    # A plain model has no run config: the defaults stand in for it, and the table has one column.
+    run_cfg = read_saved_config(Path(target) / RUN_CONFIG) if is_run else RunConfig()
+    files = data or run_cfg.data.eval
     if not files:
-        _fail("no evaluation data: pass --data FILE (the run has no data.eval)")
+        _fail("no evaluation data: pass --data FILE" + (" (the run has no data.eval)" if is_run else ""))
+    overrides = {k: v for k, v in {"limit": limit, "scorer": scorer, "examples": examples}.items() if v is not None}
+    gen_overrides = {k: v for k, v in {"max_new_tokens": max_new_tokens, "batch_size": batch_size}.items()
+                     if v is not None}
     try:
-        samples = read_conversations(files, run_cfg.data.format, run_cfg.data.system_prompt)
-    except DataError as e:
+        # Validated again, so --limit 0 is refused as eval.limit=0 in a config would be.
+        settings = type(run_cfg.eval).model_validate({**run_cfg.eval.model_dump(), **overrides})
+        gen = type(run_cfg.generation).model_validate({**run_cfg.generation.model_dump(), **gen_overrides})
+        session = open_session(target, cache_dir, use_adapter=not base)
+        result = run_eval(session, files, run_cfg.data, gen, settings,
+                          output or (Path(target) if is_run else Path.cwd()), console=err)
+    except (DataError, ScorerError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    samples = samples[:limit] if limit else samples
-    gen = run_cfg.generation
-    if max_new_tokens is not None:
-        gen = gen.model_copy(update={"max_new_tokens": max_new_tokens})
-    session = open_session(target, cache_dir)
-    result = compare(session, samples, gen, run_cfg.data.max_length)
     print_comparison(out, result)
-    write_reports(Path(target), result)
 
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Look at training data before training.")

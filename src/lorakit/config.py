@@ -138,6 +138,17 @@ class LoraConfig(_Section):
     )
 
 
+class DistributedConfig(_Section):
+    strategy: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp",
+        description="How several processes share the work: ddp (a full copy per process; CPU or GPU), "
+        "fsdp or deepspeed_zero2/3 (shard optimizer state, gradients and with fsdp/zero3 the weights; GPUs only).",
+    )
+    timeout_s: int = Field(
+        600, gt=0, description="A collective that waits longer (a rank hung or lost) fails the run instead of hanging."
+    )
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1: run the epochs.")
@@ -185,6 +196,9 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."
     )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Multi-process training (lorakit train --nproc N, torchrun)."
+    )
 
     @model_validator(mode="after")
     def _eval_fits_checkpoints(self) -> TrainConfig:
@@ -193,6 +207,30 @@ class TrainConfig(_Section):
                 f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
                 "so the best adapter is in a checkpoint; or set keep_best: false"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _sharding_fits(self) -> TrainConfig:
+        strategy = self.distributed.strategy
+        if strategy == "ddp":
+            return self
+        if self.on_nonfinite == "skip":
+            # Each rank sees only its shard of the gradients, so ranks could disagree on skipping.
+            raise ValueError(f"train.on_nonfinite=skip is not supported with distributed.strategy={strategy}; use stop")
+        if self.selective_loss and strategy in ("fsdp", "deepspeed_zero3"):
+            # selective_loss applies the output head outside the model's forward, where
+            # fsdp and ZeRO-3 hold only a shard of its weights.
+            raise ValueError(
+                f"train.selective_loss is not supported with distributed.strategy={strategy}; "
+                "set train.selective_loss=false"
+            )
+        if self.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+            raise ValueError(
+                f"train.optimizer={self.optimizer} is not supported with distributed.strategy={strategy}; "
+                "use adamw, adafactor or sgd"
+            )
+        if self.auto_batch_size:
+            raise ValueError(f"train.auto_batch_size is not supported with distributed.strategy={strategy}")
         return self
 
 
@@ -221,6 +259,20 @@ class ServeConfig(_Section):
     )
 
 
+class EvalConfig(_Section):
+    at_end: bool = Field(
+        False, description="After training, score base against tuned on data.eval (writes eval.json, eval.md)."
+    )
+    limit: int | None = Field(None, gt=0, description="Score only the first N held-out samples; null: all.")
+    examples: int = Field(3, ge=0, description="How many of the samples whose answer changed most to show.")
+    scorer: str | None = Field(
+        None,
+        description="Your own per-sample score, averaged: 'file.py:function' (relative to this config) or "
+        "'package.module:function', called as fn(prediction, reference) or fn(prediction, reference, sample) "
+        "and returning a number or a bool.",
+    )
+
+
 class RunConfig(_Section):
     name: str = "run"
     output_dir: Path | None = Field(None, description="Default: runs/<name>.")
@@ -230,6 +282,14 @@ class RunConfig(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _eval_at_end_needs_data(self) -> RunConfig:
+        # Checked here, not after training, so a missing file list costs no training time.
+        if self.eval.at_end and not self.data.eval:
+            raise ValueError("eval.at_end needs held-out samples: set data.eval to one or more files")
+        return self
 
     def resolved_output_dir(self) -> Path:
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
@@ -259,6 +319,8 @@ def _validate(raw: dict[str, Any], source: str) -> RunConfig:
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 lines.append(f"  unknown key '{key}'{_suggest(RunConfig, tuple(e['loc']))}")
+            elif not key:  # a check across sections (a model validator): its message says it all
+                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
             else:
                 lines.append(f"  {key}: {e['msg']}")
         raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
@@ -311,6 +373,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     name_path = Path(cfg.model.name).expanduser()
     if not name_path.is_absolute() and (base / name_path).exists():
         cfg.model.name = str((base / name_path).resolve())
+    if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
+        file, _, function = cfg.eval.scorer.rpartition(":")
+        cfg.eval.scorer = f"{fix(Path(file))}:{function}"
     if cfg.output_dir is None:
         cfg.output_dir = Path("runs") / cfg.name
     return cfg

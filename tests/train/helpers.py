@@ -35,3 +35,17 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def adapter(run_dir: Path) -> dict:
     return load_file(run_dir / "adapter_model.safetensors")
+
+
+def run_on_one_thread(cfg: RunConfig) -> dict:
+    """Train in this process on one thread, as the one-thread training subprocesses do, so results agree."""
+    import torch
+
+    from lorakit.train import recipe
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return recipe.run(cfg)
+    finally:
+        torch.set_num_threads(threads)

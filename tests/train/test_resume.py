@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lorakit.train import checkpoints, recipe
-from tests.train.helpers import ROWS, adapter, metrics, tiny_config
+from tests.train.helpers import ROWS, adapter, metrics, run_on_one_thread, tiny_config
 
 STEPS = 40
 # One thread: tiny models run faster on one, and the in-process reference and the training
@@ -63,12 +63,7 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("reference")
     model_dir = make_tiny_model_dir(tmp / "model")
     cfg = tiny_config(model_dir, tmp, *ARGS, "train.progress_bar=false")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        recipe.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    run_on_one_thread(cfg)
     return model_dir, adapter(cfg.output_dir)
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
@@ -33,6 +34,7 @@ class Sample:
     conversation: Conversation
     origin: str
     text: str | None = None  # plain language-model text: every token carries loss
+    record: dict[str, Any] = field(default_factory=dict)  # the fields as written, for a user's eval scorer
 
     def key(self) -> tuple:
         """Equal for samples that train the same tokens; used to find repeats and eval leaks."""
@@ -85,7 +87,7 @@ def _convert(
             report.skip(str(err))
             continue
         if isinstance(content, str):
-            samples.append(Sample([], record.origin(), text=content))
+            samples.append(Sample([], record.origin(), text=content, record=record.fields))
             continue
         if cfg.train_on != "everything" and content[-1]["role"] == "user":
             # The unanswered question teaches nothing (it carries no loss) but costs length.
@@ -93,7 +95,7 @@ def _convert(
             if any(m["role"] == "assistant" for m in content):
                 while content[-1]["role"] == "user":
                     content = content[:-1]
-        samples.append(Sample(content, record.origin()))
+        samples.append(Sample(content, record.origin(), record=record.fields))
     return samples, shape or "unknown"
 
 

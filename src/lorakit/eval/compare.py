@@ -1,82 +1,277 @@
-"""Base against tuned on the same held-out samples: answer loss and exact match.
+"""Base against tuned on the same held-out samples: answer loss, generations and their scores.
 
 Both sides run on one loaded model, with the adapter switched off for the base, so the only
-difference between the two columns is the adapter.
+difference between the two columns is the adapter. Every sample keeps its origin, its
+answers and its scores, so the report can show exactly where the adapter changed things.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
+from rich.progress import Progress, TaskID
 
 from lorakit.config import GenerationConfig
 from lorakit.data.collate import PadCollator
-from lorakit.data.dataset import Sample, encode_samples
-from lorakit.eval.metrics import exact_match
+from lorakit.data.dataset import Sample
+from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
+from lorakit.data.sources import DataError
+from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
+from lorakit.eval.scorer import UserScorer
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import Session
+from lorakit.train.loss import output_head, selective_loss_supported
 
 
 @dataclass
-class SideScores:
-    answer_loss: float
-    perplexity: float
-    exact_match: float
-    answers: list[str] = field(default_factory=list)
+class SideResult:
+    """One sample as one model answered it."""
+
+    answer: str
+    loss: float | None  # mean over this sample's answer tokens; None when it has none left
+    scores: dict[str, float]
+
+
+@dataclass
+class SampleResult:
+    index: int
+    origin: str
+    prompt: str  # the last user turn, for display; the whole prompt is in ``messages``
+    messages: list[dict[str, str]]
+    reference: str
+    base: SideResult | None = None
+    tuned: SideResult | None = None
+
+
+@dataclass
+class MetricRow:
+    key: str
+    label: str
+    higher_is_better: bool
+    base: float | None
+    tuned: float | None
+
+    @property
+    def change(self) -> float | None:
+        return None if self.base is None or self.tuned is None else self.tuned - self.base
 
 
 @dataclass
 class Comparison:
-    prompts: list[str]
-    references: list[str]
-    base: SideScores
-    tuned: SideScores | None
+    metrics: list[MetricRow]
+    samples: list[SampleResult]
+    examples: list[int]  # indices into samples: the answers that changed most, most first (base alone: the first)
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> origins; not scored at all
+    loss_excluded: dict[str, list[str]] = field(default_factory=dict)  # scored, but no answer loss
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for row, raw in zip(self.metrics, data["metrics"]):
+            raw["change"] = row.change
+        return data
+
+    def row(self, key: str) -> MetricRow:
+        return next(r for r in self.metrics if r.key == key)
+
+
+@dataclass
+class Scoring:
+    """How answers are scored: the run's own data settings for the loss, plus the user's scorer."""
+
+    max_length: int
+    train_on: str = "all_assistant"
+    scorer: UserScorer | None = None
+    examples: int = 3
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _advance(progress: Progress | None, task: TaskID | None, steps: int) -> None:
+    if progress is not None and task is not None:
+        progress.advance(task, steps)
+
+
+def _token_losses(session: Session, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each answer token, and the row it belongs to.
+
+    Only answer positions are projected to the vocabulary where the model allows it (as in
+    training), so a batch of long samples never holds a full batch x length x vocab tensor.
+    """
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if selective_loss_supported(session.model):
+        hidden = session.model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
+        logits = output_head(session.model)(hidden[keep])
+    else:
+        logits = session.model(**args).logits[:, :-1][keep]
+    losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
+    return losses, keep.nonzero()[:, 0]
 
 
 @torch.inference_mode()
-def answer_loss(session: Session, samples: list[Sample], max_length: int, batch_size: int) -> float:
-    """Token-weighted mean loss over the answer tokens only (the trained part)."""
-    encoded, _ = encode_samples(
-        samples, session.tokenizer, session.template,
-        max_length=max_length, truncation="cut", train_on="all_assistant", split="eval",
-    )
+def answer_losses(
+    session: Session, encoded: list[Encoded | None], batch_size: int, progress: Progress | None = None,
+    task: TaskID | None = None,
+) -> list[tuple[float, int] | None]:
+    """Summed loss and token count over each sample's answer tokens (the trained part)."""
     collate = PadCollator(session.tokenizer.pad_token_id)
-    total, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded[start : start + batch_size])
-        batch = {k: v.to(session.model.device) for k, v in batch.items()}
-        logits = session.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum"
-        )
-        total += float(losses)
-        count += int((targets != -100).sum())
-    return total / max(count, 1)
+    present = [i for i, e in enumerate(encoded) if e is not None]
+    results: list[tuple[float, int] | None] = [None] * len(encoded)
+    for rows in _chunks(present, batch_size):
+        batch = {k: v.to(session.model.device) for k, v in collate([encoded[i] for i in rows]).items()}
+        losses, row_of = _token_losses(session, batch)
+        sums = torch.zeros(len(rows), dtype=torch.float32, device=losses.device).index_add_(0, row_of, losses)
+        counts = torch.bincount(row_of, minlength=len(rows))
+        for row, index in enumerate(rows):
+            results[index] = (float(sums[row]), int(counts[row]))
+        _advance(progress, task, len(rows))
+    return results
 
 
-def _side(session: Session, samples: list[Sample], gen: GenerationConfig, max_length: int) -> SideScores:
-    prompts = [s.conversation[:-1] for s in samples]
+def answer_loss(session: Session, samples: list[Sample], max_length: int, batch_size: int) -> float:
+    """One number: the token-weighted mean answer loss over ``samples`` (what bench/ compares)."""
+    encoded, _ = _encode_all(session, samples, Scoring(max_length))
+    pairs = [x for x in answer_losses(session, encoded, batch_size) if x is not None]
+    return sum(s for s, _ in pairs) / max(sum(n for _, n in pairs), 1)
+
+
+def _answers(
+    session: Session, samples: list[Sample], gen: GenerationConfig, progress: Progress | None, task: TaskID | None
+) -> list[str]:
+    # Batch by batch rather than one generate_batch call, so the progress bar moves.
+    answers: list[str] = []
+    for chunk in _chunks([s.conversation[:-1] for s in samples], gen.batch_size):
+        answers += [a.text for a in generate_batch(session.model, session.tokenizer, session.template, chunk, gen)]
+        _advance(progress, task, len(chunk))
+    return answers
+
+
+def _usable(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[str]]]:
+    usable, skipped = [], {}
+    for sample in samples:
+        conv = sample.conversation
+        if not conv or conv[-1]["role"] != "assistant":
+            skipped.setdefault("does not end with an assistant answer", []).append(sample.origin)
+        elif not conv[-1]["content"].strip():
+            skipped.setdefault("empty reference answer", []).append(sample.origin)
+        else:
+            usable.append(sample)
+    return usable, skipped
+
+
+def _encode_all(session: Session, samples: list[Sample], scoring: Scoring) -> tuple[list[Encoded | None], dict]:
+    """Cut, never drop, over-long samples: a sample still counts for the generated answers."""
+    encoded: list[Encoded | None] = []
+    excluded: dict[str, list[str]] = {}
+    for sample in samples:
+        try:
+            encoded.append(encode_conversation(
+                session.tokenizer, session.template, sample.conversation, scoring.max_length, "cut", scoring.train_on
+            ))
+        except SampleDropped as dropped:
+            encoded.append(None)
+            excluded.setdefault(dropped.reason, []).append(sample.origin)
+        except ValueError as err:
+            raise DataError(f"{sample.origin}: {err}") from None
+    return encoded, excluded
+
+
+def _last_user_turn(sample: Sample) -> str:
+    return next((m["content"] for m in reversed(sample.conversation[:-1]) if m["role"] == "user"), "")
+
+
+def _run_side(
+    name: str, session: Session, samples: list[Sample], encoded: list[Encoded | None], gen: GenerationConfig,
+    scoring: Scoring, progress: Progress | None,
+) -> tuple[list[SideResult], dict[str, float | None]]:
+    steps = len(samples) + sum(e is not None for e in encoded)  # every answer, every loss
+    task = progress.add_task(f"{name} model", total=steps) if progress is not None else None
+    answers = _answers(session, samples, gen, progress, task)
+    losses = answer_losses(session, encoded, gen.batch_size, progress, task)
+    results = []
+    for sample, answer, loss in zip(samples, answers, losses):
+        reference = sample.conversation[-1]["content"]
+        scores = sentence_scores(answer, reference)
+        if scoring.scorer is not None:
+            scores["scorer"] = scoring.scorer(answer, reference, sample.record, sample.origin)
+        results.append(SideResult(answer, None if loss is None else loss[0] / max(loss[1], 1), scores))
     references = [s.conversation[-1]["content"] for s in samples]
-    answers = [a.text for a in generate_batch(session.model, session.tokenizer, session.template, prompts, gen)]
-    loss = answer_loss(session, samples, max_length, gen.batch_size)
-    em = sum(exact_match(a, r) for a, r in zip(answers, references)) / max(len(samples), 1)
-    return SideScores(loss, math.exp(min(loss, 50.0)), em, answers)
+    totals: dict[str, float | None] = dict(corpus_scores(answers, references, [r.scores for r in results]))
+    summed = [x for x in losses if x is not None]
+    tokens = sum(n for _, n in summed)
+    loss = sum(s for s, _ in summed) / tokens if tokens else None
+    totals["answer_loss"], totals["perplexity"] = loss, (math.exp(min(loss, 50.0)) if loss is not None else None)
+    if scoring.scorer is not None:
+        totals["scorer"] = sum(r.scores["scorer"] for r in results) / len(results)
+    return results, totals
 
 
-def compare(session: Session, samples: list[Sample], gen: GenerationConfig, max_length: int) -> Comparison:
-    """Score the base and (when the session has one) the tuned model on samples ending in an answer."""
-    usable = [s for s in samples if s.conversation and s.conversation[-1]["role"] == "assistant"]
+Totals = dict[str, float | None]
+
+
+def _rows(base: Totals | None, tuned: Totals | None, scorer: UserScorer | None) -> list[MetricRow]:
+    labels = [("answer_loss", "answer loss", False), ("perplexity", "answer perplexity", False),
+              ("exact_match", "exact match", True), ("chrf", "chrF", True), ("bleu", "BLEU", True),
+              ("rouge_l", "ROUGE-L", True)]
+    if scorer is not None:
+        labels.append(("scorer", scorer.name, True))
+    return [MetricRow(key, label, up, base[key] if base else None, tuned[key] if tuned else None)
+            for key, label, up in labels]
+
+
+def changed_most(samples: list[SampleResult], count: int) -> list[int]:
+    """Samples whose answer changed, ranked by how far chrF against the reference moved
+    (either way: regressions matter as much as gains), then by how different the answers are."""
+
+    def key(s: SampleResult) -> tuple[float, float]:
+        assert s.base is not None and s.tuned is not None
+        return abs(s.tuned.scores["chrf"] - s.base.scores["chrf"]), 100.0 - chrf(s.tuned.answer, s.base.answer)
+
+    changed = [s for s in samples if s.base and s.tuned and normalize(s.base.answer) != normalize(s.tuned.answer)]
+    return [s.index for s in sorted(changed, key=key, reverse=True)[:count]]
+
+
+def compare(
+    session: Session, samples: list[Sample], gen: GenerationConfig, scoring: Scoring,
+    progress: Progress | None = None,
+) -> Comparison:
+    """Score the tuned model (when the session has an adapter) and the base, on the same samples."""
+    usable, skipped = _usable(samples)
     if not usable:
-        raise ValueError("no evaluation sample ends with an assistant answer to compare against")
-    prompts = [s.conversation[-2]["content"] if len(s.conversation) > 1 else "" for s in usable]
-    references = [s.conversation[-1]["content"] for s in usable]
-    tuned = _side(session, usable, gen, max_length) if session.has_adapter else None
-    with session.base_only():
-        base = _side(session, usable, gen, max_length)
-    return Comparison(prompts, references, base, tuned)
+        reasons = "; ".join(f"{len(v)} {k}" for k, v in skipped.items()) or "no samples"
+        raise ValueError(f"no evaluation sample can be scored: {reasons}")
+    encoded, excluded = _encode_all(session, usable, scoring)
+    results = [SampleResult(i, s.origin, _last_user_turn(s), s.conversation[:-1], s.conversation[-1]["content"])
+               for i, s in enumerate(usable)]
+    was_training = session.model.training
+    session.model.eval()  # dropout off: both columns must be deterministic
+    try:
+        tuned_totals = base_totals = None
+        if session.has_adapter:
+            sides, tuned_totals = _run_side("tuned", session, usable, encoded, gen, scoring, progress)
+            for result, side in zip(results, sides):
+                result.tuned = side
+        with session.base_only():
+            sides, base_totals = _run_side("base", session, usable, encoded, gen, scoring, progress)
+        for result, side in zip(results, sides):
+            result.base = side
+    finally:
+        session.model.train(was_training)
+    settings = {
+        "samples_read": len(samples), "samples_scored": len(usable), "generation": gen.model_dump(),
+        "max_length": scoring.max_length, "train_on": scoring.train_on,
+        "scorer": scoring.scorer.spec if scoring.scorer else None, "sacrebleu": signatures(),
+    }
+    # With no tuned column nothing changed: the first samples stand as examples.
+    first = list(range(min(scoring.examples, len(results))))
+    examples = changed_most(results, scoring.examples) if tuned_totals else first
+    return Comparison(_rows(base_totals, tuned_totals, scoring.scorer), results, examples, skipped, excluded, settings)

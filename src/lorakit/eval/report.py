@@ -1,48 +1,149 @@
-"""Show and save a base-against-tuned comparison: a table on screen, eval.json and eval.md on disk."""
+"""Show and save a base-against-tuned comparison: a table on screen, eval.json and eval.md on disk.
+
+eval.json holds every number and every answer so other tools can pick it up; eval.md is the
+same table and examples for a person (or a pull request) to read.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.eval.compare import Comparison
+from lorakit.eval.compare import Comparison, MetricRow, SampleResult, SideResult
 
-_METRICS = (("exact match", "exact_match", True), ("answer loss", "answer_loss", False),
-            ("answer perplexity", "perplexity", False))
-
-
-def _rows(result: Comparison) -> list[tuple[str, str, str, str]]:
-    rows = []
-    for label, attr, pct in _METRICS:
-        base = getattr(result.base, attr)
-        tuned = getattr(result.tuned, attr) if result.tuned else None
-        fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.4f}")
-        change = "" if tuned is None else (f"{100 * (tuned - base):+.1f} pts" if pct else f"{tuned - base:+.4f}")
-        rows.append((label, fmt(base), fmt(tuned) if tuned is not None else "-", change))
-    return rows
+JSON_FILE = "eval.json"
+MARKDOWN_FILE = "eval.md"
+_SCORES_0_100 = ("chrf", "bleu", "rouge_l")
 
 
-def print_comparison(console: Console, result: Comparison, examples: int = 3) -> None:
-    table = Table(title=f"base vs tuned on {len(result.references)} held-out samples")
+def _value(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key == "exact_match":
+        return f"{value:.1f}%"
+    return f"{value:.1f}" if key in _SCORES_0_100 else f"{value:.4f}"
+
+
+def _change(row: MetricRow) -> str:
+    change = row.change
+    if change is None:
+        return ""
+    if row.key == "exact_match":
+        return f"{change:+.1f} pts"
+    return f"{change:+.1f}" if row.key in _SCORES_0_100 else f"{change:+.4f}"
+
+
+def table_rows(result: Comparison) -> list[tuple[str, str, str, str]]:
+    """metric, base, tuned, change: the same strings on screen and in eval.md."""
+    return [(r.label, _value(r.key, r.base), _value(r.key, r.tuned), _change(r)) for r in result.metrics]
+
+
+def _has_tuned(result: Comparison) -> bool:
+    return any(r.tuned is not None for r in result.metrics)
+
+
+def _title(result: Comparison) -> str:
+    sides = "base vs tuned" if _has_tuned(result) else "base model"
+    return f"{sides} on {len(result.samples)} held-out samples"
+
+
+def _block(sample: SampleResult) -> str:
+    """A sample as aligned 'label: text' lines; continuation lines are indented under the text."""
+    parts = [("prompt", sample.prompt), ("reference", sample.reference)]
+    parts += [(side, getattr(sample, side).answer) for side in ("base", "tuned") if getattr(sample, side)]
+    lines = []
+    for label, text in parts:
+        first, *rest = text.splitlines() or [""]
+        lines.append(f"{label + ':':<11}{first}".rstrip())
+        lines += [(" " * 11 + line).rstrip() for line in rest]
+    return "\n".join(lines)
+
+
+def _heading(sample: SampleResult) -> str:
+    if sample.base is None or sample.tuned is None:
+        return sample.origin
+    return f"{sample.origin} (chrF {sample.base.scores['chrf']:.1f} -> {sample.tuned.scores['chrf']:.1f})"
+
+
+def _notes(result: Comparison) -> list[str]:
+    notes = []
+    for reason, origins in result.skipped.items():
+        notes.append(f"not scored: {len(origins)} sample(s), {reason} (first: {origins[0]})")
+    for reason, origins in result.loss_excluded.items():
+        notes.append(f"no answer loss: {len(origins)} sample(s), {reason} (first: {origins[0]})")
+    return notes
+
+
+def print_comparison(console: Console, result: Comparison) -> None:
+    table = Table(title=_title(result))
     for col in ("metric", "base", "tuned", "change"):
-        table.add_column(col)
-    for row in _rows(result):
-        table.add_row(*row)
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row, cells in zip(result.metrics, table_rows(result)):
+        good = row.change is not None and row.change != 0 and (row.change > 0) == row.higher_is_better
+        bad = row.change is not None and row.change != 0 and not good
+        style = "green" if good else "red" if bad else ""
+        table.add_row(*cells[:3], f"[{style}]{cells[3]}[/]" if style else cells[3])
     console.print(table)
-    if result.tuned is None:
-        return
-    for i in range(min(examples, len(result.references))):
-        console.print(f"[bold]prompt:[/] {result.prompts[i]}", highlight=False)
-        console.print(f"  reference: {result.references[i]}", highlight=False)
-        console.print(f"  base:      {result.base.answers[i]}", highlight=False)
-        console.print(f"  tuned:     {result.tuned.answers[i]}", highlight=False)
+    for note in _notes(result):
+        console.print(note, style="yellow", markup=False, highlight=False)
+    if result.examples:
+        console.print("answers that changed most:" if _has_tuned(result) else "sample answers:", style="bold")
+    for sample in (result.samples[i] for i in result.examples):
+        console.print(f"-- {_heading(sample)}", style="dim", markup=False, highlight=False)
+        console.print(_block(sample), markup=False, highlight=False)
 
 
-def write_reports(folder: Path, result: Comparison) -> None:
-    (folder / "eval.json").write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-    lines = ["| metric | base | tuned | change |", "|---|---|---|---|"]
-    lines += [f"| {' | '.join(r)} |" for r in _rows(result)]
-    (folder / "eval.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+def _fence(text: str) -> str:
+    """A code fence longer than any run of backticks inside, so answers cannot break out of it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def markdown(result: Comparison) -> str:
+    gen = result.settings.get("generation", {})
+    files = ", ".join(f"`{Path(f).name}`" for f in result.settings.get("data", [])) or "held-out data"
+    decoding = "greedy" if not gen.get("temperature") else f"temperature {gen['temperature']}"
+    lines = [
+        f"# Evaluation: {_title(result)}", "",
+        f"Samples from {files}; {decoding} decoding, at most {gen.get('max_new_tokens', '?')} new tokens.", "",
+        "| metric | base | tuned | change |", "|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in table_rows(result)]
+    lines += [
+        "",
+        "Answer loss and perplexity are over the reference answers' tokens; chrF and BLEU are corpus "
+        "scores (sacrebleu), exact match (normalized) and ROUGE-L F1 are means over samples.",
+    ]
+    lines += [f"- {note}" for note in _notes(result)]
+    if result.examples:
+        lines += ["", "## Answers that changed most" if _has_tuned(result) else "## Sample answers"]
+    for number, sample in enumerate((result.samples[i] for i in result.examples), start=1):
+        block = _block(sample)
+        fence = _fence(block)
+        lines += ["", f"### {number}. {_heading(sample)}", "", f"{fence}text", block, fence]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(folder: Path, result: Comparison) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / JSON_FILE, folder / MARKDOWN_FILE
+    json_path.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    md_path.write_text(markdown(result), encoding="utf-8")
+    return json_path, md_path
+
+
+def _side(raw: dict[str, Any] | None) -> SideResult | None:
+    return SideResult(**raw) if raw is not None else None
+
+
+def read_report(folder: Path) -> Comparison:
+    """Read eval.json back (to show it again, or to compare runs)."""
+    raw = json.loads((folder / JSON_FILE).read_text(encoding="utf-8"))
+    metrics = [MetricRow(**{k: v for k, v in m.items() if k != "change"}) for m in raw["metrics"]]
+    samples = [SampleResult(**{**s, "base": _side(s["base"]), "tuned": _side(s["tuned"])}) for s in raw["samples"]]
+    return Comparison(metrics, samples, raw["examples"], raw["skipped"], raw["loss_excluded"], raw["settings"])

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from lorakit.train.distributed import sum_over_ranks
 from lorakit.train.plot import plot_losses
 from lorakit.train.trainer import TokenCount
 
@@ -33,15 +34,20 @@ class MetricsLog(TrainerCallback):
             path.write_text("", encoding="utf-8")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or not state.is_world_process_zero:
+        if not logs:
+            return
+        if "loss" in logs:
+            # Every rank logs at the same steps, so every rank joins this sum; each counted its own batches.
+            tokens, loss_tokens = sum_over_ranks(self.count.tokens, self.count.loss_tokens)
+        if not state.is_world_process_zero:
             return
         row = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.monotonic() - self.started, 3)}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         if "eval_loss" in row:
             row["eval_perplexity"] = math.exp(min(row["eval_loss"], 50.0))
         if "loss" in row:
-            row["tokens_seen"] = self.count.tokens
-            row["loss_tokens_seen"] = self.count.loss_tokens
+            row["tokens_seen"] = tokens
+            row["loss_tokens_seen"] = loss_tokens
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 

@@ -21,7 +21,7 @@ from lorakit.data.dataset import build_splits
 from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
-from lorakit.train import checkpoints
+from lorakit.train import checkpoints, distributed
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.plot import read_metrics
@@ -52,10 +52,18 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
     ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
     """
+    # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
+    # does data parallelism; here only rank 0 writes run files, and all ranks resume alike.
+    on_gpu = torch.cuda.is_available()
+    distributed.check_supported(cfg.train.distributed, on_gpu)
+    distributed.init_process_group(cfg.train.distributed, on_gpu)
+    distributed.quiet_other_ranks()
+    main = distributed.is_main_process()
+
     out = cfg.resolved_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    resume_from = checkpoints.resolve_resume(resume, ckpt_dir)
+    resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, ckpt_dir))
     for partial in checkpoints.incomplete(ckpt_dir):
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
@@ -72,7 +80,6 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
 
     model = apply_lora(load_model(source, cfg.model.dtype), cfg.lora)
-    on_gpu = torch.cuda.is_available()
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision, "cuda" if on_gpu else "cpu")
@@ -90,23 +97,24 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         loss_chunk_size=cfg.train.loss_chunk_size,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
-    if resume_from is not None:
+    if resume_from is not None and main:
         _trim_metrics(out / METRICS_FILE, int(resume_from.name.split("-")[-1]))
         log.info("resuming from %s", resume_from)
     stopper = StopOnInterrupt()
     for callback in [
-        MetricsLog(out / METRICS_FILE, trainer.count, fresh=resume_from is None),
+        MetricsLog(out / METRICS_FILE, trainer.count, fresh=resume_from is None and main),
         LossPlot(out / METRICS_FILE, out / PLOT_FILE),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
         *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
-        *tracker_callbacks(cfg.train.report_to, out),
+        *(tracker_callbacks(cfg.train.report_to, out) if main else []),
         *(hooks or []),
     ]:
         trainer.add_callback(callback)
 
     # --- train
-    save_config(cfg, out / CONFIG_FILE)  # written first, so a killed run can be resumed and inspected
+    if main:
+        save_config(cfg, out / CONFIG_FILE)  # written first, so a killed run can be resumed and inspected
     started = time.monotonic()
     stopper.install()
     try:
@@ -122,6 +130,10 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
     # the in-training evaluations so the eval curve is not given a duplicate last point.
     eval_loss = trainer.evaluate(metric_key_prefix="final_eval")["final_eval_loss"] if splits.eval else None
+
+    tokens, loss_tokens = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
+    if not main:
+        return {"steps": result.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss}
 
     # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
     # carrying the template we trained with (so chat and serving render exactly the same
@@ -143,10 +155,10 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         "skipped_steps": trainer.skipped_steps,
         "resumed_from": str(resume_from) if resume_from else None,
         "train_seconds": round(elapsed, 2),
-        "tokens_seen": trainer.count.tokens,
-        "loss_tokens_seen": trainer.count.loss_tokens,
-        "tokens_per_second": round(trainer.count.tokens / elapsed, 1) if elapsed > 0 else None,
-        "loss_tokens_per_second": round(trainer.count.loss_tokens / elapsed, 1) if elapsed > 0 else None,
+        "tokens_seen": tokens,
+        "loss_tokens_seen": loss_tokens,
+        "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None,
+        "loss_tokens_per_second": round(loss_tokens / elapsed, 1) if elapsed > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
         "cuda_peak_reserved_bytes": cuda_peak,
         "cuda_training_reserved_bytes": cuda_peak - reserved_before if cuda_peak is not None else None,
@@ -154,5 +166,11 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         "total_parameters": total,
         "data": [r.as_dict() for r in splits.reports],
     }
+    if cfg.eval.at_end:  # base against tuned on the validation split: eval.json, eval.md
+        from lorakit.eval.run import evaluate_after_training
+
+        summary["eval"] = evaluate_after_training(
+            model, tokenizer, template, cfg.data, cfg.generation, cfg.eval, out, cfg.train.progress_bar
+        )
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -16,7 +16,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from lorakit.config import TrainConfig
-from lorakit.train import checkpoints
+from lorakit.train import checkpoints, distributed
 from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,12 @@ class LorakitTrainer(Trainer):
             self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
             if self.selective_loss and not return_outputs:
                 head = output_head(self.accelerator.unwrap_model(model))
-                return answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size)
+                loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    # num_items_in_batch counts every rank's tokens and DDP averages gradients
+                    # over ranks; scale back as the Trainer does for a model's own loss.
+                    loss = loss * self.accelerator.num_processes
+                return loss
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -110,6 +115,8 @@ class LorakitTrainer(Trainer):
     # --- checkpoints: complete or ignored
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
+        # Every rank writes its own RNG state into the folder; mark it complete only after all have.
+        self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -155,10 +162,11 @@ def training_arguments(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not on_gpu,
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing and cfg.distributed.strategy != "fsdp",
         auto_find_batch_size=cfg.auto_batch_size and on_gpu,
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         disable_tqdm=True,  # lorakit draws its own progress bar
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **distributed.trainer_options(cfg.distributed, on_gpu, cfg.gradient_checkpointing),
     )

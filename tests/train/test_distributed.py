@@ -1,0 +1,244 @@
+"""Several processes train like one: same losses and adapter, rank-0 files, shared resume, fast failure.
+
+The multi-process runs are real: ``lorakit train --nproc 2`` relaunches itself through
+torchrun with two gloo workers on this CPU, exactly as a user runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.config import ConfigError, DistributedConfig, load_config
+from lorakit.train import distributed
+from lorakit.train.trainer import training_arguments
+from tests.train.helpers import adapter, metrics, run_on_one_thread, tiny_config
+
+# One thread per worker: two workers share this 2-core machine, and the in-process
+# reference must split its matmuls the same way.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STEPS = 6
+# 16 samples, 2 workers x batch 2 = 4 samples a step, 4 steps an epoch: the count divides
+# evenly, so accelerate never pads the last batch with repeated samples.
+SHARED = ("train.max_steps=6", "train.save_steps=3", "train.save_total_limit=3", "train.logging_steps=1",
+          "train.learning_rate=0.005", "lora.dropout=0")
+# Losses agree to float32 rounding (allreduce sums two half-batch gradients in another
+# order than one full batch). Adam divides by sqrt(v), which magnifies those last-bit
+# differences in the first steps, so the adapter is compared at 1e-4 absolute (weights ~0.2).
+LOSS_RTOL = 1e-5
+ADAPTER_ATOL = 1e-4
+
+
+def lorakit_train(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), *args],
+                          capture_output=True, text=True, timeout=timeout, env=CHILD_ENV)
+
+
+def write_config(path: Path, model_dir: Path, data: Path, out: Path, *settings: str) -> Path:
+    """A YAML file from ``key.sub=value`` settings (what a user would write by hand)."""
+    tree: dict = {"model": {"name": str(model_dir)}, "data": {"train": str(data)}, "output_dir": str(out)}
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        section, name = key.split(".")
+        tree.setdefault(section, {})[name] = json.loads(value) if value[0].isdigit() else value
+    tree["train"]["progress_bar"] = False
+    path.write_text(json.dumps(tree), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """One 2-process run (batch 2 each), shared by the tests that look at its results."""
+    from tests.conftest import make_tiny_model_dir
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    model_dir = make_tiny_model_dir(tmp / "model")
+    cfg = tiny_config(model_dir, tmp, *SHARED)  # writes tmp/train.jsonl (16 samples)
+    config = write_config(tmp / "ddp.yaml", model_dir, cfg.data.train[0], tmp / "run2", *SHARED, "train.batch_size=2")
+    result = lorakit_train(config, "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    return tmp, config, tmp / "run2"
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
+    tmp, _, run2 = two_process_run
+    model_dir = tmp / "model"
+    # The same 16 samples, one process, batch 4. Both runs draw one seeded permutation of the
+    # samples; accelerate hands each of the 2 workers alternate batches of 2 from it, so
+    # optimizer step k sees samples [4k, 4k+4) of that permutation in both runs, and with
+    # token-weighted loss over all ranks the update is the same one.
+    cfg = tiny_config(model_dir, tmp / "single", *SHARED, "train.batch_size=4", "train.progress_bar=false")
+    run_on_one_thread(cfg)
+    one, two = metrics(cfg.output_dir), metrics(run2)
+    one_loss = [(r["step"], r["loss"], r["loss_tokens_seen"]) for r in one if "loss" in r]
+    two_loss = [(r["step"], r["loss"], r["loss_tokens_seen"]) for r in two if "loss" in r]
+    assert [s for s, _, _ in two_loss] == list(range(1, STEPS + 1))  # rank 0 alone wrote: no line twice
+    assert [(s, n) for s, _, n in two_loss] == [(s, n) for s, _, n in one_loss]  # tokens summed over ranks
+    torch.testing.assert_close(torch.tensor([x for _, x, _ in two_loss]), torch.tensor([x for _, x, _ in one_loss]),
+                               rtol=LOSS_RTOL, atol=0)
+    got, expected = adapter(run2), adapter(cfg.output_dir)
+    assert got.keys() == expected.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+    summary = json.loads((run2 / "summary.json").read_text())
+    assert summary["tokens_seen"] == json.loads((cfg.output_dir / "summary.json").read_text())["tokens_seen"]
+    # Each rank's RNG state is inside the checkpoint before the completion marker is.
+    for step in (3, 6):
+        names = {p.name for p in (run2 / "checkpoints" / f"checkpoint-{step}").iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= names
+
+
+def test_a_two_process_checkpoint_resumes_in_two_processes(two_process_run, tmp_path):
+    _, config, run2 = two_process_run
+    out = tmp_path / "resumed"
+    result = lorakit_train(config, "--nproc", "2", "--set", f"output_dir={out}",
+                           "--resume", str(run2 / "checkpoints" / "checkpoint-3"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["resumed_from"].endswith("checkpoint-3")
+    # Both ranks restored the weights, optimizer, RNG and data position of step 3: the rest
+    # of the run repeats the uninterrupted one exactly.
+    resumed = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    original = {r["step"]: r["loss"] for r in metrics(run2) if "loss" in r}
+    assert sorted(resumed) == [4, 5, 6]
+    assert all(resumed[s] == original[s] for s in resumed), (resumed, original)
+    got, expected = adapter(out), adapter(run2)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize(("stop", "expected", "bound_s"), [
+    # Dead: torchrun's agent sees the exit within its monitor interval and stops the other rank.
+    (signal.SIGKILL, "rank 1 exited with -9", 60),
+    # Hung (stopped, not dead): rank 0 waits in the gradient allreduce until
+    # train.distributed.timeout_s (5 s here), fails, and the agent then kills the stopped
+    # rank (SIGTERM, and SIGKILL after its 30 s grace).
+    (signal.SIGSTOP, "rank 0 exited with 1", 5 + 30 + 30),
+])
+def test_a_dead_or_hung_rank_fails_the_whole_run_in_bounded_time(tiny_model_dir, tmp_path, stop, expected, bound_s):
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.logging_steps=1")
+    config = write_config(tmp_path / "long.yaml", tiny_model_dir, cfg.data.train[0], tmp_path / "run",
+                          "train.max_steps=100000", "train.batch_size=2", "train.logging_steps=1",
+                          "train.save_steps=100000", "lora.dropout=0")
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
+                             "--set", "train.distributed.timeout_s=5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        log = tmp_path / "run" / "metrics.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 2):  # both ranks are stepping
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[1], stop)
+        stopped = time.monotonic()
+        _, stderr = proc.communicate(timeout=bound_s + 30)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, started by this test
+    assert took < bound_s, took
+    assert proc.returncode == 1, stderr[-4000:]
+    assert f"multi-process training failed: {expected}" in stderr, stderr[-4000:]
+    if stop == signal.SIGSTOP:
+        assert "Timed out" in stderr or "timed out" in stderr, stderr[-4000:]  # rank 0's own error is shown
+    for pid in workers:  # no worker left behind
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# --- strategies and refusals (no processes started)
+
+def test_strategies_map_onto_trainer_options(tmp_path):
+    ddp = distributed.trainer_options(DistributedConfig(timeout_s=42), on_gpu=False, activation_checkpointing=False)
+    assert ddp == {"ddp_backend": None, "ddp_timeout": 42, "ddp_find_unused_parameters": False}
+    fsdp = distributed.trainer_options(DistributedConfig(strategy="fsdp"), True, activation_checkpointing=True)
+    assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["activation_checkpointing"] is True
+    assert fsdp["fsdp_config"]["state_dict_type"] == "FULL_STATE_DICT"
+    assert distributed.trainer_options(DistributedConfig(strategy="fsdp"), True, False, quantized=True)[
+        "fsdp_config"]["cpu_ram_efficient_loading"] is True
+    zero2 = distributed.trainer_options(DistributedConfig(strategy="deepspeed_zero2"), True, False)["deepspeed"]
+    zero3 = distributed.trainer_options(DistributedConfig(strategy="deepspeed_zero3"), True, False, quantized=True)[
+        "deepspeed"]
+    assert zero2["zero_optimization"]["stage"] == 2 and "stage3_gather_16bit_weights_on_model_save" not in zero2[
+        "zero_optimization"]
+    assert zero3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert zero3["zero3_init_flag"] is False
+    # The ddp defaults reach the Trainer in a plain single-process run.
+    cfg = load_config(None, ["train.distributed.timeout_s=42"])
+    args = training_arguments(cfg.train, tmp_path, 0, "fp32", on_gpu=False, has_eval=False)
+    assert args.ddp_timeout == 42 and args.ddp_find_unused_parameters is False and not args.fsdp
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (["train.distributed.strategy=fsdp"], "train.selective_loss is not supported with distributed.strategy=fsdp"),
+    (["train.distributed.strategy=deepspeed_zero3"], "set train.selective_loss=false"),
+    (["train.distributed.strategy=deepspeed_zero2", "train.on_nonfinite=skip"], "on_nonfinite=skip is not supported"),
+    (["train.distributed.strategy=fsdp", "train.selective_loss=false", "train.optimizer=adamw_8bit"],
+     "use adamw, adafactor or sgd"),
+    (["train.distributed.strategy=zero9"], "train.distributed.strategy"),
+])
+def test_unsupported_combinations_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, settings)
+
+
+def test_sharded_strategies_are_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp"):
+        distributed.check_supported(DistributedConfig(strategy="deepspeed_zero2"), on_gpu=False)
+    cfg = tiny_config(tiny_model_dir, tmp_path)
+    config = write_config(tmp_path / "fsdp.yaml", tiny_model_dir, cfg.data.train[0], tmp_path / "run",
+                          "train.max_steps=1")
+    result = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
+                             "--set", "train.distributed.strategy=fsdp", "--set", "train.selective_loss=false"],
+                            capture_output=True, text=True, timeout=120, env=CHILD_ENV)
+    assert result.returncode == 2 and "needs CUDA GPUs" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # refused in the launcher, before any worker started
+
+
+# --- GPU paths: run on a machine with at least two GPUs
+
+def _gpu_run(tmp_path: Path, strategy: str) -> dict:
+    from tests.conftest import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    cfg = tiny_config(model_dir, tmp_path, *SHARED)
+    extra = ["train.selective_loss=false"] if strategy in ("fsdp", "deepspeed_zero3") else []
+    config = write_config(tmp_path / "gpu.yaml", model_dir, cfg.data.train[0], tmp_path / "run", *SHARED,
+                          "train.batch_size=2", *extra)
+    tree = json.loads(config.read_text())
+    tree["train"]["distributed"] = {"strategy": strategy}
+    config.write_text(json.dumps(tree), encoding="utf-8")
+    result = lorakit_train(config, "--nproc", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((tmp_path / "run" / "summary.json").read_text())
+
+
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@pytest.mark.gpu
+@needs_two_gpus
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_strategy_trains_on_two_gpus(tmp_path, strategy):
+    if strategy.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed not installed: pip install 'lorakit[deepspeed]'")
+    summary = _gpu_run(tmp_path, strategy)
+    assert summary["steps"] == STEPS and summary["train_loss"] < 10
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
+    assert set(adapter(tmp_path / "run")) == set(adapter(tmp_path / "run" / "checkpoints" / "checkpoint-6"))
