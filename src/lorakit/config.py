@@ -274,7 +274,25 @@ class GenerationConfig(_Section):
     max_new_tokens: int = Field(256, gt=0)
     temperature: float = Field(0.0, ge=0, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0: no limit.")
+    min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens below min_p x the top probability; 0: off.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages repeating tokens; 1: off.")
+    seed: int | None = Field(None, description="Seed for sampling, so a sampled answer can be reproduced.")
     batch_size: int = Field(16, gt=0)
+    context_length: int | None = Field(
+        None, gt=8, description="Prompt plus answer, in tokens; None: the model's max_position_embeddings."
+    )
+
+
+class ServeConfig(_Section):
+    """Settings of ``lorakit serve``, given on its command line (a training config has no use for them)."""
+
+    host: str = Field("127.0.0.1", description="Loopback by default: nothing outside this machine can reach it.")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="When set, requests need 'Authorization: Bearer <key>'.")
+    max_pending: int = Field(
+        16, gt=0, description="Requests running or waiting at once; more are refused with 429 rather than queued."
+    )
 
 
 class EvalConfig(_Section):

@@ -1,4 +1,4 @@
-"""A terminal chat: multi-turn, streamed, with /reset and /exit.
+"""A terminal chat: multi-turn, streamed, kept inside the model's context window.
 
 It reads plain lines from stdin, so it works in a terminal and when driven by a pipe.
 """
@@ -6,38 +6,61 @@ It reads plain lines from stdin, so it works in a terminal and when driven by a 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import TextIO
 
 from lorakit.config import GenerationConfig
 from lorakit.data.shapes import Conversation
-from lorakit.infer.generate import stream_answer
-from lorakit.infer.session import Session
+from lorakit.infer.catalog import Catalog
+from lorakit.infer.generate import context_length, prompt_ids
+from lorakit.infer.stream import TextStream
 
-HELP = "Type a message. /reset starts a new conversation, /exit quits."
-ADAPTER_HELP = "/adapter NAME switches adapter (the conversation goes on): "
+HELP = (
+    "Type a message. /reset starts a new conversation, /stats toggles speed reports, "
+    "/adapter NAME switches model (/adapter alone lists them), /exit quits."
+)
 
 
-def _switch(session: Session, name: str, stdout: TextIO) -> None:
-    if not name:
-        print(f"(adapters: {', '.join(session.adapters) or 'one'})", file=stdout, flush=True)
-        return
-    try:
-        session.use(name)
-    except ValueError as err:
-        print(f"({err})", file=stdout, flush=True)
-        return
-    print(f"(now answering with {name})", file=stdout, flush=True)
+def fit_history(
+    history: Conversation, count_tokens: Callable[[Conversation], int], budget: int
+) -> tuple[Conversation, int]:
+    """Drop the oldest turns (never the system prompt, never the last turn) until the prompt fits.
+
+    A user turn goes together with the answer that followed it, so what remains still
+    alternates as the template expects. Returns the kept history and how many turns went.
+    """
+    system = history[:1] if history and history[0]["role"] == "system" else []
+    turns = history[len(system) :]
+    dropped = 0
+    while len(turns) > 1 and count_tokens(system + turns) > budget:
+        pair = len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant"
+        cut = 2 if pair else 1
+        turns = turns[cut:]
+        dropped += cut
+    return system + turns, dropped
 
 
 def chat_loop(
-    session: Session,
+    catalog: Catalog,
     gen: GenerationConfig,
     system_prompt: str | None = None,
+    stats: bool = False,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
 ) -> int:
     """Run until /exit or end of input; return the number of answers given."""
     history: Conversation = []
+    current = catalog.default
+    budget = context_length(catalog.model, gen) - gen.max_new_tokens
+    if budget <= 0:
+        raise ValueError(
+            f"max_new_tokens ({gen.max_new_tokens}) leaves no room for a prompt in a "
+            f"{context_length(catalog.model, gen)}-token context; lower it"
+        )
+
+    def say(text: str) -> None:
+        print(text, file=stdout, flush=True)
 
     def reset() -> None:
         history.clear()
@@ -45,9 +68,9 @@ def chat_loop(
             history.append({"role": "system", "content": system_prompt})
 
     reset()
-    print(HELP, file=stdout, flush=True)
-    if session.adapters:
-        print(ADAPTER_HELP + ", ".join(session.adapters), file=stdout, flush=True)
+    say(HELP)
+    if len(catalog.choices) > 1:
+        say(f"(talking to {current}; models: {', '.join(catalog.names())})")
     answers = 0
     while True:
         print("\n>>> ", end="", file=stdout, flush=True)
@@ -62,12 +85,51 @@ def chat_loop(
             return answers
         if text == "/reset":
             reset()
-            print("(conversation cleared)", file=stdout, flush=True)
+            say("(conversation cleared)")
+            continue
+        if text == "/stats":
+            stats = not stats
+            say(f"(speed reports {'on' if stats else 'off'})")
+            continue
+        if text == "/adapter" or text.startswith("/adapter "):
+            wanted = text[len("/adapter") :].strip()
+            if not wanted:
+                say(f"(models: {', '.join(catalog.names())}; talking to {current})")
+            elif wanted not in catalog.choices:
+                say(f"(no model named {wanted!r}; models: {', '.join(catalog.names())})")
+            else:
+                current = wanted
+                say(f"(now talking to {current}; the conversation so far is kept)")
             continue
         if text.startswith("/adapter"):
             _switch(session, text.removeprefix("/adapter").strip(), stdout)
             continue
         history.append({"role": "user", "content": text})
-        answer = stream_answer(session.model, session.tokenizer, session.template, history, gen)
+        choice = catalog.get(current)
+        fitted, dropped = fit_history(
+            history, lambda conv: len(prompt_ids(choice.tokenizer, choice.template, conv)), budget
+        )
+        ids = prompt_ids(choice.tokenizer, choice.template, fitted)
+        if len(ids) > budget:
+            history.pop()
+            say(f"(that message is {len(ids)} tokens with the system prompt; at most {budget} fit. Not sent.)")
+            continue
+        if dropped:
+            history[:] = fitted
+            say(f"(dropped the {dropped} oldest turns to stay within the {budget + gen.max_new_tokens}-token context)")
+        started = time.perf_counter()
+        stream = TextStream(
+            catalog.model, choice.tokenizer, ids, gen, choice.template.end_token_ids,
+            hold=lambda name=current: catalog.use(name),
+        )
+        for piece in stream:
+            print(piece, end="", file=stdout, flush=True)
+        print(file=stdout, flush=True)
+        answer = stream.answer
+        assert answer is not None
+        seconds = time.perf_counter() - started
+        if stats:
+            rate = answer.new_tokens / seconds if seconds > 0 else 0.0
+            say(f"[{answer.new_tokens} tokens in {seconds:.2f} s, {rate:.1f} tokens/s; prompt {answer.prompt_tokens} tokens]")
         history.append({"role": "assistant", "content": answer.text})
         answers += 1

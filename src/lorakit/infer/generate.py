@@ -1,16 +1,19 @@
-"""Answer conversations: batched with left padding, or one at a time with streaming."""
+"""Answer many conversations at once: batched, left-padded, greedy unless asked to sample."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig
 from lorakit.data.shapes import Conversation
 from lorakit.data.templates import ChatTemplate
+
+# Models that do not say how long a sequence they were trained on get this many positions.
+FALLBACK_CONTEXT = 2048
 
 
 @dataclass
@@ -18,6 +21,9 @@ class Answer:
     text: str
     prompt_tokens: int
     new_tokens: int
+    # "stop": an end-of-turn token or a stop string ended it; "length": max_new_tokens did.
+    finish_reason: str = "stop"
+    token_ids: list[int] = field(default_factory=list, repr=False)  # the generated tokens, stop token included
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv: Conversation) -> list[int]:
@@ -26,68 +32,98 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _sampling(gen: GenerationConfig) -> dict:
+def context_length(model: PreTrainedModel, gen: GenerationConfig) -> int:
+    """Longest prompt plus answer: the configured one, else what the model was built for."""
+    if gen.context_length is not None:
+        return gen.context_length
+    return int(getattr(model.config, "max_position_embeddings", None) or FALLBACK_CONTEXT)
+
+
+def sampling_kwargs(gen: GenerationConfig) -> dict:
+    """generate() arguments for the sampling settings.
+
+    Everything is passed explicitly (None switches a processor off), so a model's own
+    generation_config.json (a top_k of 50, say) never changes what the user asked for.
+    """
+    penalty = {"repetition_penalty": gen.repetition_penalty if gen.repetition_penalty != 1.0 else None}
     if gen.temperature <= 0:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {"do_sample": True, "temperature": gen.temperature, "top_p": gen.top_p}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None, **penalty}
+    return {
+        "do_sample": True,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p if gen.top_p < 1.0 else None,
+        "top_k": gen.top_k or None,
+        "min_p": gen.min_p or None,
+        **penalty,
+    }
+
+
+def finish_reason(new_ids: Sequence[int], stop_ids: frozenset[int], max_new_tokens: int) -> str:
+    if new_ids and new_ids[-1] in stop_ids:
+        return "stop"
+    return "length" if len(new_ids) >= max_new_tokens else "stop"
+
+
+def _cut_at_stop(new_ids: list[int], stop_ids: frozenset[int]) -> list[int]:
+    """Rows that finished early are padded after their stop token; keep up to the first one."""
+    for k, tok in enumerate(new_ids):
+        if tok in stop_ids:
+            return new_ids[: k + 1]
+    return new_ids
 
 
 @torch.inference_mode()
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[int]],
+    gen: GenerationConfig,
+    stop_ids: frozenset[int],
+    progress: Callable[[int], None] | None = None,
+) -> list[Answer]:
+    """Answer token prompts in batches of ``gen.batch_size``; answers come back in prompt order.
+
+    Prompts are batched longest first, so a batch holds prompts of similar length and little
+    compute goes to padding. ``progress`` is called with the number of prompts each batch finished.
+    """
+    if gen.seed is not None:
+        torch.manual_seed(gen.seed)
+    pad = tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    answers: list[Answer | None] = [None] * len(prompts)
+    for start in range(0, len(order), gen.batch_size):
+        rows = order[start : start + gen.batch_size]
+        chunk = [prompts[i] for i in rows]
+        width = max(len(p) for p in chunk)
+        # Left padding keeps every prompt's last token at the same column, where generation starts.
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        out = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=gen.max_new_tokens,
+            eos_token_id=sorted(stop_ids),
+            pad_token_id=pad,
+            **sampling_kwargs(gen),
+        )
+        for row, index in enumerate(rows):
+            new = _cut_at_stop(out[row, width:].tolist(), stop_ids)
+            text = tokenizer.decode(new, skip_special_tokens=True).strip()
+            answers[index] = Answer(
+                text, len(prompts[index]), len(new), finish_reason(new, stop_ids, gen.max_new_tokens), new
+            )
+        if progress is not None:
+            progress(len(rows))
+    return [a for a in answers if a is not None]
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     template: ChatTemplate,
     conversations: Sequence[Conversation],
     gen: GenerationConfig,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Answer]:
-    answers: list[Answer] = []
-    pad = tokenizer.pad_token_id
-    stop = sorted(template.end_token_ids)
-    for start in range(0, len(conversations), gen.batch_size):
-        chunk = [prompt_ids(tokenizer, template, c) for c in conversations[start : start + gen.batch_size]]
-        width = max(len(p) for p in chunk)
-        # Left padding keeps every prompt's last token at the same column, where generation starts.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        out = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            max_new_tokens=gen.max_new_tokens,
-            eos_token_id=stop,
-            pad_token_id=pad,
-            **_sampling(gen),
-        )
-        for row, p in enumerate(chunk):
-            new = out[row, width:].tolist()
-            # Cut at the first stop token: rows that finished early are padded after it.
-            for k, tok in enumerate(new):
-                if tok in template.end_token_ids:
-                    new = new[: k + 1]
-                    break
-            text = tokenizer.decode(new, skip_special_tokens=True).strip()
-            answers.append(Answer(text, len(p), len(new)))
-    return answers
-
-
-@torch.inference_mode()
-def stream_answer(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    template: ChatTemplate,
-    conv: Conversation,
-    gen: GenerationConfig,
-) -> Answer:
-    """Print tokens as they are generated and return the whole answer."""
-    ids = prompt_ids(tokenizer, template, conv)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = model.generate(
-        input_ids=torch.tensor([ids], device=model.device),
-        attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=model.device),
-        max_new_tokens=gen.max_new_tokens,
-        eos_token_id=sorted(template.end_token_ids),
-        pad_token_id=tokenizer.pad_token_id,
-        streamer=streamer,
-        **_sampling(gen),
-    )
-    new = out[0, len(ids) :].tolist()
-    return Answer(tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new))
+    prompts = [prompt_ids(tokenizer, template, c) for c in conversations]
+    return generate_ids(model, tokenizer, prompts, gen, template.end_token_ids, progress)

@@ -2,35 +2,53 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.data.shapes import Conversation, from_messages
-from lorakit.data.sources import DataError, read_records
+from lorakit.data.records import DataError, Record
+from lorakit.data.sources import read_records
 
 
-def read_prompts(path: Path, system_prompt: str | None = None) -> list[Conversation]:
-    """Records hold a ``prompt`` string, ``messages``/``conversations``, or alpaca ``instruction``/``input``.
+@dataclass(frozen=True)
+class Prompt:
+    origin: str  # "file, line N": where to look when this prompt is reported
+    conversation: Conversation
 
-    A trailing assistant turn (a reference answer) is removed: the model is asked to write it.
+
+def _conversation(record: Record, system_prompt: str | None) -> Conversation:
+    # An empty cell is an absent column: CSV rows have every column, used or not.
+    fields = {k: v for k, v in record.fields.items() if v != ""}
+    for key in ("messages", "conversations"):
+        if isinstance(fields.get(key), str):
+            # A CSV cell can only hold text: a message list arrives as JSON inside it.
+            try:
+                fields[key] = json.loads(fields[key])
+            except json.JSONDecodeError as err:
+                raise DataError(f"{record.origin()}: column '{key}' is not a JSON list of turns ({err.msg})") from None
+    if "messages" in fields or "conversations" in fields:
+        conv = from_messages(Record(fields, record.file, record.where), system_prompt)
+        if conv[-1]["role"] == "assistant":
+            conv = conv[:-1]  # a reference answer: the model is asked to write it
+    elif isinstance(fields.get("prompt"), str) and fields["prompt"].strip():
+        conv = [{"role": "user", "content": fields["prompt"]}]
+    elif isinstance(fields.get("instruction"), str) and fields["instruction"].strip():
+        extra = fields.get("input") or ""
+        text = f"{fields['instruction']}\n\n{extra}" if str(extra).strip() else fields["instruction"]
+        conv = [{"role": "user", "content": text}]
+    else:
+        raise DataError(f"{record.origin()}: expected a non-empty 'prompt', 'messages' or 'instruction' field")
+    if system_prompt and conv and conv[0]["role"] != "system":
+        conv.insert(0, {"role": "system", "content": system_prompt})
+    if not conv or conv[-1]["role"] != "user":
+        raise DataError(f"{record.origin()}: the conversation must end with a user turn to be answered")
+    return conv
+
+
+def read_prompts(path: Path, system_prompt: str | None = None) -> list[Prompt]:
+    """Any file data.sources reads (JSONL, JSON, CSV, Parquet); records hold ``prompt``, ``messages``/``conversations``, or ``instruction``/``input``.
+
+    A trailing assistant turn (a reference answer) is removed. In CSV, ``messages`` is a JSON list.
     """
-    conversations = []
-    for record in read_records(path):
-        fields = record.fields
-        if "messages" in fields or "conversations" in fields:
-            conv = from_messages(record, system_prompt)
-            if conv[-1]["role"] == "assistant":
-                conv = conv[:-1]
-        elif isinstance(fields.get("prompt"), str):
-            conv = [{"role": "user", "content": fields["prompt"]}]
-        elif isinstance(fields.get("instruction"), str):
-            extra = fields.get("input") or ""
-            text = f"{fields['instruction']}\n\n{extra}" if str(extra).strip() else fields["instruction"]
-            conv = [{"role": "user", "content": text}]
-        else:
-            raise DataError(f"{record.origin()}: expected a 'prompt', 'messages' or 'instruction' field")
-        if system_prompt and conv[0]["role"] != "system":
-            conv.insert(0, {"role": "system", "content": system_prompt})
-        if not conv or conv[-1]["role"] != "user":
-            raise DataError(f"{record.origin()}: the conversation must end with a user turn to be answered")
-        conversations.append(conv)
-    return conversations
+    return [Prompt(r.origin(), _conversation(r, system_prompt)) for r in read_records(path)]

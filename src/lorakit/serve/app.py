@@ -1,0 +1,219 @@
+"""An OpenAI-compatible HTTP server over a catalog of models (the base and named adapters).
+
+One model is loaded; generation runs one request at a time under the catalog's lock (a
+CPU gains nothing from interleaving two generations, and the active adapter is global
+state). ``max_pending`` bounds how many requests may run or wait; the next is refused with
+429 at once instead of queueing without limit. Prompts are built by the same function as
+in training and ``lorakit chat``: the run's chat template, tokenized without extra BOS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+
+import anyio
+from fastapi import Depends, FastAPI, Header
+from fastapi.responses import HTMLResponse, StreamingResponse
+from starlette.background import BackgroundTask
+
+from lorakit.config import GenerationConfig, ServeConfig
+from lorakit.data.shapes import Conversation
+from lorakit.infer.catalog import Catalog, Choice
+from lorakit.infer.generate import Answer, context_length, prompt_ids
+from lorakit.infer.stream import TextStream
+from lorakit.serve.errors import APIError, install_error_handlers
+from lorakit.serve.schemas import ChatRequest, CompletionRequest, _Sampling
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+def chat_prompt_ids(choice: Choice, conversation: Conversation) -> list[int]:
+    """The tokens a chat request is answered from: exactly what training put before an answer."""
+    return prompt_ids(choice.tokenizer, choice.template, conversation)
+
+
+class _Job:
+    """One admitted request: its generation and its place among the pending ones."""
+
+    def __init__(self, stream: TextStream, slots: threading.Semaphore):
+        self.stream = stream
+        self._slots = slots
+        self._done = threading.Lock()
+        self._finished = False
+
+    def finish(self) -> None:
+        """Stop generating (if still going) and give the place back; safe to call twice."""
+        with self._done:
+            if self._finished:
+                return
+            self._finished = True
+        self.stream.cancel()
+        self._slots.release()
+
+
+def _usage(answer: Answer) -> dict:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.new_tokens,
+            "total_tokens": answer.prompt_tokens + answer.new_tokens}
+
+
+def _sse(payload: dict | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -> FastAPI:
+    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
+    install_error_handlers(app)
+    slots = threading.BoundedSemaphore(settings.max_pending)
+    limit = context_length(catalog.model, gen)
+    started = int(time.time())
+
+    def authorize(authorization: str | None = Header(None)) -> None:
+        if settings.api_key is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not authorization or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+            raise APIError(401, "incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def lookup(name: str) -> Choice:
+        if name not in catalog.choices:
+            raise APIError(404, f"the model '{name}' does not exist; this server has: {', '.join(catalog.names())}",
+                           "model", "model_not_found")
+        return catalog.choices[name]
+
+    def plan(ids: list[int], req: _Sampling, requested: int | None) -> GenerationConfig:
+        """The request's generation settings, refused with 400 when prompt plus answer cannot fit."""
+        if requested is not None and len(ids) + requested > limit:
+            raise APIError(400, f"this model's context is {limit} tokens; the request asks for "
+                           f"{len(ids) + requested} ({len(ids)} in the prompt, {requested} for the answer). "
+                           "Shorten the prompt or lower max_tokens.", "messages", "context_length_exceeded")
+        if len(ids) >= limit:
+            raise APIError(400, f"this model's context is {limit} tokens; the prompt alone has {len(ids)}. "
+                           "Shorten it.", "messages", "context_length_exceeded")
+        new_tokens = requested if requested is not None else min(gen.max_new_tokens, limit - len(ids))
+        values = {**gen.model_dump(), **req.generation_overrides(), "max_new_tokens": new_tokens}
+        return GenerationConfig(**values)
+
+    def admit(choice: Choice, ids: list[int], request_gen: GenerationConfig, stops: list[str], chat: bool) -> _Job:
+        if not slots.acquire(blocking=False):
+            raise APIError(429, f"the server is busy ({settings.max_pending} requests running or waiting); "
+                           "retry shortly", code="server_busy")
+        try:
+            stream = TextStream(catalog.model, choice.tokenizer, ids, request_gen, choice.template.end_token_ids,
+                                stops, hold=lambda: catalog.use(choice.name), strip_leading=chat)
+        except BaseException:
+            slots.release()
+            raise
+        return _Job(stream, slots)
+
+    def streamed(job: _Job, chunk: Callable[[str | None, str | None], dict],
+                 usage_chunk: Callable[[dict], dict] | None) -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            pieces = iter(job.stream)
+            try:
+                yield _sse(chunk(None, None))
+                while (piece := await anyio.to_thread.run_sync(next, pieces, _END)) is not _END:
+                    yield _sse(chunk(piece, None))
+                answer = job.stream.answer
+                job.finish()  # the model is free: give the place back before the client hears the end
+                yield _sse(chunk("", answer.finish_reason))
+                if usage_chunk is not None:
+                    yield _sse(usage_chunk(_usage(answer)))
+                yield _sse("[DONE]")
+            except Exception as err:  # headers are sent: the error travels as an event
+                log.exception("streamed generation failed")
+                yield _sse(APIError(500, f"generation failed: {type(err).__name__}: {err}").body())
+            finally:
+                job.finish()
+
+        # The background task also covers a client that leaves before the first event.
+        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(job.finish),
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("lorakit.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "models": catalog.names()}
+
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": started, "owned_by": "lorakit"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    def models() -> dict:
+        return {"object": "list", "data": [model_card(n) for n in catalog.names()]}
+
+    @app.get("/v1/models/{name}", dependencies=[Depends(authorize)])
+    def model(name: str) -> dict:
+        lookup(name)
+        return model_card(name)
+
+    def respond(job: _Job, req: _Sampling, head: dict, objects: tuple[str, str],
+                piece_fields: Callable[[str | None], dict], answer_fields: Callable[[Answer], dict]):
+        """Stream the job as server-sent events, or wait for it and send one body.
+
+        ``objects`` names the chunk and the whole-answer object; the two callables give the
+        endpoint's own fields of a choice (a delta or text for a piece, a message or text for the answer).
+        """
+        if req.stream:
+            def chunk(piece: str | None, reason: str | None) -> dict:
+                return {**head, "object": objects[0],
+                        "choices": [{"index": 0, **piece_fields(piece), "finish_reason": reason}]}
+
+            include = req.stream_options is not None and req.stream_options.include_usage
+            usage = (lambda u: {**head, "object": objects[0], "choices": [], "usage": u}) if include else None
+            return streamed(job, chunk, usage)
+        try:
+            answer = job.stream.read()
+        finally:
+            job.finish()
+        return {**head, "object": objects[1],
+                "choices": [{"index": 0, **answer_fields(answer), "finish_reason": answer.finish_reason}],
+                "usage": _usage(answer)}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    def chat_completions(req: ChatRequest):
+        choice = lookup(req.model)
+        ids = chat_prompt_ids(choice, req.conversation())
+        job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=True)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+        return respond(
+            job, req, head, ("chat.completion.chunk", "chat.completion"),
+            # The first chunk announces the role; the closing one has an empty delta.
+            lambda piece: {"delta": {"role": "assistant", "content": ""} if piece is None
+                           else ({"content": piece} if piece else {})},
+            lambda answer: {"message": {"role": "assistant", "content": answer.text}},
+        )
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    def completions(req: CompletionRequest):
+        choice = lookup(req.model)
+        # Raw text, as a language model reads it: the tokenizer's own special tokens, no template.
+        ids = choice.tokenizer(req.prompt)["input_ids"]
+        job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=False)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+        return respond(
+            job, req, head, ("text_completion", "text_completion"),
+            lambda piece: {"text": piece or "", "logprobs": None},
+            lambda answer: {"text": answer.text, "logprobs": None},
+        )
+
+    return app
+
+
+def serve(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -> None:
+    """Run until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.run(create_app(catalog, gen, settings), host=settings.host, port=settings.port, log_level="info")
