@@ -101,9 +101,6 @@ def chat_loop(
                 current = wanted
                 say(f"(now talking to {current}; the conversation so far is kept)")
             continue
-        if text.startswith("/adapter"):
-            _switch(session, text.removeprefix("/adapter").strip(), stdout)
-            continue
         history.append({"role": "user", "content": text})
         choice = catalog.get(current)
         fitted, dropped = fit_history(
