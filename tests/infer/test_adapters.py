@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 import torch
 
-from lorakit.config import GenerationConfig
-from lorakit.infer.chat import chat_loop
 from lorakit.infer.session import open_session
 from tests.conftest import make_tiny_model_dir
 from tests.export.conftest import make_run_dir
@@ -42,18 +39,6 @@ def test_switching_gives_each_adapters_own_model(two_runs, tmp_path):
     assert not torch.equal(logits(only_first), logits(only_second))
     with pytest.raises(ValueError, match="no adapter 'nope'; loaded: extract, style"):
         both.use("nope")
-
-
-def test_chat_switches_adapter_mid_conversation(two_runs, tmp_path):
-    _, first, second = two_runs
-    session = open_session(str(first), tmp_path, others=[str(second)])
-    out = io.StringIO()
-    chat_loop(session, GenerationConfig(max_new_tokens=3), stdin=io.StringIO("/adapter\nHi\n/adapter style\nHi\n/adapter x\n/exit\n"),
-              stdout=out)
-    text = out.getvalue()
-    assert "(adapters: extract, style)" in text and "(now answering with style)" in text
-    assert "(no adapter 'x'" in text
-    assert session.model.active_adapter == "style"
 
 
 def test_adapters_from_other_bases_are_refused(two_runs, tmp_path):
