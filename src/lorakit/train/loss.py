@@ -73,6 +73,4 @@ def answer_only_loss(
                 use_reentrant=False,
             )
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    if isinstance(count, torch.Tensor):
-        count = count.to(total.device).clamp(min=1)
-    return total / max(count, 1) if not isinstance(count, torch.Tensor) else total / count
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
