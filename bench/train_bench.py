@@ -125,11 +125,16 @@ def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
                              f"lora.alpha={ALPHA}", "lora.dropout=0", f"data.max_length={MAX_LEN}",
                              "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}"])
     summary = recipe.run(cfg)
+    rss = _peak_rss_gb()  # before the held-out model is loaded for scoring
     from lorakit.infer.session import open_session
 
     session = open_session(str(tmp / "run"), cache)
     return {"wall_s": summary["train_seconds"], "train_loss": summary["train_loss"], "model": session.model,
-            "tok": session.tokenizer}
+            "tok": session.tokenizer, "peak_rss_gb": rss}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def held_out_loss(model, tok, rows: list[dict]) -> float:
@@ -176,7 +181,8 @@ def worker(name: str, n: int, out: Path, cache: Path) -> None:
             "tokens_per_s": tokens / result["wall_s"], "loss_tokens_per_s": loss_tokens / result["wall_s"],
             # LoRA training: forward (2N) plus activation gradients (2N) per real token.
             "useful_flop_per_s": 4 * params * tokens / result["wall_s"],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            # Peak of training alone: scoring the held-out samples below must not count.
+            "peak_rss_gb": result.get("peak_rss_gb") or _peak_rss_gb(),
         }
         record["eval_loss"] = held_out_loss(result["model"], result["tok"], held)
     out.write_text(json.dumps(record), encoding="utf-8")

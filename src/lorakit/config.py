@@ -130,6 +130,20 @@ class DataConfig(_Section):
         True, description="Download a hub dataset missing from the local cache; false: use the cache only."
     )
     hub_cache: Path | None = Field(None, description="Hugging Face hub cache to read from (default: HF's own).")
+    cache_dir: Path | None = Field(
+        Path("~/.cache/lorakit/tokens"),
+        description="Encoded samples are kept here, keyed on tokenizer, template and settings, so the next "
+        "run over the same data skips tokenizing; null: no cache.",
+        validate_default=True,
+    )
+    num_proc: int = Field(
+        0, ge=0, description="Processes that tokenize; 0: one per core when there are thousands of samples."
+    )
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @model_validator(mode="before")
     @classmethod

@@ -18,7 +18,8 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig, DataSource
 from lorakit.data.doctor import diagnose
-from lorakit.data.encode import Encoded, SampleDropped, content_problem, encode_conversation, encode_text
+from lorakit.data.encode import Encoded, content_problem
+from lorakit.data.encode_cache import BadSample, EncodeSettings, encode_cached
 from lorakit.data.mixing import apply_weight, hold_out
 from lorakit.data.records import DataError, Record
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
@@ -162,35 +163,46 @@ def encode_samples(
     report: DataReport | None = None,
     require_samples: bool = True,
     limit: int | None = None,
+    cache_dir: Path | None = None,
+    num_proc: int = 1,
 ) -> tuple[list[Encoded], DataReport]:
     """Encode samples, counting every drop and cut in ``report``.
 
     ``limit`` tokenizes only that many samples (an inspection of a large file); the content
     checks, which need no tokenizer, still run on all, so their counts are complete.
+    ``cache_dir`` keeps outcomes for the next run; ``num_proc`` workers encode (0: auto).
     """
     report = report if report is not None else DataReport(split)
-    encoded: list[Encoded] = []
-    tokenized = 0
-    for sample in samples:
-        report.read += 1
+    # Content checks need no tokenizer, so they run on every sample even under ``limit``.
+    todo: list[int] = []
+    problems: dict[int, str] = {}
+    for k, sample in enumerate(samples):
         problem = content_problem(sample.conversation, sample.text, train_on)
         if problem:
-            report.drop(problem, sample.origin)
+            problems[k] = problem
+        elif limit is None or len(todo) < limit:
+            todo.append(k)
+    try:
+        outcomes = dict(zip(todo, encode_cached(
+            [(samples[k].conversation, samples[k].text) for k in todo], tokenizer, template,
+            EncodeSettings(max_length, truncation, train_on), cache_dir, num_proc,
+        )))
+    except BadSample as bad:
+        raise DataError(f"{samples[todo[bad.index]].origin}: {bad.message}") from None
+
+    encoded: list[Encoded] = []
+    for k, sample in enumerate(samples):  # in order, so the report's examples are the first ones
+        report.read += 1
+        if k in problems:
+            report.drop(problems[k], sample.origin)
             continue
-        if limit is not None and tokenized >= limit:
+        item = outcomes.get(k)
+        if item is None:
             report.not_encoded += 1
             continue
-        tokenized += 1
-        try:
-            if sample.text is not None:
-                item = encode_text(tokenizer, sample.text, max_length, truncation)
-            else:
-                item = encode_conversation(tokenizer, template, sample.conversation, max_length, truncation, train_on)
-        except SampleDropped as dropped:
-            report.drop(dropped.reason, sample.origin)
+        if isinstance(item, str):
+            report.drop(item, sample.origin)
             continue
-        except ValueError as err:
-            raise DataError(f"{sample.origin}: {err}") from None
         item.origin = sample.origin
         if item.cut_tokens:
             report.truncated += 1
@@ -268,6 +280,7 @@ def build_splits(
         encoded[split], _ = encode_samples(
             samples, tokenizer, template, max_length=cfg.max_length, truncation=cfg.truncation,
             train_on=cfg.train_on, split=split, report=report, require_samples=require_samples, limit=limit,
+            cache_dir=cfg.cache_dir, num_proc=cfg.num_proc,
         )
         report.findings += diagnose(
             tokenizer, template, encoded[split], report,
