@@ -51,6 +51,10 @@ def _answer_spans(
         before = template.render(tokenizer, conv[:index], add_generation_prompt=True)
         last = index == len(conv) - 1
         through = full if last else template.render(tokenizer, conv[: index + 1], add_generation_prompt=False)
+        eos = tokenizer.eos_token
+        if not full.startswith(through) and eos and through.endswith(eos):
+            # Some templates (Phi-3) close a finished conversation with EOS; mid-conversation it is not there.
+            through = through.removesuffix(eos)
         if not (through.startswith(before) and full.startswith(through)):
             hint = " or train on the last answer only (data.train_on=last_assistant)"
             hint = "" if train_on == "last_assistant" else hint
