@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, TrainerCallback
 
 from lorakit.config import GenerationConfig, LoraConfig
 from lorakit.data.encode import IGNORE_INDEX
@@ -20,6 +20,7 @@ from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import open_session
 from lorakit.model.families import FAMILIES, family_named, recognise
 from lorakit.model.lora import TargetModulesError, adapted_module_names, apply_lora
+from lorakit.model.tokens import fit_embeddings
 from lorakit.train import recipe
 from tests.conftest import ARCHITECTURES, arch_config, make_tiny_model_dir, make_tokenizer
 from tests.train.helpers import ROWS, tiny_config
@@ -70,23 +71,26 @@ def test_family_trains_reloads_merges_and_stops(case, tmp_path, caplog):
         assert name in line
 
     # labels: exactly each answer plus the family's end-of-turn token, and never two BOS
-    tokenizer = make_tokenizer(fmt)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
     trained = set()
     for row in capture.rows:
         trained.add(tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX], skip_special_tokens=False))
-        if tokenizer.bos_token_id is not None:
-            assert row["input_ids"].count(tokenizer.bos_token_id) <= 1
+        assert row["input_ids"][:2] != [tokenizer.bos_token_id] * 2
     assert trained == {lead + r["output"] + end for r in ROWS}
 
-    # reload with plain peft; the adapter changed the model; the merged model equals base + adapter
+    # reload with plain peft (embeddings sized to the run's tokenizer first, as lorakit's loader
+    # does); the adapter changed the model; the merged model equals base + adapter
     ids = torch.tensor([tokenizer("Maria is 34 and lives in Lisbon.")["input_ids"]])
     with torch.no_grad():
-        base_logits = AutoModelForCausalLM.from_pretrained(model_dir).eval()(ids).logits
-        tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run_dir).eval()
+        base = AutoModelForCausalLM.from_pretrained(model_dir)
+        rows = base.get_input_embeddings().weight.shape[0]  # rows added for the run's tokenizer start random
+        fit_embeddings(base, tokenizer)
+        base_logits = base.eval()(ids).logits
+        tuned = PeftModel.from_pretrained(base, run_dir).eval()
         tuned_logits = tuned(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(merge_run(run_dir, tmp_path / "merged", dtype="float32"))
         merged_logits = merged.eval()(ids).logits
-    assert (tuned_logits - base_logits).abs().max() > 1e-3
+    assert (tuned_logits - base_logits)[..., :rows].abs().max() > 1e-3
     torch.testing.assert_close(merged_logits, tuned_logits, atol=1e-4, rtol=1e-4)
 
     # generation: steer the head to one word, then the end-of-turn token; the answer must stop there
