@@ -31,6 +31,7 @@ CASES = {
     "tinyllama": ("llama", "zephyr", "llama", "</s>", ""),
     "qwen2": ("qwen2", "chatml", "qwen", "<|im_end|>", ""),
     "qwen3": ("qwen3", "qwen3", "qwen", "<|im_end|>", "<think>\n\n</think>\n\n"),  # data.think=keep
+    "qwen3-strip": ("qwen3", "qwen3", "qwen", "<|im_end|>", ""),  # data.think=strip_empty
     "phi-3": ("phi3", "phi-3-mini", "phi3", "<|end|>", ""),
     "falcon": ("falcon", "falcon", "falcon", "<|endoftext|>", " "),
     "bloom": ("bloom", "bloom", "bloom", "</s>", " "),
@@ -57,8 +58,9 @@ def test_family_trains_reloads_merges_and_stops(case, tmp_path, caplog):
     arch, fmt, family_name, end, lead = CASES[case]
     family = family_named(family_name)
     model_dir = make_tiny_model_dir(tmp_path / "model", family=fmt, arch=arch)
+    think = "strip_empty" if case.endswith("-strip") else "keep"
     cfg = tiny_config(model_dir, tmp_path, "train.max_steps=3", "train.batch_size=4", "train.learning_rate=0.02",
-                      "lora.rank=4", "train.save_steps=null")
+                      "lora.rank=4", "train.save_steps=null", f"data.think={think}")
     capture = CaptureData()
     caplog.set_level(logging.INFO, logger="lorakit")
     recipe.run(cfg, hooks=[capture])
@@ -95,6 +97,7 @@ def test_family_trains_reloads_merges_and_stops(case, tmp_path, caplog):
 
     # generation: steer the head to one word, then the end-of-turn token; the answer must stop there
     session = open_session(str(run_dir), tmp_path / "cache")
+    assert session.template.strip_empty_think == (think == "strip_empty")  # inference renders as training did
     end_id = session.tokenizer.convert_tokens_to_ids(end)
     word_id = session.tokenizer("Lisbon", add_special_tokens=False)["input_ids"][0]
     steps = []
