@@ -53,7 +53,8 @@ def test_qwen3_think_keep_trains_the_empty_block_and_strip_empty_removes_it():
     conv = [*QUESTION, {"role": "assistant", "content": "Lisbon"}]
     keep = resolve_template(tokenizer, "auto", "keep")
     strip = resolve_template(tokenizer, "auto", "strip_empty")
-    assert keep.render(tokenizer, conv, False).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nLisbon<|im_end|>\n")
+    kept = "<|im_start|>assistant\n<think>\n\n</think>\n\nLisbon<|im_end|>\n"
+    assert keep.render(tokenizer, conv, False).endswith(kept)
     assert strip.render(tokenizer, conv, False).endswith("<|im_start|>assistant\nLisbon<|im_end|>\n")
     assert _labels(tokenizer, keep, conv) == "<think>\n\n</think>\n\nLisbon<|im_end|>"
     assert _labels(tokenizer, strip, conv) == "Lisbon<|im_end|>"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -132,7 +131,7 @@ def test_wrong_targets_list_the_real_module_names(arch):
     with pytest.raises(TargetModulesError) as info:
         apply_lora(model, LoraConfig(target_modules=wrong))
     message = str(info.value)
-    assert f"match no module of this model. Its linear layers are named: " in message
+    assert "match no module of this model. Its linear layers are named: " in message
     for name in (*family.attention, *family.mlp):
         assert name in message
     assert f"for this {family.name} model 'attention' = {', '.join(family.attention)}" in message

@@ -19,10 +19,6 @@ from transformers import PretrainedConfig
 PRESETS = ("attention", "attention+mlp", "all-linear")
 
 
-class UnknownFamilyError(ValueError):
-    """A family-specific preset was asked for a model whose family lorakit does not know."""
-
-
 @dataclass(frozen=True)
 class Family:
     name: str
