@@ -9,7 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    BloomConfig,
+    FalconConfig,
+    Gemma2Config,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from lorakit.data.templates import NAMED_TEMPLATES
 
@@ -30,10 +42,70 @@ FAMILIES = {
 }
 
 
+# Chat formats of model families beyond the named templates, written for these tests in each
+# family's format: name: (bos, eos, extra special tokens, jinja).
+_QWEN3_THINKING = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}{{- '<|im_start|>' + m['role'] + '\n' -}}"
+    # Answers after the last user turn get a think block, empty when the answer has no reasoning.
+    "{%- if m['role'] == 'assistant' and loop.index0 > ns.last_user -%}"
+    "{%- set parts = m['content'].split('</think>') -%}"
+    "{%- if parts | length > 1 -%}"
+    "{{- '<think>\n' + parts[0].split('<think>')[-1].strip('\n') + '\n</think>\n\n' + parts[-1].lstrip('\n') -}}"
+    "{%- else -%}{{- '<think>\n\n</think>\n\n' + m['content'] -}}{%- endif -%}"
+    "{%- elif m['role'] == 'assistant' -%}{{- m['content'].split('</think>')[-1].lstrip('\n') -}}"
+    "{%- else -%}{{- m['content'] -}}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
+    "{%- if enable_thinking is defined and not enable_thinking -%}{{- '<think>\n\n</think>\n\n' -}}{%- endif -%}"
+    "{%- endif -%}"
+)
+FAMILY_FORMATS: dict[str, tuple[str | None, str, list[str], str]] = {
+    "qwen3": (None, "<|endoftext|>", ["<|im_start|>", "<|im_end|>", "<think>", "</think>"], _QWEN3_THINKING),
+    # Phi-3-mini's format: BOS written by the template, and EOS appended after the last turn.
+    "phi-3-mini": (
+        "<s>", "<|endoftext|>", ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+        "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}",
+    ),
+    # TinyLlama-Chat (zephyr): turns end with the EOS.
+    "zephyr": (
+        "<s>", "</s>", [],
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}",
+    ),
+    "mistral": (
+        "<s>", "</s>", ["[INST]", "[/INST]"],
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
+    ),
+    "gemma": (
+        "<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"],
+        "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + m['content'] + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+    ),
+    "falcon": (
+        None, "<|endoftext|>", [],
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'User: ' + m['content'] + '\n' }}"
+        "{% elif m['role'] == 'assistant' %}{{ 'Falcon: ' + m['content'] + eos_token + '\n' }}"
+        "{% else %}{{ m['content'] + '\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'Falcon:' }}{% endif %}",
+    ),
+    # BLOOM has no chat template of its own; BELLE-style Human/Assistant turns closed by </s>.
+    "bloom": ("<s>", "</s>", [], NAMED_TEMPLATES["human-assistant"][0]),
+}
+
+
 def make_tokenizer(family: str = "chatml", with_template: bool = True) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained in milliseconds on a few lines, with a family's special tokens."""
-    bos, eos, extra = FAMILIES[family]
-    specials = [bos, eos, *extra]
+    if family in FAMILY_FORMATS:
+        bos, eos, extra, jinja = FAMILY_FORMATS[family]
+    else:
+        (bos, eos, extra), jinja = FAMILIES[family], NAMED_TEMPLATES[family][0]
+    specials = [t for t in (bos, eos, *extra) if t is not None]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -44,7 +116,7 @@ def make_tokenizer(family: str = "chatml", with_template: bool = True) -> PreTra
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=eos)
     fast.add_special_tokens({"additional_special_tokens": extra})
     if with_template:
-        fast.chat_template = NAMED_TEMPLATES[family][0]
+        fast.chat_template = jinja
     return fast
 
 
@@ -53,25 +125,34 @@ def family_tokenizer(request) -> tuple[str, PreTrainedTokenizerFast]:
     return request.param, make_tokenizer(request.param)
 
 
-def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0) -> Path:
-    """Save a 2-layer random Llama with a tokenizer of ``family`` as a normal model folder."""
+_DECODER = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512)
+# Tiny configs of each architecture; initializer_range large enough that LoRA moves the logits in a few steps.
+ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict]] = {
+    "llama": (LlamaConfig, {**_DECODER, "tie_word_embeddings": True}),
+    "qwen2": (Qwen2Config, {**_DECODER, "tie_word_embeddings": True}),
+    "qwen3": (Qwen3Config, {**_DECODER, "head_dim": 8, "tie_word_embeddings": True}),
+    "phi3": (Phi3Config, {**_DECODER, "tie_word_embeddings": False}),
+    "mistral": (MistralConfig, {**_DECODER, "tie_word_embeddings": False}),
+    "gemma2": (Gemma2Config, {**_DECODER, "head_dim": 8}),
+    "falcon": (FalconConfig, {"num_hidden_layers": 2, "num_attention_heads": 4}),
+    "bloom": (BloomConfig, {"n_layer": 2, "n_head": 4}),
+}
+
+
+def arch_config(arch: str, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    cls, extra = ARCHITECTURES[arch]
+    return cls(
+        vocab_size=len(tokenizer), hidden_size=32, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+
+
+def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arch: str = "llama") -> Path:
+    """Save a 2-layer random model of ``arch`` with a tokenizer of ``family`` as a normal model folder."""
     tokenizer = make_tokenizer(family)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.3,  # large enough that LoRA can move the logits in a few steps
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(arch_config(arch, tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

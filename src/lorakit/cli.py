@@ -453,7 +453,7 @@ def data_inspect(
         _fail(str(e))
     try:
         tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
-        template = resolve_template(tokenizer, cfg.data.template)
+        template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
         result = inspect_data(
             cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit
         )
@@ -496,6 +496,33 @@ def runs_show(
             value = ", ".join(map(str, value)) or "-"
         table.add_row(key, "-" if value is None else str(value))
     out.print(table)
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The model families lorakit knows: LoRA target presets, end-of-turn tokens, embeddings, quirks."""
+    from lorakit.model.families import FAMILIES, describe
+
+    if as_json:
+        print(json.dumps([describe(f) for f in FAMILIES], indent=2))
+        return
+    table = Table(title="model families (lora.target_modules: attention, attention+mlp or all-linear)")
+    for column in ("family", "model_type", "attention", "+ mlp", "end of turn", "embeddings (modules_to_save)"):
+        table.add_column(column)
+    for f in FAMILIES:
+        embeddings = f"{f.embedding} + {f.output}: {f.tie_text()}"
+        table.add_row(f.name, ", ".join(f.model_types), ", ".join(f.attention), ", ".join(f.mlp),
+                      " ".join(f.end_tokens), embeddings)
+    out.print(table)
+    for f in FAMILIES:
+        out.print(f"[bold]{f.name}[/] ({f.examples})", highlight=False)
+        for quirk in f.quirks:
+            out.print(f"  - {quirk}", highlight=False, markup=False)
+    out.print("lora.modules_to_save: [embeddings] trains both embeddings under the model's own names "
+              "(tied ones as one shared matrix).", highlight=False)
+    out.print("Any other model trains with all-linear and its tokenizer's own chat template.", highlight=False)
 
 
 def _optional_resume_value(argv: list[str]) -> list[str]:

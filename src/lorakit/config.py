@@ -116,6 +116,13 @@ class DataConfig(_Section):
         "has none); one of chatml, llama-3, phi-3, alpaca, human-assistant; or a .jinja file.",
     )
     system_prompt: str | None = Field(None, description="System prompt added to samples that have none.")
+    think: Literal["keep", "strip_empty"] = Field(
+        "keep",
+        description="Think blocks (Qwen3-style templates): 'keep' trains the text exactly as the template "
+        "renders it, an empty <think></think> before answers included; 'strip_empty' removes empty think "
+        "blocks from every rendering (training and the prompts of chat, generate, serve), so the model "
+        "learns to answer directly. Non-empty reasoning is kept either way.",
+    )
     max_length: int = Field(1024, gt=8, description="Longest tokenized sample.")
     truncation: Literal["drop", "cut", "error"] = Field(
         "drop", description="Over max_length: drop the sample (default, answers stay whole), cut it, or stop."
@@ -172,7 +179,8 @@ class LoraConfig(_Section):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = Field(
         "all-linear",
-        description="'all-linear', a list of module names, or a regex matched against full module names "
+        description="'all-linear', 'attention' or 'attention+mlp' (named per model family: lorakit models), "
+        "a list of module names, or a regex matched against full module names "
         r"(e.g. '.*layers\.(1|1[0-9])\.self_attn\.(q|v)_proj' trains layers 1 and 10-19 only).",
     )
     layers: list[int] | None = Field(
@@ -183,7 +191,8 @@ class LoraConfig(_Section):
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train alongside.")
     modules_to_save: list[str] = Field(
         default_factory=list,
-        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head). "
+        description="Modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head; "
+        "'embeddings' means this model's input and output embeddings, whatever their names). "
         "Added automatically when model.special_tokens or a new pad token grow the vocabulary.",
     )
 

@@ -7,7 +7,6 @@ conversation, because the template's behaviour is the same for every sample.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -16,13 +15,12 @@ from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding
 from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate
+from lorakit.data.templates import EMPTY_THINK, ChatTemplate
 
 PROBE: Conversation = [
     {"role": "user", "content": "What is two plus two?"},
     {"role": "assistant", "content": "It is four."},
 ]
-_EMPTY_THINK = re.compile(r"<think>\s*</think>")
 _NO_LOSS = ("no token carries loss", "no token carries loss after truncation")
 
 
@@ -113,12 +111,13 @@ def instruct_without_template(
 
 def empty_think(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> list[Finding]:
     rendered = template.render(tokenizer, PROBE, add_generation_prompt=False)
-    if not _EMPTY_THINK.search(rendered):
+    if not EMPTY_THINK.search(rendered):
         return []
     return [Finding(
         "warning", "empty_think_block",
         f"template '{template.name}' writes an empty <think></think> block into answers that have no reasoning: "
-        "the model is trained to skip thinking. Put the reasoning into the data, or use a template without it",
+        "the model is trained to skip thinking. Put the reasoning into the data, set data.think=strip_empty, "
+        "or use a template without it",
     )]
 
 

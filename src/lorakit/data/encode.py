@@ -51,6 +51,10 @@ def _answer_spans(
         before = template.render(tokenizer, conv[:index], add_generation_prompt=True)
         last = index == len(conv) - 1
         through = full if last else template.render(tokenizer, conv[: index + 1], add_generation_prompt=False)
+        eos = tokenizer.eos_token
+        if not full.startswith(through) and eos and through.endswith(eos):
+            # Some templates (Phi-3) close a finished conversation with EOS; mid-conversation it is not there.
+            through = through.removesuffix(eos)
         if not (through.startswith(before) and full.startswith(through)):
             hint = " or train on the last answer only (data.train_on=last_assistant)"
             hint = "" if train_on == "last_assistant" else hint
@@ -64,19 +68,27 @@ def _answer_spans(
 
 
 def _label_positions(
-    offsets: list[tuple[int, int]], ids: list[int], span: tuple[int, int], end_ids: frozenset[int]
+    text: str, offsets: list[tuple[int, int]], ids: list[int], span: tuple[int, int], end_ids: frozenset[int]
 ) -> tuple[list[int], bool]:
     """Token positions inside ``span``, up to and including the turn's end token.
 
     Returns the positions and whether an end token was found. Text the template adds after
-    the end token (a newline, say) is prompt for the next turn, not answer.
+    the end token (a newline, say) is prompt for the next turn, not answer. The turn's end is
+    the first end token followed by nothing but whitespace and end tokens: an end token typed
+    inside an answer is followed by more answer, while an EOS some templates (Phi-3) append
+    after the last turn's own end-of-turn token is not part of the answer.
     """
     start, stop = span
     inside = [k for k, (s, e) in enumerate(offsets) if e > start and s < stop and e > s]
     ends = [n for n, k in enumerate(inside) if ids[k] in end_ids]
     if not ends:
         return inside, False
-    return inside[: ends[-1] + 1], True
+
+    def closes(n: int) -> bool:
+        return all(ids[k] in end_ids or not text[offsets[k][0] : offsets[k][1]].strip() for k in inside[n + 1 :])
+
+    last = next((n for n in ends if closes(n)), ends[-1])
+    return inside[: last + 1], True
 
 
 def _fit(encoded: Encoded, end_positions: list[int], max_length: int, truncation: str) -> Encoded:
@@ -132,7 +144,7 @@ def encode_conversation(
     end_positions: list[int] = []
     without_end = 0
     for span in _answer_spans(tokenizer, template, conv, full, train_on):
-        positions, has_end = _label_positions(offsets, ids, span, template.end_token_ids)
+        positions, has_end = _label_positions(full, offsets, ids, span, template.end_token_ids)
         for k in positions:
             labels[k] = ids[k]
         if has_end:

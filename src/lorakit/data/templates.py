@@ -8,7 +8,8 @@ is saved into the run's tokenizer, which is how the same text reaches the server
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from jinja2 import TemplateSyntaxError
@@ -16,6 +17,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.shapes import Conversation
+from lorakit.model.families import END_OF_TURN_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,14 @@ NAMED_TEMPLATES: dict[str, tuple[str, str | None]] = {
     ),
 }
 
-# Tokens that close an assistant turn in the families we know; used to find the end of a
-# turn in a model's own template and as stop tokens in generation.
-KNOWN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
+# Tokens that close an assistant turn in the families we know (model/families.py); used to
+# find the end of a turn in a model's own template and as stop tokens in generation.
+KNOWN_END_TOKENS = END_OF_TURN_TOKENS
+
+# A think block with nothing in it, as Qwen3-style templates write before an answer that has
+# no reasoning; data.think=strip_empty removes it with the whitespace that follows.
+EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
+THINK_CHOICES = ("keep", "strip_empty")
 
 
 TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
@@ -73,11 +80,15 @@ class ChatTemplate:
     name: str
     jinja: str
     end_token_ids: frozenset[int]
+    # data.think=strip_empty: every rendering drops empty think blocks, so training, the
+    # prompts at inference and the located answers all see the same text.
+    strip_empty_think: bool = False
 
     def render(self, tokenizer: PreTrainedTokenizerBase, messages: Conversation, add_generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
         )
+        return EMPTY_THINK.sub("", text) if self.strip_empty_think else text
 
 
 def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
@@ -124,8 +135,18 @@ def is_template_file(name: str) -> bool:
     return name.endswith(TEMPLATE_SUFFIXES) or "/" in name or "\\" in name
 
 
-def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str) -> ChatTemplate:
-    """Pick the template named in the config ('auto' = the tokenizer's own, or a .jinja file)."""
+def resolve_template(tokenizer: PreTrainedTokenizerBase, name: str, think: str = "keep") -> ChatTemplate:
+    """Pick the template named in the config ('auto' = the tokenizer's own, or a .jinja file).
+
+    ``think``: 'keep' renders think blocks as the template writes them; 'strip_empty' removes empty ones.
+    """
+    if think not in THINK_CHOICES:
+        raise TemplateError(f"data.think must be one of {', '.join(THINK_CHOICES)}, not {think!r}")
+    template = _resolve(tokenizer, name)
+    return replace(template, strip_empty_think=think == "strip_empty")
+
+
+def _resolve(tokenizer: PreTrainedTokenizerBase, name: str) -> ChatTemplate:
     if name == "auto":
         own = tokenizer.chat_template
         if isinstance(own, str) and own.strip():

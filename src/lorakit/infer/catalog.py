@@ -19,8 +19,9 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lorakit.config import read_saved_config
 from lorakit.data.templates import ChatTemplate, resolve_template
-from lorakit.infer.session import open_session
+from lorakit.infer.session import RUN_CONFIG, is_run_dir, open_session
 from lorakit.model.loader import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def _tokenizer_for(path: Path, fallback: Choice) -> tuple[PreTrainedTokenizerBas
     """A run folder carries the tokenizer and template it was trained with; a bare adapter does not."""
     if (path / "tokenizer_config.json").is_file():
         tokenizer = load_tokenizer(str(path))
-        return tokenizer, resolve_template(tokenizer, "auto")
+        think = read_saved_config(path / RUN_CONFIG).data.think if is_run_dir(path) else "keep"
+        return tokenizer, resolve_template(tokenizer, "auto", think)
     log.info("%s has no tokenizer; using the base's tokenizer and chat template for it", path)
     return fallback.tokenizer, fallback.template
 

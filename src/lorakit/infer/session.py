@@ -57,7 +57,8 @@ def open_session(target: str, cache_dir: Path, use_adapter: bool = True, others:
     if is_run_dir(target):
         run_cfg = read_saved_config(Path(target) / RUN_CONFIG)
         tokenizer = load_tokenizer(str(target))
-        template = resolve_template(tokenizer, "auto")
+        # The run's template as trained: its saved Jinja, with the run's think-block choice.
+        template = resolve_template(tokenizer, "auto", run_cfg.data.think)
         extra = [Path(o) for o in others or []]
         if use_adapter:
             model = load_run_model(Path(target), run_cfg.model, tokenizer, others=extra)

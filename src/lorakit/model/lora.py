@@ -2,9 +2,9 @@
 
 Everything the config says maps onto one peft ``LoraConfig``, so the saved
 ``adapter_config.json`` is what plain peft reads back. What lorakit adds: target names
-checked against the real module names before peft runs, ``layers`` usable with
-``all-linear``, embeddings trained whenever the vocabulary grew, and QLoRA's preparation
-when the base is quantized.
+checked against the real module names before peft runs, target presets ('attention',
+'attention+mlp') named per model family, ``layers`` usable with ``all-linear``, embeddings
+trained whenever the vocabulary grew, and QLoRA's preparation when the base is quantized.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import re
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lorakit.config import LoraConfig
+from lorakit.model.families import FAMILIES, PRESETS, Family, model_type_of, recognise
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import embedding_module_names
 
@@ -43,6 +45,15 @@ def _linear_leaf_names(model: PreTrainedModel, skip_output: bool = False) -> lis
     return sorted(names)
 
 
+def _presets_text(family: Family | None) -> str:
+    if family is None:
+        return "or use 'all-linear'"
+    return (
+        f"for this {family.name} model 'attention' = {', '.join(family.attention)}, "
+        f"'attention+mlp' adds {', '.join(family.mlp)}; or use 'all-linear'"
+    )
+
+
 def _check_targets(model: PreTrainedModel, targets: str | list[str]) -> None:
     """peft's own error for a miss does not list what exists; ours does."""
     if targets == "all-linear":
@@ -59,7 +70,7 @@ def _check_targets(model: PreTrainedModel, targets: str | list[str]) -> None:
         raise TargetModulesError(
             f"LoRA target_modules {targets!r} match no module of this model. "
             f"Its linear layers are named: {', '.join(_linear_leaf_names(model))} "
-            "(or use 'all-linear')."
+            f"({_presets_text(recognise(model.config))})."
         )
 
 
@@ -74,18 +85,42 @@ def _check_modules_to_save(model: PreTrainedModel, names: list[str]) -> None:
         )
 
 
+def _preset_targets(model: PreTrainedModel, targets: str | list[str]) -> str | list[str]:
+    """'attention' and 'attention+mlp' become this family's module names; other values pass through."""
+    if not isinstance(targets, str) or targets not in PRESETS or targets == "all-linear":
+        return targets
+    family = recognise(model.config)
+    if family is None:
+        known = ", ".join(f.name for f in FAMILIES)
+        raise TargetModulesError(
+            f"lora.target_modules={targets!r} is named per model family, and model_type "
+            f"{model_type_of(model.config)!r} is none lorakit knows ({known}). Use 'all-linear', or list "
+            f"the modules: this model's linear layers are named {', '.join(_linear_leaf_names(model))}."
+        )
+    return family.targets(targets)
+
+
 def _targets(model: PreTrainedModel, cfg: LoraConfig) -> str | list[str]:
     """peft refuses ``layers_to_transform`` with a string target, 'all-linear' included; spell it out."""
+    targets = _preset_targets(model, cfg.target_modules)
     if cfg.layers is None:
-        return cfg.target_modules
-    if cfg.target_modules == "all-linear":
+        return targets
+    if targets == "all-linear":
         return _linear_leaf_names(model, skip_output=True)
-    if isinstance(cfg.target_modules, str):
+    if isinstance(targets, str):
         raise TargetModulesError(
             "lora.layers cannot be combined with a regex target_modules; put the layer numbers in the "
             r"regex (e.g. '.*layers\.(1|1[0-9])\..*_proj') or give target_modules as a list"
         )
-    return cfg.target_modules
+    return targets
+
+
+def _expand_embeddings(model: PreTrainedModel, names: list[str]) -> list[str]:
+    """'embeddings' in modules_to_save: the input and output embeddings under this model's own names."""
+    if "embeddings" not in names:
+        return list(names)
+    own = embedding_module_names(model)
+    return list(dict.fromkeys(n for name in names for n in (own if name == "embeddings" else [name])))
 
 
 def _saves_embeddings(model: PreTrainedModel, modules_to_save: list[str]) -> bool:
@@ -101,7 +136,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, new_tokens: bool = False
     """Wrap ``model``; ``new_tokens``: the vocabulary grew, so the embeddings must train too."""
     targets = _targets(model, cfg)
     _check_targets(model, targets)
-    modules_to_save = list(cfg.modules_to_save)
+    modules_to_save = _expand_embeddings(model, cfg.modules_to_save)
     if new_tokens:
         added = [n for n in embedding_module_names(model) if n not in modules_to_save]
         if added:
@@ -127,8 +162,35 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, new_tokens: bool = False
         task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, peft_cfg)
+    log_family(peft_model, cfg.target_modules, modules_to_save)
     log_size(peft_model)
     return peft_model
+
+
+def adapted_module_names(model: PeftModel) -> list[str]:
+    """Leaf names of the modules that carry a LoRA adapter, as peft placed them."""
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, LoraLayer)})
+
+
+def log_family(model: PeftModel, asked: str | list[str], modules_to_save: list[str]) -> None:
+    """Say which family was recognised and where the adapters went, so a wrong guess shows at once."""
+    base = model.get_base_model()
+    family = recognise(base.config)
+    targets = ", ".join(adapted_module_names(model))
+    if family is None:
+        log.info(
+            "model_type %r is not a family lorakit knows (lorakit models lists them); it trains through "
+            "lora.target_modules=%s and the tokenizer's own chat template and end tokens. LoRA on: %s",
+            model_type_of(base.config), asked, targets,
+        )
+    else:
+        log.info(
+            "model family: %s (model_type %s); LoRA on %s (lora.target_modules=%s)",
+            family.name, model_type_of(base.config), targets, asked,
+        )
+    if modules_to_save:
+        tied = "tied: one shared matrix trains" if _is_tied(base) else "not tied"
+        log.info("trained in full: %s (input/output embeddings %s)", ", ".join(modules_to_save), tied)
 
 
 def log_size(model: PeftModel) -> None:

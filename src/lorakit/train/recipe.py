@@ -73,7 +73,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     source = resolve_model_folder(cfg.model)
     tokenizer = load_tokenizer(source)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
-    template = resolve_template(tokenizer, cfg.data.template)
+    template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
     splits = build_splits(cfg.data, tokenizer, template)
     for report in splits.reports:
         for line in report.lines():
