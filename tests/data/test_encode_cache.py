@@ -101,3 +101,13 @@ def test_bad_sample_in_a_worker_names_its_line(data, num_proc):
     path, tokenizer, template = data
     with pytest.raises(DataError, match=r"d\.jsonl, line 6: sample has \d+ tokens, over max_length=96"):
         _encode(path, tokenizer, template, num_proc=num_proc, truncation="error")
+
+
+def test_think_handling_is_part_of_the_key(tmp_path):
+    tokenizer = make_tokenizer("qwen3")
+    path = write_jsonl(tmp_path / "q.jsonl", [{"instruction": "Hi", "output": "Hello"}])
+    cache = tmp_path / "cache"
+    keep, _ = _encode(path, tokenizer, resolve_template(tokenizer, "auto"), cache_dir=cache)
+    strip, _ = _encode(path, tokenizer, resolve_template(tokenizer, "auto", think="strip_empty"), cache_dir=cache)
+    assert "<think>" in tokenizer.decode(keep[0][0]) and "<think>" not in tokenizer.decode(strip[0][0])
+    assert len(list(cache.glob("*.npz"))) == 2

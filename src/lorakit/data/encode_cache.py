@@ -23,7 +23,7 @@ import json
 import multiprocessing
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,8 @@ def fingerprint(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, sett
     parts = [
         str(ENCODER_VERSION), transformers.__version__, tokenizers.__version__, type(tokenizer).__name__,
         vocab, json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str),
-        template.jinja, json.dumps(sorted(template.end_token_ids)),
+        # Every field of the template (its text, end tokens, think handling) decides the tokens.
+        json.dumps(asdict(template), sort_keys=True, default=sorted),
         json.dumps([settings.max_length, settings.truncation, settings.train_on]),
     ]
     digest = hashlib.sha256()
