@@ -32,6 +32,7 @@ COMPETITORS = {
     "e": "lorakit defaults",
 }
 LR, BATCH, RANK, ALPHA, MAX_LEN, SEED = 2e-4, 4, 16, 32, 512, 0
+EXTRA: list[str] = []  # --lorakit-set: overrides for (e), to measure one switch against the defaults
 
 
 def samples(n: int, offset: int) -> list[dict]:
@@ -123,7 +124,7 @@ def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     cfg = load_config(None, [f"data.train={data}", f"output_dir={tmp / 'run'}", f"model.cache_dir={cache}",
                              f"train.batch_size={BATCH}", f"train.learning_rate={LR}", f"lora.rank={RANK}",
                              f"lora.alpha={ALPHA}", "lora.dropout=0", f"data.max_length={MAX_LEN}",
-                             "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}"])
+                             "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}", *EXTRA])
     summary = recipe.run(cfg)
     rss = _peak_rss_gb()  # before the held-out model is loaded for scoring
     from lorakit.infer.session import open_session
@@ -226,9 +227,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--only", default=",".join(COMPETITORS))
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/lorakit").expanduser())
+    parser.add_argument("--lorakit-set", action="append", default=[], help="extra KEY=VALUE for (e)")
     parser.add_argument("--worker")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    EXTRA.extend(args.lorakit_set)
     if args.worker:
         worker(args.worker, args.n, args.out, args.cache)
         return
@@ -241,8 +244,9 @@ def main() -> None:
     for name in args.only.split(","):
         out = results_dir / f".worker-{name}.json"
         print(f"[{name}] {COMPETITORS[name]} ...", flush=True)
+        extra = [f"--lorakit-set={kv}" for kv in args.lorakit_set]
         proc = subprocess.run([sys.executable, __file__, "--worker", name, "--n", str(args.n), "--out", str(out),
-                               "--cache", str(args.cache)], capture_output=True, text=True)
+                               "--cache", str(args.cache), *extra], capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-3000:])
             results.append({"competitor": name, "description": COMPETITORS[name], "error": proc.stderr[-500:]})
@@ -265,6 +269,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = results_dir / f"train-{platform.node()}-{stamp}"
     base.with_suffix(".json").write_text(json.dumps({"matmul_peak_flop_per_s": peak, "cpu": platform.processor(),
+                                                     "lorakit_overrides": args.lorakit_set,
                                                      "results": results}, indent=2), encoding="utf-8")
     if ok:
         chart(ok, base.with_suffix(".png"))

@@ -252,6 +252,12 @@ class TrainConfig(_Section):
     packing: bool = Field(
         False, description="Concatenate each batch into one unpadded row (attention kept within each sample)."
     )
+    micro_batch_tokens: int | None = Field(
+        None, ge=0,
+        description="Run each batch as forward passes of at most this many token positions, each padded only "
+        "to its own longest sample (same gradient, less padding computed, lower peak memory); 0: never split; "
+        "None: 1024 on CPU, never on GPU (where wide batches are cheap).",
+    )
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."
     )

@@ -47,6 +47,13 @@ def _trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
+    """On a CPU every padded position costs as much as a real token; a GPU pads nearly for free."""
+    if configured is not None:
+        return configured
+    return 0 if on_gpu else 1024
+
+
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None) -> dict:
     """Fine-tune as configured; return the run summary (also written to summary.json).
 
@@ -99,6 +106,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         keep_checkpoints=cfg.train.save_total_limit,
         selective_loss=cfg.train.selective_loss,
         loss_chunk_size=cfg.train.loss_chunk_size,
+        micro_batch_tokens=_micro_batch_tokens(cfg.train.micro_batch_tokens, on_gpu),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None and main:

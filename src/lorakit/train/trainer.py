@@ -9,15 +9,18 @@ checkpoints that are complete or ignored.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import Trainer, TrainingArguments
 
 from lorakit.config import TrainConfig
 from lorakit.train import checkpoints, distributed
 from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
+from lorakit.train.microbatch import split_batch
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +51,14 @@ class LorakitTrainer(Trainer):
         keep_checkpoints: int = 2,
         selective_loss: bool = True,
         loss_chunk_size: int = 2048,
+        micro_batch_tokens: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.count = TokenCount()
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size
+        self.micro_batch_tokens = micro_batch_tokens
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
@@ -76,7 +81,19 @@ class LorakitTrainer(Trainer):
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        passes = [inputs]
+        # Each pass divides by the whole step's token count, so passes add up exactly; without
+        # that count (a model that takes no loss kwargs) a pass would average on its own.
+        # DeepSpeed steps its optimizer inside every backward, so it gets the batch whole.
+        if (self.micro_batch_tokens and num_items_in_batch is not None
+                and self.accelerator.distributed_type != DistributedType.DEEPSPEED):
+            passes = split_batch(inputs, self.micro_batch_tokens)
+        loss = None
+        for k, part in enumerate(passes):
+            # Gradients of all passes are summed locally and reduced across ranks once, after the last.
+            with self.accelerator.no_sync(model) if k < len(passes) - 1 else nullcontext():
+                part_loss = super().training_step(model, part, num_items_in_batch)
+            loss = part_loss if loss is None else loss + part_loss
         if not torch.isfinite(loss).all():
             self._nonfinite(f"the loss is {loss.item()}")
         return loss
