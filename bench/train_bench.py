@@ -6,8 +6,9 @@ on held-out samples, so speed is never bought with quality.
 
     python bench/train_bench.py                  # 64 alpaca samples, all competitors
     python bench/train_bench.py --n 32 --only a,e
+    python bench/train_bench.py --model random-1b    # on a GPU: a random 1.1B Llama in bf16, QLoRA too
 
-Writes bench/results/train-<host>-<time>.json and a bar chart PNG beside it.
+Writes bench/results/train-<host or GPU>-<time>.json and a bar chart PNG beside it.
 """
 
 from __future__ import annotations
@@ -30,9 +31,28 @@ COMPETITORS = {
     "d": "TRL tuned for this CPU: no activation checkpointing, best precision here",
     "d+pack": "TRL tuned, with padding-free packing",
     "e": "lorakit defaults",
+    "a-q4": "recipe (a) on a 4-bit base: bitsandbytes nf4 + prepare_model_for_kbit_training (QLoRA)",
+    "e-q4": "lorakit with model.quantization.bits=4 (QLoRA)",
+}
+CPU_DEFAULT = "a,b,c,d,d+pack,e"
+GPU_DEFAULT = "a,c,d,d+pack,e,a-q4,e-q4"
+# Random Llama shapes (no download): 1b is TinyLlama's shape (1.1B parameters with this vocabulary);
+# tiny exercises the same path on a CPU in seconds.
+RANDOM_MODELS = {
+    "random-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+                  "num_attention_heads": 32, "num_key_value_heads": 4},
+    "random-tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2},
 }
 LR, BATCH, RANK, ALPHA, MAX_LEN, SEED = 2e-4, 4, 16, 32, 512, 0
 EXTRA: list[str] = []  # --lorakit-set: overrides for (e), to measure one switch against the defaults
+MODEL_DIR: list[Path] = []  # --model-dir: a random model built by the parent, instead of SmolLM2
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def samples(n: int, offset: int) -> list[dict]:
@@ -46,12 +66,23 @@ def messages(row: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------- workers (one per process)
-def _model_and_tokenizer(cache: Path):
+def _model_and_tokenizer(cache: Path, four_bit: bool = False):
     from lorakit.config import ModelConfig
-    from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+    from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
-    source = resolve_model_folder(ModelConfig(cache_dir=cache))
-    return source, load_model(source, "float32"), load_tokenizer(source)
+    source = str(MODEL_DIR[0]) if MODEL_DIR else resolve_model_folder(ModelConfig(cache_dir=cache))
+    if four_bit:  # as the QLoRA notebooks do it
+        import torch
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, device_map="auto")
+        return source, prepare_model_for_kbit_training(model), load_tokenizer(source)
+    from lorakit.model.loader import load_model
+
+    return source, load_model(source, "bfloat16" if on_gpu() else "float32"), load_tokenizer(source)
 
 
 def _lora(model):
@@ -67,12 +98,17 @@ def _precision_flags() -> dict:
     return {"bf16": pick_precision("auto") == "bf16"}
 
 
+def _device_flags() -> dict:
+    """The notebook recipes' usual flags: bf16 on a GPU; on a CPU, use_cpu and fp32."""
+    return {"bf16": True} if on_gpu() else {"use_cpu": True}
+
+
 def work_recipe(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     """(a) and (b): the recipe most notebooks copy."""
     from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    _, model, tok = _model_and_tokenizer(cache)
+    _, model, tok = _model_and_tokenizer(cache, four_bit=name.endswith("-q4"))
     model = _lora(model)
 
     def encode(row):
@@ -88,7 +124,7 @@ def work_recipe(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     data = Dataset.from_list(rows).map(encode, remove_columns=["instruction", "input", "output"])
     args = TrainingArguments(output_dir=str(tmp), per_device_train_batch_size=BATCH, learning_rate=LR,
                              num_train_epochs=1, logging_steps=1, report_to="none", save_strategy="no",
-                             use_cpu=True, seed=SEED, disable_tqdm=True)
+                             seed=SEED, disable_tqdm=True, **_device_flags())
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     started = time.monotonic()
@@ -103,11 +139,11 @@ def work_trl(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     _, model, tok = _model_and_tokenizer(cache)
     model = _lora(model)
     data = Dataset.from_list([{"prompt": messages(r)[:1], "completion": messages(r)[1:]} for r in rows])
-    extra: dict = {"bf16": False}
+    extra: dict = {} if on_gpu() else {"bf16": False, "use_cpu": True}  # (c): TRL's defaults where it can run
     if name.startswith("d"):
-        extra = {**_precision_flags(), "gradient_checkpointing": False, "packing": name == "d+pack"}
+        extra = {**_device_flags(), **_precision_flags(), "gradient_checkpointing": False, "packing": name == "d+pack"}
     args = SFTConfig(output_dir=str(tmp), per_device_train_batch_size=BATCH, learning_rate=LR, num_train_epochs=1,
-                     logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, seed=SEED,
+                     logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
                      max_length=MAX_LEN, disable_tqdm=True, **extra)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
     started = time.monotonic()
@@ -124,18 +160,27 @@ def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     cfg = load_config(None, [f"data.train={data}", f"output_dir={tmp / 'run'}", f"model.cache_dir={cache}",
                              f"train.batch_size={BATCH}", f"train.learning_rate={LR}", f"lora.rank={RANK}",
                              f"lora.alpha={ALPHA}", "lora.dropout=0", f"data.max_length={MAX_LEN}",
-                             "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}", *EXTRA])
+                             "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}", *EXTRA,
+                             *([f"model.name={MODEL_DIR[0]}"] if MODEL_DIR else []),
+                             *(["model.dtype=auto"] if on_gpu() else []),
+                             *(["model.quantization.bits=4"] if name.endswith("-q4") else [])])
     summary = recipe.run(cfg)
-    rss = _peak_rss_gb()  # before the held-out model is loaded for scoring
+    rss, cuda = _peak_rss_gb(), _peak_cuda_gb()  # before the held-out model is loaded for scoring
     from lorakit.infer.session import open_session
 
     session = open_session(str(tmp / "run"), cache)
     return {"wall_s": summary["train_seconds"], "train_loss": summary["train_loss"], "model": session.model,
-            "tok": session.tokenizer, "peak_rss_gb": rss}
+            "tok": session.tokenizer, "peak_rss_gb": rss, "peak_cuda_gb": cuda}
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _peak_cuda_gb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def held_out_loss(model, tok, rows: list[dict]) -> float:
@@ -170,7 +215,8 @@ def worker(name: str, n: int, out: Path, cache: Path) -> None:
 
     torch.manual_seed(SEED)
     train, held = samples(n, 0), samples(64, 10_000)
-    fn = {"a": work_recipe, "b": work_recipe, "e": work_lorakit}.get(name, work_trl)
+    fn = {"a": work_recipe, "b": work_recipe, "a-q4": work_recipe, "e": work_lorakit, "e-q4": work_lorakit}.get(
+        name, work_trl)
     with tempfile.TemporaryDirectory() as tmp:
         result = fn(name, train, Path(tmp), cache)
         tokens, loss_tokens = token_counts(result["tok"], train)
@@ -189,6 +235,7 @@ def worker(name: str, n: int, out: Path, cache: Path) -> None:
             "useful_flop_per_s": 4 * (body * tokens + head * loss_tokens) / result["wall_s"],
             # Peak of training alone: scoring the held-out samples below must not count.
             "peak_rss_gb": result.get("peak_rss_gb") or _peak_rss_gb(),
+            "peak_cuda_gb": result["peak_cuda_gb"] if "peak_cuda_gb" in result else _peak_cuda_gb(),
         }
         record["eval_loss"] = held_out_loss(result["model"], result["tok"], held)
     out.write_text(json.dumps(record), encoding="utf-8")
@@ -208,10 +255,40 @@ def matmul_peak() -> dict:
             a @ b
             reps += 1
         rates[str(dtype).split(".")[-1]] = 2 * 1024**3 * reps / (time.perf_counter() - started)
+    if torch.cuda.is_available():
+        a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+        a @ a
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(50):
+            a @ a
+        torch.cuda.synchronize()
+        rates["bfloat16_cuda"] = 2 * 8192**3 * 50 / (time.perf_counter() - started)
     return rates
 
 
-def chart(results: list[dict], path: Path) -> None:
+def build_random_model(preset: str, folder: Path, cache: Path) -> Path:
+    """A randomly initialised Llama of the preset's shape with SmolLM2's tokenizer, saved as a folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorakit.config import ModelConfig
+    from lorakit.model.loader import load_tokenizer, resolve_model_folder
+
+    tok = load_tokenizer(resolve_model_folder(ModelConfig(cache_dir=cache)))
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **RANDOM_MODELS[preset])
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    if torch.cuda.is_available():
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def chart(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +298,7 @@ def chart(results: list[dict], path: Path) -> None:
     names = [r["competitor"] for r in results]
     ax.bar(names, [r["loss_tokens_per_s"] for r in results], color="tab:blue")
     ax.set_ylabel("loss-bearing tokens / s")
-    ax.set_title("LoRA fine-tuning of SmolLM2-135M on alpaca, this CPU")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -229,8 +306,10 @@ def chart(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--only", default=",".join(COMPETITORS))
+    parser.add_argument("--n", type=int, help="training samples (default: 64 on a CPU, 512 on a GPU)")
+    parser.add_argument("--only", help=f"competitors (default: {CPU_DEFAULT} on a CPU, {GPU_DEFAULT} on a GPU)")
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", *RANDOM_MODELS])
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/lorakit").expanduser())
     parser.add_argument("--rounds", type=int, default=2, help="runs per competitor; the best is reported")
     parser.add_argument("--once", default="b,c,d+pack",
@@ -240,6 +319,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     EXTRA.extend(args.lorakit_set)
+    MODEL_DIR.extend([args.model_dir] if args.model_dir else [])
     if args.worker:
         worker(args.worker, args.n, args.out, args.cache)
         return
@@ -247,7 +327,18 @@ def main() -> None:
         sys.exit(f"benchmark data not found: {SHARED} (the team's shared/data folder)")
     results_dir = HERE / "results"
     results_dir.mkdir(exist_ok=True)
-    names = args.only.split(",")
+    import tempfile
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    args.n = args.n or (512 if gpu else 64)
+    names = (args.only or (GPU_DEFAULT if gpu else CPU_DEFAULT)).split(",")
+    scratch = tempfile.TemporaryDirectory()
+    model_args = []
+    if args.model != "smollm2":
+        print(f"building {args.model} ...", flush=True)
+        model_args = ["--model-dir", str(build_random_model(args.model, Path(scratch.name) / args.model, args.cache))]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     peaks = []
     for round_no in range(args.rounds):
@@ -262,7 +353,7 @@ def main() -> None:
             print(f"[{name}] round {round_no + 1}: {COMPETITORS[name]} ...", flush=True)
             extra = [f"--lorakit-set={kv}" for kv in args.lorakit_set]
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--n", str(args.n), "--out", str(out),
-                                   "--cache", str(args.cache), *extra], capture_output=True, text=True)
+                                   "--cache", str(args.cache), *extra, *model_args], capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:])
                 runs[name].append({"competitor": name, "description": COMPETITORS[name], "error": proc.stderr[-500:]})
@@ -278,26 +369,31 @@ def main() -> None:
             continue
         best = dict(min(good, key=lambda r: r["wall_s"]))
         best["rounds_wall_s"] = [r["wall_s"] for r in good]
-        best["flop_share_of_fp32_peak"] = best["useful_flop_per_s"] / peak["float32"]
+        # The share of what this device's matmuls reach: fp32 on a CPU, bf16 on a GPU.
+        best["flop_share_of_peak"] = best["useful_flop_per_s"] / peak["bfloat16_cuda" if gpu else "float32"]
         results.append(best)
     ok = [r for r in results if "error" not in r]
     ref = next((r for r in ok if r["competitor"] == "e"), None)
-    header = f"{'':7} {'best s':>7} {'loss tok/s':>10} {'tok/s':>7} {'RSS GB':>6} {'train':>6} {'eval':>6} {'%peak':>6}"
-    print(header + ("   e vs it: speed   RSS" if ref else ""))
+    mem = "peak_cuda_gb" if gpu else "peak_rss_gb"  # on a GPU the memory that limits is the GPU's
+    header = (f"{'':7} {'best s':>7} {'loss tok/s':>10} {'tok/s':>7} {'CUDA GB' if gpu else 'RSS GB':>7} "
+              f"{'train':>6} {'eval':>6} {'%peak':>6}")
+    print(header + ("   e vs it: speed   memory" if ref else ""))
     for r in ok:
         line = (f"{r['competitor']:7} {r['wall_s']:7.1f} {r['loss_tokens_per_s']:10.1f} {r['tokens_per_s']:7.1f} "
-                f"{r['peak_rss_gb']:6.2f} {r['train_loss']:6.3f} {r['eval_loss']:6.3f} "
-                f"{100 * r['flop_share_of_fp32_peak']:5.1f}%")
+                f"{r[mem]:7.2f} {r['train_loss']:6.3f} {r['eval_loss']:6.3f} "
+                f"{100 * r['flop_share_of_peak']:5.1f}%")
         if ref:
-            line += f"   {ref['loss_tokens_per_s'] / r['loss_tokens_per_s']:5.2f}x {ref['peak_rss_gb'] / r['peak_rss_gb']:5.2f}x"
+            line += f"   {ref['loss_tokens_per_s'] / r['loss_tokens_per_s']:5.2f}x {ref[mem] / r[mem]:5.2f}x"
         print(line + "   rounds: " + ", ".join(f"{w:.0f}s" for w in r["rounds_wall_s"]))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = results_dir / f"train-{platform.node()}-{stamp}"
-    base.with_suffix(".json").write_text(json.dumps({"matmul_peak_flop_per_s": peak, "rounds": args.rounds, "cpu": platform.processor(),
+    where = (gpu or platform.node()).replace(" ", "-").replace("/", "-")
+    base = results_dir / f"train-{where}-{args.model}-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps({"matmul_peak_flop_per_s": peak, "rounds": args.rounds, "gpu": gpu, "model": args.model,
+                                                     "samples": args.n, "cpu": platform.processor(),
                                                      "lorakit_overrides": args.lorakit_set,
                                                      "results": results}, indent=2), encoding="utf-8")
     if ok:
-        chart(ok, base.with_suffix(".png"))
+        chart(ok, base.with_suffix(".png"), f"LoRA fine-tuning of {args.model} on alpaca, {gpu or 'this CPU'}")
     print(f"wrote {base}.json and .png")
 
 
