@@ -85,3 +85,23 @@ def test_qwen3_multi_turn_needs_strip_empty():
 def test_unknown_think_choice_is_refused():
     with pytest.raises(TemplateError, match="data.think"):
         resolve_template(make_tokenizer("qwen3"), "auto", "drop")
+
+
+def test_a_template_that_refuses_a_system_turn_names_the_sample(tmp_path):
+    # Gemma's and Mistral's own templates raise on a system turn; the user needs the line and a way out.
+    from lorakit.config import DataConfig
+    from lorakit.data.dataset import build_splits
+    from lorakit.data.sources import DataError
+    from tests.conftest import write_jsonl
+
+    tokenizer = make_tokenizer("gemma")
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        + tokenizer.chat_template
+    )
+    path = write_jsonl(tmp_path / "g.jsonl", [{"instruction": "Hi", "output": "Hello"}])
+    template = resolve_template(tokenizer, "auto")
+    with pytest.raises(DataError, match=r"g\.jsonl, line 1: the chat template .* refused a conversation with roles "
+                                        r"system/user/assistant: System role not supported\. .*data\.system_prompt"):
+        build_splits(DataConfig(train=[str(path)], system_prompt="Be brief.", cache_dir=None), tokenizer, template)
+    assert len(build_splits(DataConfig(train=[str(path)], cache_dir=None), tokenizer, template).train) == 1

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from jinja2 import TemplateError as JinjaTemplateError
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
@@ -85,9 +86,21 @@ class ChatTemplate:
     strip_empty_think: bool = False
 
     def render(self, tokenizer: PreTrainedTokenizerBase, messages: Conversation, add_generation_prompt: bool) -> str:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            text = tokenizer.apply_chat_template(
+                messages, chat_template=self.jinja, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except TemplateSyntaxError:
+            raise
+        except JinjaTemplateError as err:
+            # A template's own raise_exception (Gemma and Mistral refuse a system turn, some
+            # templates insist on alternating roles): say which template and what to change.
+            roles = "/".join(m["role"] for m in messages)
+            raise TemplateError(
+                f"the chat template '{self.name}' refused a conversation with roles {roles}: {err}. "
+                "Change the data to what the template accepts (e.g. no data.system_prompt or system "
+                "turns for templates without a system role), or pick another template with data.template."
+            ) from None
         return EMPTY_THINK.sub("", text) if self.strip_empty_think else text
 
 
