@@ -140,19 +140,28 @@ ARCHITECTURES: dict[str, tuple[type[PretrainedConfig], dict]] = {
 }
 
 
-def arch_config(arch: str, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+# The smallest Llama whose layers bitsandbytes' 4-bit CPU kernels take on every CPU class (the
+# AVX512-BF16 kernel needs outputs in multiples of 32 and inputs in multiples of 64).
+QLORA_SIZES = {"hidden_size": 64, "intermediate_size": 128}
+
+
+def arch_config(arch: str, tokenizer: PreTrainedTokenizerFast, **sizes) -> PretrainedConfig:
     cls, extra = ARCHITECTURES[arch]
+    settings = {"hidden_size": 32, **extra, **sizes}
     return cls(
-        vocab_size=len(tokenizer), hidden_size=32, initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer), initializer_range=0.3, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **settings,
     )
 
 
-def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arch: str = "llama") -> Path:
-    """Save a 2-layer random model of ``arch`` with a tokenizer of ``family`` as a normal model folder."""
+def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arch: str = "llama", **sizes) -> Path:
+    """Save a 2-layer random model of ``arch`` with a tokenizer of ``family`` as a normal model folder.
+
+    ``sizes``: config overrides such as ``QLORA_SIZES``.
+    """
     tokenizer = make_tokenizer(family)
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(arch_config(arch, tokenizer)).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(arch_config(arch, tokenizer, **sizes)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -160,6 +169,12 @@ def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arc
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return make_tiny_model_dir(tmp_path / "tiny-model")
+
+
+@pytest.fixture
+def qlora_model_dir(tmp_path: Path) -> Path:
+    """A tiny Llama sized for the 4-bit kernels of every CPU (QLORA_SIZES)."""
+    return make_tiny_model_dir(tmp_path / "qlora-model", **QLORA_SIZES)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -14,8 +14,9 @@ from lorakit.config import QuantizationConfig, load_config, read_saved_config
 from lorakit.export.merge import merge_run
 from lorakit.model import quantization
 from lorakit.model.adapter import load_run_model
+from lorakit.model import loader
 from lorakit.model.loader import load_model
-from lorakit.model.quantization import QuantizationUnavailableError, bnb_config
+from lorakit.model.quantization import QuantizationShapeError, QuantizationUnavailableError, bnb_config
 from lorakit.train import recipe
 from tests.conftest import write_jsonl
 
@@ -42,7 +43,8 @@ def test_missing_bitsandbytes_says_how_to_install(monkeypatch):
 
 
 @needs_bnb
-def test_qlora_step_trains_reloads_and_merges(tiny_model_dir, tmp_path):
+def test_qlora_step_trains_reloads_and_merges(qlora_model_dir, tmp_path):
+    tiny_model_dir = qlora_model_dir
     data = write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
     out = tmp_path / "run"
     summary = recipe.run(load_config(None, [
@@ -61,14 +63,18 @@ def test_qlora_step_trains_reloads_and_merges(tiny_model_dir, tmp_path):
     # Reload: lorakit's loader and plain peft on a plain bitsandbytes load give the same model.
     cfg = read_saved_config(out / "lorakit.yaml")
     tokenizer = AutoTokenizer.from_pretrained(out)
-    ours = load_run_model(out, cfg.model, tokenizer).eval()
+    # Train mode (dropout is 0, so it computes the same function): on a CPU with AVX512-BF16,
+    # bitsandbytes runs layers that are in eval mode without gradients through a bf16 kernel
+    # (weights repacked, scales rounded to bf16). In train mode it dequantizes to the float32
+    # compute dtype, which is the exact function the merge below must reproduce.
+    ours = load_run_model(out, cfg.model, tokenizer).train()
     assert type(ours.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
     plain_base = AutoModelForCausalLM.from_pretrained(
         tiny_model_dir, device_map="cpu", dtype=torch.float32,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32),
     )
-    plain = PeftModel.from_pretrained(plain_base, out).eval()
+    plain = PeftModel.from_pretrained(plain_base, out).train()
     with torch.no_grad():
         tuned = ours(input_ids=IDS).logits
         assert torch.equal(tuned, plain(input_ids=IDS).logits)
@@ -91,7 +97,41 @@ def test_8bit_loads_and_wraps(tiny_model_dir):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: bf16 4-bit compute with device_map=auto")
 @needs_bnb
-def test_qlora_on_gpu_places_layers_and_computes_in_bf16(tiny_model_dir):
-    model = load_model(str(tiny_model_dir), "auto", QuantizationConfig(bits=4, compute_dtype="auto"))
+def test_qlora_on_gpu_places_layers_and_computes_in_bf16(qlora_model_dir):
+    model = load_model(str(qlora_model_dir), "auto", QuantizationConfig(bits=4, compute_dtype="auto"))
     layer = model.model.layers[0].self_attn.q_proj
     assert layer.weight.device.type == "cuda" and layer.compute_dtype in (torch.bfloat16, torch.float16)
+
+
+@needs_bnb
+def test_shapes_the_4bit_cpu_kernel_refuses_are_named_before_loading(tiny_model_dir, monkeypatch):
+    # hidden 32 and 2 key/value heads of 8: k_proj maps 32 -> 16, which the AVX512-BF16 kernel
+    # cannot repack. The predicate is forced so the check runs on every CPU class.
+    monkeypatch.setattr(loader, "cpu_4bit_kernel_repacks", lambda: True)
+    with pytest.raises(QuantizationShapeError) as refused:
+        load_model(str(tiny_model_dir), "float32", QuantizationConfig(bits=4))
+    message = str(refused.value)
+    assert str(tiny_model_dir) in message and "model.layers.0.self_attn.k_proj (32 -> 16)" in message
+    assert "lm_head" not in message  # bitsandbytes leaves the head unquantized, so the check does too
+    assert "bits=8" in message
+    load_model(str(tiny_model_dir), "float32", QuantizationConfig(bits=8))  # 8-bit has no such limit
+
+
+@needs_bnb
+@pytest.mark.skipif(not quantization.cpu_4bit_kernel_repacks(), reason="this CPU has no AVX512-BF16: bitsandbytes "
+                    "does not repack 4-bit weights here, so there is no kernel limit to compare the check with")
+def test_the_shape_check_agrees_with_the_kernel():
+    import bitsandbytes as bnb
+
+    for (inputs, outputs), fits in {(32, 16): False, (64, 32): True, (128, 64): True, (64, 48): False}.items():
+        layer = bnb.nn.Linear4bit(inputs, outputs, compute_dtype=torch.float32)
+        layer.load_state_dict(torch.nn.Linear(inputs, outputs).state_dict())
+        layer = layer.to("cpu").eval()  # quantized on placement
+        ours = not (outputs % quantization.CPU_4BIT_ROW_BLOCK or inputs % quantization.CPU_4BIT_COLUMN_BLOCK)
+        assert ours == fits
+        with torch.no_grad():
+            if fits:
+                assert layer(torch.randn(2, inputs)).shape == (2, outputs)
+            else:
+                with pytest.raises((AssertionError, RuntimeError)):
+                    layer(torch.randn(2, inputs))

@@ -20,7 +20,8 @@ import torch
 from lorakit.config import ConfigError, DistributedConfig, load_config
 from lorakit.train import distributed
 from lorakit.train.trainer import training_arguments
-from tests.train.helpers import adapter, metrics, run_on_one_thread, tiny_config
+from tests.train.helpers import LOSS_RTOL as PRECISION_LOSS_RTOL
+from tests.train.helpers import adapter, assert_same_update, metrics, run_on_one_thread, tiny_config
 
 # One thread per worker: two workers share this 2-core machine, and the in-process
 # reference must split its matmuls the same way.
@@ -28,8 +29,10 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STEPS = 6
 # 16 samples, 2 workers x batch 2 = 4 samples a step, 4 steps an epoch: the count divides
 # evenly, so accelerate never pads the last batch with repeated samples.
+# Precision is pinned: 'auto' would be bf16 on a CPU with AMX, and these tolerances are float32's
+# (the bf16 twin below has its own).
 SHARED = ("train.max_steps=6", "train.save_steps=3", "train.save_total_limit=3", "train.logging_steps=1",
-          "train.learning_rate=0.005", "lora.dropout=0")
+          "train.learning_rate=0.005", "lora.dropout=0", "train.precision=fp32")
 # Losses agree to float32 rounding (allreduce sums two half-batch gradients in another
 # order than one full batch). Adam divides by sqrt(v), which magnifies those last-bit
 # differences in the first steps, so the adapter is compared at 1e-4 absolute (weights ~0.2).
@@ -94,6 +97,27 @@ def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
     for step in (3, 6):
         names = {p.name for p in (run2 / "checkpoints" / f"checkpoint-{step}").iterdir()}
         assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= names
+
+
+def test_two_processes_match_one_process_in_bf16(tmp_path):
+    """The bf16 twin of the test above: autocast on both sides, bf16's tolerances (helpers.py)."""
+    from tests.conftest import make_tiny_model_dir
+
+    settings = ("train.max_steps=3", "train.save_steps=100", "train.logging_steps=1", "train.learning_rate=0.005",
+                "lora.dropout=0", "train.precision=bf16")
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    cfg = tiny_config(model_dir, tmp_path, *settings, "train.batch_size=4")
+    config = write_config(tmp_path / "ddp.yaml", model_dir, cfg.data.train[0], tmp_path / "run2", *settings,
+                          "train.batch_size=2")
+    result = lorakit_train(config, "--nproc", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_on_one_thread(cfg)
+    one = [r["loss"] for r in metrics(cfg.output_dir) if "loss" in r]
+    two = [r["loss"] for r in metrics(tmp_path / "run2") if "loss" in r]
+    assert json.loads((tmp_path / "run2" / "summary.json").read_text())["precision"] == "bf16"
+    assert len(one) == len(two) == 3
+    torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=PRECISION_LOSS_RTOL["bf16"], atol=0)
+    assert_same_update(adapter(tmp_path / "run2"), adapter(cfg.output_dir), "bf16")
 
 
 def test_a_two_process_checkpoint_resumes_in_two_processes(two_process_run, tmp_path):

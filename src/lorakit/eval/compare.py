@@ -24,7 +24,7 @@ from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores
 from lorakit.eval.scorer import UserScorer
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import Session
-from lorakit.train.loss import output_head, selective_loss_supported
+from lorakit.train.loss import output_head, project, selective_loss_supported
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _token_losses(session: Session, batch: dict[str, torch.Tensor]) -> tuple[tor
     args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if selective_loss_supported(session.model):
         hidden = session.model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
-        logits = output_head(session.model)(hidden[keep])
+        logits = project(output_head(session.model), hidden[keep])
     else:
         logits = session.model(**args).logits[:, :-1][keep]
     losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")

@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
 from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
-from lorakit.model.quantization import bnb_config
+from lorakit.model.quantization import bnb_config, check_4bit_cpu_shapes, cpu_4bit_kernel_repacks
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def load_model(source: str, dtype: str, quantization: QuantizationConfig | None 
         kwargs["device_map"] = "auto"
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization, dtype)
+        if quantization.bits == 4 and cpu_4bit_kernel_repacks():
+            check_4bit_cpu_shapes(_from_pretrained(AutoConfig, source), source)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 

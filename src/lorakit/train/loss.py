@@ -11,6 +11,8 @@ normal forward pass.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -32,9 +34,30 @@ def selective_loss_supported(model: torch.nn.Module) -> bool:
     return not getattr(config, "is_encoder_decoder", False)
 
 
+def _weight_dtype(head: torch.nn.Module) -> torch.dtype:
+    """The dtype the head's frozen weight is stored in (under any LoRA or modules_to_save wrapper)."""
+    layer = head.get_base_layer() if hasattr(head, "get_base_layer") else head
+    weight = getattr(layer, "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) else next(head.parameters()).dtype
+
+
+def project(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """``head(hidden)`` as float32 logits, whatever dtypes the two arrive in.
+
+    The head runs outside the model's forward, and accelerate's mixed precision converts the
+    forward's outputs to float32. With bf16 or fp16 weights that leaves a float32 input meeting a
+    half-precision weight. Under autocast the matmul casts both itself; without it the hidden
+    states are cast to the weight's dtype, which is what the model's own head would have seen.
+    """
+    if not torch.is_autocast_enabled(hidden.device.type):
+        wanted = _weight_dtype(head)
+        if wanted.is_floating_point and hidden.dtype != wanted:
+            hidden = hidden.to(wanted)
+    return head(hidden).float()
+
+
 def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return torch.nn.functional.cross_entropy(project(head, hidden), targets, reduction="sum")
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -49,11 +72,14 @@ def answer_only_loss(
     inputs: dict[str, torch.Tensor],
     num_items_in_batch: torch.Tensor | int | None,
     chunk_size: int = 2048,
+    autocast: AbstractContextManager | None = None,
 ) -> torch.Tensor:
     """Sum of answer-token cross-entropies divided by the tokens of the whole optimizer step.
 
     Dividing by ``num_items_in_batch`` (all label tokens of all micro-batches of the step)
     rather than by this micro-batch's count is what makes accumulated steps token-weighted.
+    ``autocast``: the mixed-precision context the model's forward ran under (the Trainer's
+    accelerator gives it), so the head computes in the same precision as the rest of the model.
     """
     labels = inputs["labels"]
     forward_args = {k: v for k, v in inputs.items() if k != "labels"}
@@ -62,6 +88,13 @@ def answer_only_loss(
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     selected, wanted = hidden[keep], targets[keep]
+    with autocast if autocast is not None else nullcontext():
+        total = _selected_ce(head, selected, wanted, chunk_size)
+    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+
+
+def _selected_ce(head: torch.nn.Module, selected: torch.Tensor, wanted: torch.Tensor, chunk_size: int) -> torch.Tensor:
     if selected.shape[0] <= chunk_size:
         total = _chunk_ce(head, selected, wanted)
     else:
@@ -72,5 +105,4 @@ def answer_only_loss(
                 _chunk_ce, head, selected[start : start + chunk_size], wanted[start : start + chunk_size],
                 use_reentrant=False,
             )
-    count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    return total / torch.as_tensor(count, device=total.device).clamp(min=1)
+    return total

@@ -72,7 +72,8 @@ class LorakitTrainer(Trainer):
             self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
             if self.selective_loss and not return_outputs:
                 head = output_head(self.accelerator.unwrap_model(model))
-                loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size)
+                loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size,
+                                        autocast=self.accelerator.autocast())
                 if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                     # num_items_in_batch counts every rank's tokens and DDP averages gradients
                     # over ranks; scale back as the Trainer does for a model's own loss.
