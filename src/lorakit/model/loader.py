@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
 from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
-from lorakit.model.quantization import quantized_loading
+from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quantization, cpu_4bit_kernel_repacks,
+                                        quantized_loading)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,11 @@ def load_model(source: str, dtype: str, quantization: QuantizationConfig | None 
     kwargs: dict = {"dtype": resolve_dtype(dtype)}
     if torch.cuda.is_available():
         kwargs["device_map"] = "auto"
-    quantized = quantized_loading(_from_pretrained(AutoConfig, source), quantization, dtype, source)  # or saved so
+    config = _from_pretrained(AutoConfig, source)
+    quantized = quantized_loading(config, quantization, dtype)  # asked for, or saved quantized
     if quantized:
+        if (quantization or checkpoint_quantization(config)).bits == 4 and cpu_4bit_kernel_repacks():
+            check_4bit_cpu_shapes(config, source)
         kwargs.update(quantized)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)

@@ -143,26 +143,17 @@ def checkpoint_quantization(config: PretrainedConfig) -> QuantizationConfig | No
                               double_quant=bool(raw.get("bnb_4bit_use_double_quant", False)))
 
 
-def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None, model_dtype: str,
-                      source: str) -> dict:
+def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None, model_dtype: str) -> dict:
     """The ``from_pretrained`` arguments for quantized loading; empty for a plain full-weight load.
 
     Full weights with ``asked``: bitsandbytes quantizes them while loading. A pre-quantized
     checkpoint: loaded as saved (a second BitsAndBytesConfig would only be ignored, with a
-    warning), its compute dtype set through the config handed back. Either way 4-bit layers are
-    checked first against this CPU's 4-bit kernel.
+    warning), its compute dtype set through the config handed back.
     """
     saved = checkpoint_quantization(config)
     if saved is None:
-        if asked is None:
-            return {}
-        settings = bnb_config(asked, model_dtype)
-        if asked.bits == 4 and cpu_4bit_kernel_repacks():
-            check_4bit_cpu_shapes(config, source)
-        return {"quantization_config": settings}
+        return {} if asked is None else {"quantization_config": bnb_config(asked, model_dtype)}
     require_bitsandbytes(f"this checkpoint (saved quantized by bitsandbytes, {_describe(saved)})")
-    if saved.bits == 4 and cpu_4bit_kernel_repacks():
-        check_4bit_cpu_shapes(config, source)
     if asked is not None and _baked(asked) != _baked(saved):
         raise QuantizationMismatchError(
             f"model.quantization asks for {_describe(asked)}, but the checkpoint is already quantized "
