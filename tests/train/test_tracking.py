@@ -76,7 +76,7 @@ def tensorboard_losses(run_dir: Path) -> dict[int, float]:
     return {e.step: e.value for e in events.Scalars("train/loss")}
 
 
-def wandb_history(run_dir: Path) -> list[dict]:
+def wandb_history(run_dir: Path, exit_code: int = 0) -> list[dict]:
     """The run's history rows, read from its offline ``.wandb`` file with wandb's own record schema.
 
     wandb 0.2x reads these files in its Go core only; the LevelDB-log framing is read with
@@ -85,17 +85,17 @@ def wandb_history(run_dir: Path) -> list[dict]:
     from wandb.proto.wandb_internal_pb2 import Record
 
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows, kinds = [], []
+    rows, records = [], []
     with WBDataStoreReader() as reader:
         reader.open(run_file)
         while (data := reader.scan()) is not None:
-            record = Record()
-            record.ParseFromString(data)
-            kinds.append(record.WhichOneof("record_type"))
-            if kinds[-1] == "history":
+            records.append(Record())
+            records[-1].ParseFromString(data)
+            if records[-1].WhichOneof("record_type") == "history":
                 rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    assert kinds[-1] == "exit", "the wandb run was not finished"
+                             for item in records[-1].history.item})
+    assert records[-1].WhichOneof("record_type") == "exit", "the wandb run was not finished"
+    assert records[-1].exit.exit_code == exit_code
     return rows
 
 
@@ -142,6 +142,8 @@ def test_wandb_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
 
 @needs("swanlab")
 def test_swanlab_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
+    from swanlab.proto.swanlab.run.v1.run_pb2 import RunState
+
     run_dir, losses = train(tiny_model_dir, tmp_path, "swanlab")
     records = swanlab_records(run_dir)
     assert swanlab_scalars(records, "train/loss") == losses
@@ -149,7 +151,7 @@ def test_swanlab_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
     start = next(r.start for r in records if r.WhichOneof("record_type") == "start")
     assert start.project == "lorakit" and start.name == "run"
     finish = [r.finish for r in records if r.WhichOneof("record_type") == "finish"]
-    assert finish and finish[-1].state == 1  # RUN_STATE_FINISHED: closed by lorakit, not at exit
+    assert [f.state for f in finish] == [RunState.RUN_STATE_FINISHED]  # closed by lorakit, not at exit
 
 
 @needs("wandb")
@@ -164,24 +166,30 @@ def test_a_second_run_in_one_process_gets_its_own_tracker_runs(tiny_model_dir, t
 
 
 @needs("wandb")
-def test_a_failed_run_closes_its_tracker_run(tiny_model_dir, tmp_path, offline):
+@needs("swanlab")
+def test_a_failed_run_closes_its_tracker_runs_marked_failed(tiny_model_dir, tmp_path, offline):
+    import swanlab
     import wandb
+    from swanlab.proto.swanlab.run.v1.run_pb2 import RunState
+    from transformers import TrainerCallback
 
     class Boom(Exception):
         pass
-
-    from transformers import TrainerCallback
 
     class FailAtStep2(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 2:
                 raise Boom
 
-    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=6", "train.batch_size=2",
-                      "train.report_to=[wandb]")
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=6", "train.batch_size=2", "train.logging_steps=1",
+                      "train.report_to=[wandb, swanlab]")
     with pytest.raises(Boom):
         recipe.run(cfg, hooks=[FailAtStep2()])
-    assert wandb.run is None  # not left open for the next run in this process to log into
+    assert wandb.run is None and not swanlab.has_run()  # none left open for the next run here to log into
+    rows = wandb_history(cfg.output_dir, exit_code=1)
+    assert [r["train/global_step"] for r in rows if "train/loss" in r] == [1]
+    records = swanlab_records(cfg.output_dir)
+    assert [r.finish.state for r in records if r.WhichOneof("record_type") == "finish"] == [RunState.RUN_STATE_CRASHED]
 
 
 def test_missing_tracker_says_how_to_install(monkeypatch, tmp_path):
@@ -190,3 +198,17 @@ def test_missing_tracker_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"'swanlab' but it is not installed: pip install swanlab"):
         tracking.tracker_callbacks(["swanlab"], tmp_path)
+
+
+@needs("wandb")
+@needs("swanlab")
+@pytest.mark.parametrize("tracker, mode_var", [("wandb", "WANDB_MODE"), ("swanlab", "SWANLAB_MODE")])
+def test_an_online_mode_without_login_stops_with_the_reason(tiny_model_dir, tmp_path, offline, monkeypatch,
+                                                            tracker, mode_var):
+    from lorakit.train.tracking import TrackerError
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=2", f"train.report_to=[{tracker}]")
+    with monkeypatch.context() as env:
+        env.setenv(mode_var, "online")  # the user's own choice, which lorakit leaves alone
+        with pytest.raises(TrackerError, match=rf"{tracker} could not start its run \({mode_var}=online is set\)"):
+            recipe.run(cfg)

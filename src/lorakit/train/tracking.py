@@ -36,6 +36,19 @@ def _unless_env(var: str, value: str) -> str | None:
     return None if os.environ.get(var) else value
 
 
+class TrackerError(ValueError):
+    """A tracker could not start its run (say, an online mode the user chose, with no login)."""
+
+
+def _start(tracker: str, mode_var: str, init, **settings) -> None:
+    try:
+        init(**settings)
+    except Exception as err:
+        mode = os.environ.get(mode_var)
+        why = f"{mode_var}={mode} is set" if mode else "it ran offline"
+        raise TrackerError(f"train.report_to: {tracker} could not start its run ({why}): {err}") from err
+
+
 class _KeepSigint:
     """swanlab installs its own Ctrl-C handler, which would end its run before lorakit's
     StopOnInterrupt can save a checkpoint; keep whatever handler was there."""
@@ -72,8 +85,8 @@ class WandbTracker(WandbCallback):
 
     def setup(self, args, state, model, **kwargs):
         if state.is_world_process_zero and not self._initialized:
-            self._wandb.init(
-                dir=str(self.run_dir), mode=_unless_env("WANDB_MODE", "offline"),
+            _start(
+                "wandb", "WANDB_MODE", self._wandb.init, dir=str(self.run_dir), mode=_unless_env("WANDB_MODE", "offline"),
                 project=_unless_env("WANDB_PROJECT", PROJECT), name=self.run_dir.name,
                 reinit="finish_previous",  # a run left open by an earlier training here is not ours
             )
@@ -92,10 +105,10 @@ class SwanLabTracker(SwanLabCallback):
     def setup(self, args, state, model, **kwargs):
         if state.is_world_process_zero and not self._initialized:
             with _KeepSigint():
-                self._swanlab.init(
-                    log_dir=str(self.run_dir / "swanlab"), mode=_unless_env("SWANLAB_MODE", "offline"),
-                    project=_unless_env("SWANLAB_PROJECT", PROJECT), name=self.run_dir.name,
-                    reinit=True,  # as for wandb: finish a run an earlier training left open
+                _start(
+                    "swanlab", "SWANLAB_MODE", self._swanlab.init, log_dir=str(self.run_dir / "swanlab"),
+                    mode=_unless_env("SWANLAB_MODE", "offline"), project=_unless_env("SWANLAB_PROJECT", PROJECT),
+                    name=self.run_dir.name, reinit=True,  # as for wandb: finish a run an earlier training left open
                 )
         super().setup(args, state, model, **kwargs)
 
