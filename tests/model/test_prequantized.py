@@ -110,6 +110,24 @@ def test_a_different_quantization_is_refused(prequantized, asked, says):
     assert "Remove model.quantization" in str(err.value)
 
 
+def test_an_8bit_checkpoint_loads_as_saved_and_refuses_4bit(tmp_path):
+    folder = make_prequantized_dir(tmp_path / "tiny-bnb-8bit", bits=8)
+    model = load_model(str(folder), "float32")
+    assert is_quantized(model) and type(model.model.layers[1].mlp.down_proj).__name__ == "Linear8bitLt"
+    assert type(load_model(str(folder), "float32", QuantizationConfig(bits=8)).model.layers[0].mlp.up_proj
+                ).__name__ == "Linear8bitLt"
+    with pytest.raises(QuantizationMismatchError, match=r"asks for 4-bit nf4.*already quantized \(8-bit\)"):
+        load_model(str(folder), "float32", QuantizationConfig(bits=4))
+
+
+def test_a_checkpoint_quantized_another_way_is_refused_with_the_way_out(tiny_model_dir):
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (tiny_model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(QuantizationMismatchError, match=r"quantized with 'gptq'.*Give the full-precision model"):
+        load_model(str(tiny_model_dir), "float32")
+
+
 @pytest.mark.skipif(not cpu_4bit_kernel_repacks(), reason="only CPUs with AVX512-BF16 have the 4-bit kernel that refuses")
 def test_a_prequantized_checkpoint_this_cpu_cannot_run_is_refused_naming_the_layers(tmp_path):
     folder = make_prequantized_dir(tmp_path / "tiny-32-bnb-4bit", hidden_size=32, intermediate_size=64)
