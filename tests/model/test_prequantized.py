@@ -82,6 +82,20 @@ def test_loads_as_saved_without_a_second_quantization_config(prequantized):
         assert torch.equal(model(input_ids=IDS).logits, plain(input_ids=IDS).logits)
 
 
+def test_apply_lora_prepares_the_prequantized_base_for_qlora(prequantized, monkeypatch):
+    from lorakit.config import LoraConfig
+    from lorakit.model import lora
+
+    prepared = []
+    real = lora.prepare_model_for_kbit_training
+    monkeypatch.setattr(lora, "prepare_model_for_kbit_training",
+                        lambda model, **kw: prepared.append(model) or real(model, **kw))
+    model = lora.apply_lora(load_model(str(prequantized), "float32"), LoraConfig(rank=4))
+    assert len(prepared) == 1
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]  # base frozen
+    assert type(model.base_model.model.model.layers[0].mlp.up_proj).__name__ == "Linear4bit"  # peft's 4-bit LoRA
+
+
 def test_compute_dtype_follows_model_dtype(prequantized):
     try:
         resolve_dtype("bfloat16")
