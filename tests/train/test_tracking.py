@@ -154,6 +154,27 @@ def test_swanlab_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
     assert [f.state for f in finish] == [RunState.RUN_STATE_FINISHED]  # closed by lorakit, not at exit
 
 
+@needs("swanlab")
+def test_ctrl_c_during_a_swanlab_run_still_reaches_lorakits_stop(tiny_model_dir, tmp_path, offline):
+    """swanlab.init installs a SIGINT handler that ends its run; lorakit keeps its own in place so
+    Ctrl-C still saves a checkpoint and stops cleanly (StopOnInterrupt)."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    from lorakit.train.callbacks import StopOnInterrupt
+
+    seen = []
+
+    class Look(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(getattr(signal.getsignal(signal.SIGINT), "__self__", None))
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=2", "train.report_to=[swanlab]")
+    recipe.run(cfg, hooks=[Look()])
+    assert len(seen) == 2 and all(isinstance(owner, StopOnInterrupt) for owner in seen)
+
+
 @needs("wandb")
 @needs("swanlab")
 def test_a_second_run_in_one_process_gets_its_own_tracker_runs(tiny_model_dir, tmp_path, offline):
