@@ -81,9 +81,13 @@ def wandb_history(run_dir: Path, exit_code: int = 0) -> list[dict]:
 
     wandb 0.2x reads these files in its Go core only; the LevelDB-log framing is read with
     swanlab's converter for W&B files (its ``swanlab convert`` reads wandb runs the same way)."""
+    import wandb
     from swanlab.converter.wb.wbdatastore import WBDataStoreReader
     from wandb.proto.wandb_internal_pb2 import Record
 
+    # wandb.finish() can return before wandb-core has flushed and closed the run's file (seen on
+    # a loaded machine); teardown waits for the core to exit. The next wandb.init starts a new one.
+    wandb.teardown()
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows, records = [], []
     with WBDataStoreReader() as reader:
