@@ -166,6 +166,21 @@ def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arc
     return folder
 
 
+def make_prequantized_dir(folder: Path, family: str = "chatml", seed: int = 0, bits: int = 4, **sizes) -> Path:
+    """A tiny Llama saved already quantized by bitsandbytes (4-bit nf4 with double quantization, or
+    8-bit), the way every ``*-bnb-4bit`` hub repo is: its config.json carries the quantization_config.
+    Its full-weight original is saved beside it (``<folder>-full``). ``sizes``: default QLORA_SIZES."""
+    from transformers import BitsAndBytesConfig
+
+    full = make_tiny_model_dir(folder.with_name(folder.name + "-full"), family, seed, **(sizes or QLORA_SIZES))
+    settings = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))
+    quantized = AutoModelForCausalLM.from_pretrained(full, device_map="cpu", quantization_config=settings)
+    quantized.save_pretrained(folder)
+    make_tokenizer(family).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return make_tiny_model_dir(tmp_path / "tiny-model")

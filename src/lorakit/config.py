@@ -245,7 +245,9 @@ class TrainConfig(_Section):
         "stop", description="A NaN/inf loss or gradient: stop naming the step, or skip that optimizer step."
     )
     report_to: list[Literal["tensorboard", "wandb", "swanlab"]] = Field(
-        default_factory=list, description="Experiment trackers; wandb and swanlab run in offline mode."
+        default_factory=list,
+        description="Experiment trackers, logging inside the run folder; wandb and swanlab run offline "
+        "(no login, no network) unless WANDB_MODE / SWANLAB_MODE says otherwise.",
     )
     auto_batch_size: bool = Field(False, description="GPU only: halve batch_size until it fits in memory.")
     selective_loss: bool = Field(

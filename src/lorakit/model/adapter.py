@@ -32,7 +32,7 @@ def load_run_base(
         base = base.dequantize()
         # transformers drops the quantizer but leaves these flags, which peft reads to pick layer types.
         base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
-        log.info("dequantized the %s-bit base to %s", cfg.quantization.bits, base.dtype)
+        log.info("dequantized the quantized base to %s", base.dtype)  # cfg.quantization is None when saved so
     fit_embeddings(base, tokenizer)
     return base
 

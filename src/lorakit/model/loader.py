@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
 from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
-from lorakit.model.quantization import bnb_config, check_4bit_cpu_shapes, cpu_4bit_kernel_repacks
+from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quantization, cpu_4bit_kernel_repacks,
+                                        quantized_loading)
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +66,19 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
 
 
 def load_model(source: str, dtype: str, quantization: QuantizationConfig | None = None) -> PreTrainedModel:
-    """Load the base: in ``dtype`` (checked against the hardware), quantized when asked.
+    """Load the base: in ``dtype`` (checked against the hardware), quantized when asked or saved so.
 
     On a GPU accelerate places the layers (``device_map="auto"``); on a CPU everything stays put.
     """
     kwargs: dict = {"dtype": resolve_dtype(dtype)}
     if torch.cuda.is_available():
         kwargs["device_map"] = "auto"
-    if quantization is not None:
-        kwargs["quantization_config"] = bnb_config(quantization, dtype)
-        if quantization.bits == 4 and cpu_4bit_kernel_repacks():
-            check_4bit_cpu_shapes(_from_pretrained(AutoConfig, source), source)
+    config = _from_pretrained(AutoConfig, source)
+    quantized = quantized_loading(config, quantization, dtype)  # asked for, or saved quantized
+    if quantized:
+        if (quantization or checkpoint_quantization(config)).bits == 4 and cpu_4bit_kernel_repacks():
+            check_4bit_cpu_shapes(config, source)
+        kwargs.update(quantized)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 
