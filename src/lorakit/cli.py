@@ -399,7 +399,7 @@ app.add_typer(export_app, name="export")
 
 @export_app.command("gguf")
 def export_gguf(
-    source: Annotated[Path, typer.Argument(help="A run folder (merged first) or a merged model folder.")],
+    source: Annotated[Path, typer.Argument(help="A run folder (merged first), a model folder or a hub model id.")],
     output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; a Modelfile goes beside it.")],
     type_: Annotated[str, typer.Option("--type", help="f16 or q8_0.")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
@@ -452,7 +452,7 @@ def data_inspect(
     except (ConfigError, ValueError) as e:
         _fail(str(e))
     try:
-        tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
+        tokenizer = load_tokenizer(resolve_model_folder(cfg.model), cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
         result = inspect_data(
             cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit

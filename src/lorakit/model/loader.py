@@ -1,7 +1,9 @@
 """Where the base model and its tokenizer come from.
 
 A model spec is the embedded SmolLM2, a local transformers folder, a ``.gguf`` file, or a
-hub name that must already be in the local cache (this product runs offline by default).
+hub id (``owner/name``), which ``model/hub.py`` resolves to a snapshot in the Hugging Face
+cache, downloading it on first use. Every spec ends as a local folder, and transformers is
+always called with ``local_files_only=True``: it never reaches the network itself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
 from lorakit.model.dtype import resolve_dtype
+from lorakit.hub import looks_like_hub_id
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
+from lorakit.model.hub import check_remote_code, model_snapshot, needs_remote_code
 from lorakit.model.quantization import bnb_config
 
 log = logging.getLogger(__name__)
@@ -23,7 +27,7 @@ _EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolL
 
 
 def resolve_model_folder(cfg: ModelConfig) -> str:
-    """Turn the configured model name into something ``from_pretrained`` reads offline."""
+    """Turn the configured model name into a local folder ``from_pretrained`` reads offline."""
     name = cfg.name
     if name in _EMBEDDED_ALIASES:
         return str(converted_folder(embedded_gguf(), cfg.cache_dir))
@@ -35,28 +39,28 @@ def resolve_model_folder(cfg: ModelConfig) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a transformers model folder (no config.json in it)")
+        check_remote_code(path, f"model folder {path}", str(path.resolve()), cfg.trust_remote_code)
         return str(path)
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # a hub id; from_pretrained is called with local_files_only=True
+    if looks_like_hub_id(name):
+        return str(model_snapshot(name, cfg.revision, cfg.download, cfg.trust_remote_code))
     raise ModelNotFoundError(
         f"model '{name}' not found: give a local model folder, a .gguf file, "
-        f"'{EMBEDDED_MODEL}', or a hub name already downloaded to the local cache"
+        f"'{EMBEDDED_MODEL}', or a hub id (owner/name)"
     )
 
 
-def _from_pretrained(loader, source: str, **kwargs):
+def _from_pretrained(loader, source: str, trust_remote_code: bool = False, **kwargs):
+    # Remote code runs only where the config allowed it and transformers lacks the architecture;
+    # a known architecture always loads with transformers' own code.
+    trust = trust_remote_code and (Path(source) / "config.json").is_file() and needs_remote_code(Path(source))
     try:
-        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        return loader.from_pretrained(source, local_files_only=True, trust_remote_code=trust, **kwargs)
     except OSError as err:
-        raise ModelNotFoundError(
-            f"could not load '{source}' offline: {err}\n"
-            "lorakit does not download at run time. Download the model once where the network allows "
-            "(e.g. `hf download NAME`) so it is in the Hugging Face cache, or give a local folder."
-        ) from None
+        raise ModelNotFoundError(f"could not load the model from {source}: {err}") from None
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    tokenizer = _from_pretrained(AutoTokenizer, source)
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code)
     if tokenizer.pad_token_id is None:
         # Padding positions are excluded from the loss by their labels, never by token id,
         # so reusing EOS as the pad token is safe here.
@@ -64,7 +68,9 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(source: str, dtype: str, quantization: QuantizationConfig | None = None) -> PreTrainedModel:
+def load_model(
+    source: str, dtype: str, quantization: QuantizationConfig | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
     """Load the base: in ``dtype`` (checked against the hardware), quantized when asked.
 
     On a GPU accelerate places the layers (``device_map="auto"``); on a CPU everything stays put.
@@ -75,10 +81,11 @@ def load_model(source: str, dtype: str, quantization: QuantizationConfig | None 
     if quantization is not None:
         kwargs["quantization_config"] = bnb_config(quantization, dtype)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
-    return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    return _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, **kwargs)
 
 
 def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     source = resolve_model_folder(cfg)
     log.info("loading base model from %s", source)
-    return load_model(source, cfg.dtype, cfg.quantization), load_tokenizer(source)
+    trust = cfg.trust_remote_code
+    return load_model(source, cfg.dtype, cfg.quantization, trust), load_tokenizer(source, trust)
