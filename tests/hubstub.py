@@ -127,7 +127,7 @@ class HubStub:
     def answer(self, path: str) -> tuple[int, dict[str, str], bytes]:
         parts = [unquote(p) for p in urlsplit(path).path.strip("/").split("/")]
         if parts == ["api", "agent-harnesses"]:  # huggingface_hub's own registry, fetched once a day
-            return 200, {"Content-Type": "application/json"}, b"[]"
+            return 200, {"Content-Type": "application/json"}, b'{"standardEnvVars": [], "harnesses": {}}'
         if parts[:1] == ["api"] and len(parts) >= 6 and parts[1] in ("models", "datasets"):
             kind, repo_id, action, rev = parts[1], f"{parts[2]}/{parts[3]}", parts[4], parts[5]
             found = self._lookup(kind, repo_id, rev)
