@@ -25,16 +25,21 @@ ZEPHYR = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-# repo id: (architecture, tokenizer: a conftest family or ("sentencepiece", bos, eos, extra, jinja))
-MODELS: dict[str, tuple[str, object]] = {
-    "tiiuae/falcon-3b": ("falcon", "falcon"),
-    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": ("llama", ("sentencepiece", "<s>", "</s>", [], ZEPHYR)),
-    "Langboat/bloom-1b4-zh": ("bloom", "bloom"),
-    "unsloth/Llama-3.2-1B-Instruct": ("llama", "llama-3"),
-    "Qwen/Qwen3-4B-Instruct-2507": ("qwen3", "qwen3"),
-    "microsoft/Phi-3-mini-4k-instruct": ("phi3", ("sentencepiece", *FAMILY_FORMATS["phi-3-mini"])),
+# bitsandbytes' CPU 4-bit kernels need input widths of at least one 64-wide block: the models
+# that run quantized are built a little wider.
+WIDE = {"hidden_size": 64, "intermediate_size": 128, "head_dim": 16}
+
+# repo id: (architecture, tokenizer: a conftest family or ("sentencepiece", bos, eos, extra, jinja), config changes)
+MODELS: dict[str, tuple[str, object, dict]] = {
+    "tiiuae/falcon-3b": ("falcon", "falcon", {}),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": ("llama", ("sentencepiece", "<s>", "</s>", [], ZEPHYR), {}),
+    "Langboat/bloom-1b4-zh": ("bloom", "bloom", {}),
+    "unsloth/Llama-3.2-1B-Instruct": ("llama", "llama-3", {}),
+    "Qwen/Qwen3-4B-Instruct-2507": ("qwen3", "qwen3", {}),
+    "microsoft/Phi-3-mini-4k-instruct": ("phi3", ("sentencepiece", *FAMILY_FORMATS["phi-3-mini"]), WIDE),
 }
-QUANTIZED = {"unsloth/Llama-3.2-1B-Instruct-bnb-4bit": "unsloth/Llama-3.2-1B-Instruct"}
+# Saved already quantized: repo id -> (architecture, tokenizer family)
+QUANTIZED = {"unsloth/Llama-3.2-1B-Instruct-bnb-4bit": ("llama", "llama-3")}
 
 DOLLY_ROWS = [
     {"instruction": "Who wrote Treasure Island?", "context": "",
@@ -90,10 +95,13 @@ def _tokenizer(spec: object) -> PreTrainedTokenizerFast:
     return sentencepiece_tokenizer(bos, eos, extra, jinja)
 
 
-def build_model(folder: Path, arch: str, tokenizer_spec: object, seed: int = 0) -> Path:
+def build_model(folder: Path, arch: str, tokenizer_spec: object, changes: dict | None = None, seed: int = 0) -> Path:
     tokenizer = _tokenizer(tokenizer_spec)
+    config = arch_config(arch, tokenizer)
+    if changes:
+        config = type(config)(**{**config.to_dict(), **changes})
     torch.manual_seed(seed)
-    AutoModelForCausalLM.from_config(arch_config(arch, tokenizer)).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     if not isinstance(tokenizer_spec, str):  # saved as the class the real repos name
         path = folder / "tokenizer_config.json"
@@ -134,10 +142,11 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
 def build_seed_hub(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     """All seed repos under ``root``: (models, datasets), each repo id -> folder."""
     built: dict[str, Path] = {}
-    for i, (repo_id, (arch, tok)) in enumerate(MODELS.items()):
-        built[repo_id] = build_model(root / "models" / repo_id, arch, tok, seed=i)
-    for repo_id, full in QUANTIZED.items():
-        built[repo_id] = build_quantized(root / "models" / repo_id, built[full])
+    for i, (repo_id, (arch, tok, changes)) in enumerate(MODELS.items()):
+        built[repo_id] = build_model(root / "models" / repo_id, arch, tok, changes, seed=i)
+    for repo_id, (arch, tok) in QUANTIZED.items():
+        full = build_model(root / "full" / repo_id, arch, tok, WIDE)
+        built[repo_id] = build_quantized(root / "models" / repo_id, full)
     datasets = {
         "Peyton3995/dolly-15k-mistral-pirate": DOLLY_ROWS,
         "tatsu-lab/alpaca": [{**r, "text": f"{r['instruction']}\n{r['output']}"} for r in ALPACA_ROWS],

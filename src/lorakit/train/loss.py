@@ -33,6 +33,11 @@ def selective_loss_supported(model: torch.nn.Module) -> bool:
 
 
 def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # A bfloat16 model under bf16 autocast can hand back float32 hidden states; the head's own
+    # dtype decides, as it would inside the model's forward.
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point() and hidden.dtype != weight.dtype:
+        hidden = hidden.to(weight.dtype)
     logits = head(hidden).float()
     return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
