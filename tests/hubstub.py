@@ -60,6 +60,7 @@ class HubStub:
         self._lock = threading.Lock()
         self.log: list[tuple[str, str]] = []  # (method, path) of every request
         self.authorization: list[str | None] = []  # the Authorization header of every request
+        self._gated: dict[tuple[str, str], str] = {}  # (kind, id) -> the token that has access
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -76,6 +77,10 @@ class HubStub:
         commit = _commit_of(f"{kind}/{repo_id}/{revision}", files)
         self._repos.setdefault((kind, repo_id), _Repo()).revisions[revision] = _Revision(folder, commit, files)
         return commit
+
+    def gate(self, repo_id: str, token: str, kind: str = "models") -> None:
+        """Serve ``repo_id`` only to requests carrying ``token``, as the hub does for a gated repo."""
+        self._gated[(kind, repo_id)] = token
 
     def commit(self, repo_id: str, revision: str = "main", kind: str = "models") -> str:
         return self._repos[(kind, repo_id)].revisions[revision].commit
@@ -124,13 +129,13 @@ class HubStub:
         self.stop()
 
     # --- answers: (status, headers, body)
-    def answer(self, path: str) -> tuple[int, dict[str, str], bytes]:
+    def answer(self, path: str, authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:
         parts = [unquote(p) for p in urlsplit(path).path.strip("/").split("/")]
         if parts == ["api", "agent-harnesses"]:  # huggingface_hub's own registry, fetched once a day
             return 200, {"Content-Type": "application/json"}, b'{"standardEnvVars": [], "harnesses": {}}'
         if parts[:1] == ["api"] and len(parts) >= 6 and parts[1] in ("models", "datasets"):
             kind, repo_id, action, rev = parts[1], f"{parts[2]}/{parts[3]}", parts[4], parts[5]
-            found = self._lookup(kind, repo_id, rev)
+            found = self._lookup(kind, repo_id, rev, authorization)
             if isinstance(found, tuple):
                 return found
             if action == "revision":
@@ -145,7 +150,7 @@ class HubStub:
             parts = parts[1:]
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, rev, file = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
-            found = self._lookup(kind, repo_id, rev)
+            found = self._lookup(kind, repo_id, rev, authorization)
             if isinstance(found, tuple):
                 return found
             if file not in found.files:
@@ -156,8 +161,11 @@ class HubStub:
                          "Content-Type": "application/octet-stream"}, data
         return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b""
 
-    def _lookup(self, kind: str, repo_id: str, rev: str):
+    def _lookup(self, kind: str, repo_id: str, rev: str, authorization: str | None):
         repo = self._repos.get((kind, repo_id))
+        token = self._gated.get((kind, repo_id))
+        if repo is not None and token is not None and authorization != f"Bearer {token}":
+            return 401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to this repo is restricted"}, b""
         if repo is None:
             return 404, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"}, b""
         found = repo.find(rev)
@@ -176,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, with_body: bool) -> None:
         self.hub._record(self.command, self.path, self.headers.get("Authorization"))
-        status, headers, body = self.hub.answer(self.path)
+        status, headers, body = self.hub.answer(self.path, self.headers.get("Authorization"))
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)

@@ -66,6 +66,25 @@ def _missing(repo: HubRepo, cache_dir: Path | None, reason: str, fix: str) -> st
     )
 
 
+def repo_files(repo: HubRepo, cache_dir: Path | None, commit: str | None = None) -> list[str] | None:
+    """The repo's file list as cached by the download that filled the snapshot (no request), or None.
+
+    ``commit``: ask the hub for the list of this commit when the cache has none (one request).
+    """
+    import huggingface_hub
+
+    revision = commit or repo.revision
+    cached = getattr(huggingface_hub, "get_cached_repo_tree", None)  # huggingface_hub 2.x keeps tree listings
+    if cached is not None:
+        try:
+            return [f.path for f in cached(repo.id, repo_type=repo.kind, revision=revision, cache_dir=cache_dir)]
+        except Exception:  # noqa: BLE001 - CachedRepoTreeNotFoundError: no listing kept for this revision
+            pass
+    if commit is None:
+        return None
+    return huggingface_hub.HfApi().list_repo_files(repo.id, repo_type=repo.kind, revision=commit)
+
+
 def cached_snapshot(
     repo: HubRepo, cache_dir: Path | None, patterns: Callable[[list[str]], list[str]] | None = None
 ) -> Path | None:
@@ -74,23 +93,18 @@ def cached_snapshot(
     ``patterns`` picks the wanted files from the repo's file list (cached by the download that
     filled the snapshot); the snapshot counts only if every wanted file is in it.
     """
-    from huggingface_hub import get_cached_repo_tree, snapshot_download
-    from huggingface_hub.errors import CachedRepoTreeNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    allow = None
-    if patterns is not None:
-        try:
-            files = [f.path for f in get_cached_repo_tree(
-                repo.id, repo_type=repo.kind, revision=repo.revision, cache_dir=cache_dir)]
-        except CachedRepoTreeNotFoundError:
-            files = None  # filled by an older huggingface_hub, or by hand: trust what is there
-        allow = patterns(files) if files is not None else None
+    files = repo_files(repo, cache_dir) if patterns is not None else None
+    # Without a kept listing (an older huggingface_hub, or a cache filled by hand) the folder is taken as is.
+    allow = patterns(files) if files is not None else None
     try:
         return Path(snapshot_download(
             repo.id, repo_type=repo.kind, revision=repo.revision, cache_dir=cache_dir,
             local_files_only=True, allow_patterns=allow,
         ))
-    except LocalEntryNotFoundError:  # also IncompleteSnapshotError: a download that never finished
+    except LocalEntryNotFoundError:  # also an incomplete snapshot: a download that never finished
         return None
 
 
@@ -130,15 +144,8 @@ def download_snapshot(
 
     ``revision``: fetch this commit instead of ``repo.revision`` (already resolved by an earlier call).
     """
-    import httpx2
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = _endpoint()
     try:
@@ -156,13 +163,14 @@ def download_snapshot(
     except RepositoryNotFoundError:
         message = (f"{repo.kind} '{repo.id}' was not found on the hub ({where}): check the name; if it is "
                    "private or gated, log in (`hf auth login`) or set HF_TOKEN")
-    except (LocalEntryNotFoundError, httpx2.HTTPError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - network errors of whichever HTTP client huggingface_hub uses
         # LocalEntryNotFoundError here means the hub could not be reached and nothing is cached.
         cause = err.__cause__ or err
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             reason = f"the hub ({where}) answered HTTP {cause.response.status_code}"
         else:
-            reason = f"the hub ({where}) could not be reached ({type(cause).__name__})"
+            detail = str(cause).splitlines()[0][:200] if str(cause) else ""
+            reason = f"the hub ({where}) could not be reached ({type(cause).__name__}{': ' + detail if detail else ''})"
         message = _missing(repo, cache_dir, reason, "Check the network (or HF_ENDPOINT)")
     raise error(message)
 

@@ -117,6 +117,30 @@ def test_token_from_the_environment_reaches_the_hub(hub, monkeypatch):
     assert repo_requests and all(a == "Bearer hf_lorakit_test" for a in repo_requests)
 
 
+def test_gated_repo_needs_the_token(hub, monkeypatch):
+    hub.gate(LLAMA3, "hf_granted")
+    with pytest.raises(ModelNotFoundError, match=r"is gated: accept its conditions at http://127.0.0.1:\d+/"
+                                                 r"unsloth/Llama-3.2-1B-Instruct and log in"):
+        resolve(LLAMA3)
+    monkeypatch.setenv("HF_TOKEN", "hf_granted")
+    assert (resolve(LLAMA3) / "model.safetensors").is_file()
+
+
+def test_base_model_by_hub_id_opens_for_chat_generate_eval_and_serve(hub, tmp_path):
+    from lorakit.infer.session import open_session
+
+    session = open_session(LLAMA3, tmp_path / "lorakit-cache")
+    assert session.model.config.model_type == "llama" and not session.has_adapter
+    assert session.tokenizer.convert_tokens_to_ids("<|eot_id|>") in session.template.end_token_ids
+
+
+def test_export_gguf_of_a_hub_id(hub, tmp_path):
+    from lorakit.export.gguf import export_gguf
+
+    gguf_path, modelfile = export_gguf(Path(LLAMA3), tmp_path / "llama.gguf", "f16")
+    assert gguf_path.stat().st_size > 0 and modelfile.is_file()
+
+
 def _with_bin(folder: Path) -> Path:
     """A copy of the weights as pytorch_model.bin beside model.safetensors, as older repos have."""
     torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")

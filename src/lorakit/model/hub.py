@@ -15,7 +15,7 @@ import logging
 from fnmatch import fnmatch
 from pathlib import Path
 
-from lorakit.hub import HubRepo, cached_snapshot, check_download_allowed, download_snapshot
+from lorakit.hub import HubRepo, cached_snapshot, check_download_allowed, download_snapshot, repo_files
 from lorakit.model.gguf_cache import ModelNotFoundError
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def _read_config(folder: Path) -> dict:
 
 def model_snapshot(name: str, revision: str | None, download: bool, trust_remote_code: bool) -> Path:
     """The local snapshot folder of hub model ``name``: from the cache, or downloaded once."""
-    from huggingface_hub import constants, get_cached_repo_tree
+    from huggingface_hub import constants
 
     repo = HubRepo(name, "model", revision, "model.download")
     web = f"{constants.ENDPOINT}/{name}"
@@ -115,7 +115,10 @@ def model_snapshot(name: str, revision: str | None, download: bool, trust_remote
         )
     check_remote_code(first, repo.label(), web, trust_remote_code)
     commit = first.name  # the snapshot folder is named after the commit its revision resolved to
-    files = [f.path for f in get_cached_repo_tree(name, revision=commit)]
+    try:
+        files = repo_files(repo, None, commit=commit) or []
+    except Exception as err:  # noqa: BLE001 - the hub went away between two calls
+        raise ModelNotFoundError(f"{repo.label()}: could not list its files ({type(err).__name__}: {err})") from None
     wanted = wanted_files(files, trust_remote_code)
     if not any(fnmatch(f, p) for f in files for p, _ in _WEIGHTS if "/" not in f):
         raise ModelNotFoundError(
