@@ -222,7 +222,8 @@ def hub(seed_repos, tmp_path, monkeypatch):
         stub.add_dataset(repo_id, folder)
     stub.start()
     home = tmp_path / "hf-home"
-    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                "HUGGINGFACE_HUB_CACHE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", stub.url)
     monkeypatch.setenv("HF_HOME", str(home))

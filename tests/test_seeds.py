@@ -30,7 +30,8 @@ BYTE_LEVEL_REFUSAL = "only byte-level BPE tokenizers can be exported to GGUF"
 CASES = {
     "000-falcon-alpaca": ("tiiuae/falcon-3b", "GGUF export supports Llama-architecture models; this one is 'falcon'"),
     "000-tinyllama-alpaca": ("TinyLlama/TinyLlama-1.1B-Chat-v1.0", BYTE_LEVEL_REFUSAL),
-    "001-bloom-alpaca-zh": ("Langboat/bloom-1b4-zh", "GGUF export supports Llama-architecture models; this one is 'bloom'"),
+    "001-bloom-alpaca-zh": ("Langboat/bloom-1b4-zh",
+                            "GGUF export supports Llama-architecture models; this one is 'bloom'"),
     "002-llama32-bnb4-pirate": ("unsloth/Llama-3.2-1B-Instruct-bnb-4bit", None),
     "003-qwen3-huanhuan-swanlab": ("Qwen/Qwen3-4B-Instruct-2507",
                                    "GGUF export supports Llama-architecture models; this one is 'qwen3'"),
@@ -70,7 +71,8 @@ def test_every_seed_config_is_valid_and_names_its_hub_model():
     for seed, (model, _) in CASES.items():
         cfg = load_config(SEEDS / f"{seed}.yaml")
         assert cfg.model.name == model and cfg.train.max_steps != 2
-    assert load_config(SEEDS / "002-llama32-bnb4-pirate.yaml").data.train[0].path == "Peyton3995/dolly-15k-mistral-pirate"
+    pirate = load_config(SEEDS / "002-llama32-bnb4-pirate.yaml")
+    assert pirate.data.train[0].path == "Peyton3995/dolly-15k-mistral-pirate" and pirate.model.quantization is None
     assert load_config(SEEDS / "003-qwen3-huanhuan-swanlab.yaml").train.report_to == ["swanlab"]
     phi3 = load_config(SEEDS / "004-phi3-yoda-qlora.yaml")
     assert phi3.model.quantization.double_quant and phi3.model.quantization.type == "nf4"

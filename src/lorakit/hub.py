@@ -9,13 +9,10 @@ Every failure ends in one message that names the repo and says how to get it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,13 +69,16 @@ def repo_files(repo: HubRepo, cache_dir: Path | None, commit: str | None = None)
     ``commit``: ask the hub for the list of this commit when the cache has none (one request).
     """
     import huggingface_hub
+    from huggingface_hub import errors
 
     revision = commit or repo.revision
-    cached = getattr(huggingface_hub, "get_cached_repo_tree", None)  # huggingface_hub 2.x keeps tree listings
+    # Newer huggingface_hub versions keep each commit's file listing beside the snapshots.
+    cached = getattr(huggingface_hub, "get_cached_repo_tree", None)
+    not_kept = getattr(errors, "CachedRepoTreeNotFoundError", ())
     if cached is not None:
         try:
             return [f.path for f in cached(repo.id, repo_type=repo.kind, revision=revision, cache_dir=cache_dir)]
-        except Exception:  # noqa: BLE001 - CachedRepoTreeNotFoundError: no listing kept for this revision
+        except not_kept:
             pass
     if commit is None:
         return None
@@ -158,8 +158,7 @@ def download_snapshot(
         message = (f"{repo.label()} is gated: accept its conditions at {where}/{_web_path(repo)} and log in "
                    "(`hf auth login`, or set HF_TOKEN) with that account")
     except RevisionNotFoundError:
-        key = "model.revision" if repo.kind == "model" else "the source's revision"
-        message = f"{repo.label()} does not exist on the hub ({where}): check {key}"
+        message = f"{repo.label()} does not exist on the hub ({where}): check {repo.kind}.revision"
     except RepositoryNotFoundError:
         message = (f"{repo.kind} '{repo.id}' was not found on the hub ({where}): check the name; if it is "
                    "private or gated, log in (`hf auth login`) or set HF_TOKEN")

@@ -178,7 +178,9 @@ def test_wanted_files_choose_one_weight_format():
     assert "modeling_x.py" in wanted_files(files, remote_code=True)
 
 
-CUSTOM_CONFIG = "from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'lorakit_custom'\n"
+CUSTOM_CONFIG = (
+    "from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'lorakit_custom'\n"
+)
 CUSTOM_MODEL = (
     "from transformers import LlamaForCausalLM\n\nfrom .configuration_custom import CustomConfig\n\n\n"
     "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n"

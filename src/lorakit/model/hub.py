@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 # Top-level files besides the weights: config, generation config, tokenizer (tokenizer.json,
 # tokenizer.model, vocab/merges), chat_template.jinja, special_tokens_map.json, weight index.
 _SIDE_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
-_WEIGHTS = (("model*.safetensors", "pytorch_model.bin.index.json"), ("pytorch_model*.bin", "model.safetensors.index.json"))
+# (weights, the index of the other format), in order of preference
+_WEIGHTS = (
+    ("model*.safetensors", "pytorch_model.bin.index.json"),
+    ("pytorch_model*.bin", "model.safetensors.index.json"),
+)
 
 
 class RemoteCodeError(ValueError):
