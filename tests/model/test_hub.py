@@ -134,6 +134,16 @@ def test_base_model_by_hub_id_opens_for_chat_generate_eval_and_serve(hub, tmp_pa
     assert session.tokenizer.convert_tokens_to_ids("<|eot_id|>") in session.template.end_token_ids
 
 
+def test_generate_on_a_hub_id_shows_the_download_and_answers(hub):
+    """The CLI hides transformers' progress bars unless verbose; the download's own still shows."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lorakit", "generate", LLAMA3, "--prompt", "Hi", "--max-new-tokens", "2"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Fetching 6 files" in result.stderr and "1 answers, " in result.stderr
+
+
 def test_export_gguf_of_a_hub_id(hub, tmp_path):
     from lorakit.export.gguf import export_gguf
 
