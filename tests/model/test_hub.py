@@ -126,6 +126,16 @@ def test_gated_repo_needs_the_token(hub, monkeypatch):
     assert (resolve(LLAMA3) / "model.safetensors").is_file()
 
 
+def test_saved_login_reaches_the_hub(hub, monkeypatch):
+    """`hf auth login` writes HF_HOME/token; huggingface_hub sends it without lorakit's help."""
+    from huggingface_hub import constants
+
+    hub.gate(DOLLY, "hf_saved", kind="datasets")
+    Path(constants.HF_TOKEN_PATH).parent.mkdir(parents=True, exist_ok=True)
+    Path(constants.HF_TOKEN_PATH).write_text("hf_saved")
+    assert len(read_source(DataSource(path=DOLLY), hub_download=True).records) == len(DOLLY_ROWS) * 4
+
+
 def test_base_model_by_hub_id_opens_for_chat_generate_eval_and_serve(hub, tmp_path):
     from lorakit.infer.session import open_session
 
