@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lorakit.config import ModelConfig
 from lorakit.data.templates import resolve_template
 from lorakit.export.gguf_vocab import build_vocab, write_vocab
 from lorakit.export.merge import merged_model
 from lorakit.export.modelfile import write_modelfile
-from lorakit.infer.session import is_run_dir
-from lorakit.config import ModelConfig
 from lorakit.hub import looks_like_hub_id
+from lorakit.infer.session import is_run_dir
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
 log = logging.getLogger(__name__)

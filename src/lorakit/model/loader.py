@@ -15,8 +15,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
-from lorakit.model.dtype import resolve_dtype
 from lorakit.hub import looks_like_hub_id
+from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
 from lorakit.model.hub import check_remote_code, model_snapshot, needs_remote_code
 from lorakit.model.quantization import bnb_config
