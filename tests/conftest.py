@@ -220,3 +220,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- a stand-in hub (tests/hubstub.py) serving tiny copies of the seed recipes' repos
+
+
+@pytest.fixture(scope="session")
+def seed_repos(tmp_path_factory) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The seed recipes' model and dataset repos, built once per test session: (models, datasets)."""
+    from tests.seedrepos import build_seed_hub
+
+    return build_seed_hub(tmp_path_factory.mktemp("seed-repos"))
+
+
+@pytest.fixture
+def hub(seed_repos, tmp_path, monkeypatch):
+    """A running HubStub with every seed repo and an empty Hugging Face cache of this test's own.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE once, at import: the environment
+    is set for subprocesses and the module's constants patched for this process.
+    """
+    from huggingface_hub import constants
+
+    from tests.hubstub import HubStub
+
+    stub = HubStub()
+    models, datasets = seed_repos
+    for repo_id, folder in models.items():
+        stub.add_model(repo_id, folder)
+    for repo_id, folder in datasets.items():
+        stub.add_dataset(repo_id, folder)
+    stub.start()
+    home = tmp_path / "hf-home"
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", stub.url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", stub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield stub
+    stub.stop()

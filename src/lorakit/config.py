@@ -41,8 +41,20 @@ class QuantizationConfig(_Section):
 class ModelConfig(_Section):
     name: str = Field(
         EMBEDDED_MODEL,
-        description="'smollm2-135m-instruct' (embedded, no download), a local model folder, "
-        "a .gguf file, or a hub name already in the local cache.",
+        description="'smollm2-135m-instruct' (embedded, no download), a local model folder, a .gguf file, "
+        "or a hub id (owner/name): taken from the Hugging Face cache (HF_HUB_CACHE / HF_HOME), else "
+        "downloaded once (only the weights, config and tokenizer files).",
+    )
+    revision: str | None = Field(
+        None, description="Hub branch, tag or commit of model.name; None: the default branch (main)."
+    )
+    download: bool = Field(
+        True, description="Download a hub model missing from the cache; false: cache only (air-gapped use)."
+    )
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow a model whose architecture transformers does not know to run the Python code "
+        "its repo ships (config.json auto_map). Off: such a model is refused with the reason.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",

@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from lorakit.config import ModelConfig
 from lorakit.data.templates import resolve_template
 from lorakit.export.gguf_vocab import build_vocab, write_vocab
 from lorakit.export.merge import merged_model
 from lorakit.export.modelfile import write_modelfile
+from lorakit.hub import looks_like_hub_id
 from lorakit.infer.session import is_run_dir
-from lorakit.model.loader import load_tokenizer
+from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +173,15 @@ def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str 
     if is_run_dir(source):
         model, tokenizer, cfg = merged_model(source)
         system_prompt = system_prompt or cfg.data.system_prompt
-    elif (source / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
-        tokenizer = load_tokenizer(str(source))
+    elif (source / "config.json").is_file() or (not source.exists() and looks_like_hub_id(str(source))):
+        # A model folder, or a hub id resolved to its cached (or downloaded) snapshot like any base.
+        folder = resolve_model_folder(ModelConfig(name=str(source)))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        tokenizer = load_tokenizer(folder)
     else:
-        raise GgufExportError(f"{source} is neither a run folder (lorakit.yaml) nor a model folder (config.json)")
+        raise GgufExportError(
+            f"{source} is neither a run folder (lorakit.yaml), a model folder (config.json) nor a hub id (owner/name)"
+        )
     write_gguf(model, tokenizer, out, qtype, name=source.resolve().name)
     modelfile = write_modelfile(out, tokenizer, system_prompt)
     return out, modelfile

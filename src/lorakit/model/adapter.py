@@ -27,7 +27,7 @@ def load_run_base(
     """The run's base model. ``dequantize``: turn a 4/8-bit base back into plain layers holding
     exactly the quantized values, which is what the adapter was trained against (merging into
     the original full-precision weights instead would shift every output a little)."""
-    base = load_model(resolve_model_folder(cfg), dtype or cfg.dtype, cfg.quantization)
+    base = load_model(resolve_model_folder(cfg), dtype or cfg.dtype, cfg.quantization, cfg.trust_remote_code)
     if dequantize and is_quantized(base):
         base = base.dequantize()
         # transformers drops the quantizer but leaves these flags, which peft reads to pick layer types.

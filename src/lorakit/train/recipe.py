@@ -78,7 +78,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads
     source = resolve_model_folder(cfg.model)
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
     splits = build_splits(cfg.data, tokenizer, template)
@@ -88,7 +88,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     if cfg.train.early_stopping_patience and not splits.eval:
         raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
 
-    base = load_model(source, cfg.model.dtype, cfg.model.quantization)
+    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
     fit_embeddings(base, tokenizer)
     model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
