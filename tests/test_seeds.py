@@ -38,9 +38,6 @@ CASES = {
     "004-phi3-yoda-qlora": ("microsoft/Phi-3-mini-4k-instruct",
                             "GGUF export supports Llama-architecture models; this one is 'phi3'"),
 }
-# A checkpoint saved already quantized trains and generates, but merging it fails
-# (model/adapter.py logs cfg.quantization.bits, and cfg.quantization is None): fixed on another branch.
-PREQUANTIZED = {"002-llama32-bnb4-pirate"}
 SECOND_RUN = "000-tinyllama-alpaca"
 
 
@@ -79,10 +76,7 @@ def test_every_seed_config_is_valid_and_names_its_hub_model():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [
-    pytest.param(s, marks=pytest.mark.xfail(strict=False, reason="merging a pre-quantized base: fix on another branch"))
-    if s in PREQUANTIZED else s for s in CASES
-])
+@pytest.mark.parametrize("seed", list(CASES))
 def test_seed_trains_generates_merges_and_exports_from_the_hub(seed, hub, tmp_path):
     model, gguf_refusal = CASES[seed]
     run = tmp_path / "run"
@@ -123,9 +117,7 @@ def test_seed_trains_generates_merges_and_exports_from_the_hub(seed, hub, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SWANLAB, reason="swanlab not installed (it joins the test extras on branch track)")
-@pytest.mark.xfail(strict=False, reason="transformers' SwanLabCallback calls swanlab.get_run(), which raises before "
-                   "init in swanlab 0.10; lorakit starting the run itself is on branch track")
+@pytest.mark.skipif(not HAS_SWANLAB, reason="swanlab not installed: pip install 'lorakit[track]'")
 def test_seed_003_logs_to_swanlab(hub, tmp_path):
     seed = "003-qwen3-huanhuan-swanlab"
     result = lorakit("train", str(SEEDS / f"{seed}.yaml"), *overrides(seed, tmp_path / "run", tmp_path, swanlab=True))
