@@ -51,19 +51,26 @@ def train(
     resume: Annotated[
         Optional[str], typer.Option(help="Continue a killed run: alone, from its latest complete checkpoint; or give one.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the run already in output_dir (adapter, checkpoints, metrics) and start afresh.")
+    ] = False,
     nproc: Annotated[
         int, typer.Option(help="Data-parallel processes on this machine, started through torchrun (gloo on CPU, NCCL on GPUs).")
     ] = 1,
     verbose: bool = True,
 ) -> None:
-    """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics)."""
+    """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics).
+
+    One run at a time per output folder; a folder that holds a run is continued with --resume
+    or replaced with --overwrite. Ctrl-C or SIGTERM saves a checkpoint and says how to resume.
+    """
     _setup_logging(verbose)
     try:
         cfg = load_config(config, set_)
     except ConfigError as e:
         _fail(str(e))
     if nproc != 1:
-        _launch(nproc, config, set_, resume, verbose, cfg)
+        _launch(nproc, config, set_, resume, overwrite, verbose, cfg)
         return
     from lorakit.data.sources import DataError
     from lorakit.model.gguf_cache import ModelNotFoundError
@@ -77,10 +84,10 @@ def train(
             from lorakit.eval.scorer import load_scorer
 
             load_scorer(cfg.eval.scorer)
-        summary = recipe.run(cfg, resume=resume)
+        summary = recipe.run(cfg, resume=resume, overwrite=overwrite)
     except recipe.TrainingInterrupted as e:
-        err.print(f"[yellow]{e}[/]", highlight=False)
-        raise typer.Exit(130)
+        err.print(f"[yellow]{e}. Continue with: {_resume_command(config, set_)}[/]", highlight=False)
+        raise typer.Exit(128 + e.signum)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     except (DataError, ModelNotFoundError, NonFiniteError, QuantizationUnavailableError,
             FileNotFoundError, ValueError) as e:
         _fail(str(e))
@@ -106,7 +113,17 @@ def train(
         print_comparison(out, read_report(cfg.resolved_output_dir()))
 
 
-def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None, verbose: bool, cfg: RunConfig) -> None:
+def _resume_command(config: Path | None, set_: list[str]) -> str:
+    """The command that continues this run: the same config and overrides, plus --resume."""
+    import shlex
+
+    words = ["lorakit", "train", *([str(config)] if config is not None else [])]
+    words += [w for assignment in set_ for w in ("--set", assignment)]
+    return shlex.join([*words, "--resume"])
+
+
+def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None, overwrite: bool, verbose: bool,
+            cfg: RunConfig) -> None:
     """Start ``nproc`` copies of this command through torchrun; errors that all ranks would hit stop here once."""
     import torch
 
@@ -121,6 +138,7 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None
     child = ["train", *([str(config)] if config is not None else [])]
     child += [f"--set={assignment}" for assignment in set_]
     child += [f"--resume={resume_from}"] if resume_from is not None else []
+    child += ["--overwrite"] if overwrite else []  # rank 0 takes the folder's lock and checks it
     child += [] if verbose else ["--no-verbose"]
     try:
         distributed.launch(nproc, child)

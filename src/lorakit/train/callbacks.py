@@ -121,26 +121,33 @@ class RichProgress(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C: finish the current step, save a checkpoint, and stop cleanly.
+    """Ctrl-C or SIGTERM (docker stop, Slurm, Kubernetes): finish the current step, save a
+    checkpoint, and stop cleanly. ``signal`` is the one that stopped the run.
 
-    A second Ctrl-C falls through to Python's default and stops at once.
+    A second signal falls through to Python's default and stops at once.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.interrupted = False
-        self._previous = None
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        self.interrupted = True
+        self.signal = signum
         self.uninstall()
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -26,10 +26,11 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def mark_complete(folder: Path, step: int) -> None:
+def mark_complete(folder: Path, step: int, totals: dict | None = None) -> None:
+    """Mark ``folder`` complete; ``totals`` (the run's token and loss sums so far) go into the marker."""
     _fsync_tree(folder)
     tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps({"step": step}), encoding="utf-8")
+    tmp.write_text(json.dumps({"step": step, **(totals or {})}), encoding="utf-8")
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, folder / MARKER)
@@ -37,6 +38,10 @@ def mark_complete(folder: Path, step: int) -> None:
 
 def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
+
+
+def read_marker(folder: Path) -> dict:
+    return json.loads((folder / MARKER).read_text(encoding="utf-8"))
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -87,6 +92,9 @@ def resolve_resume(resume: str | None, folder: Path) -> Path | None:
             raise FileNotFoundError(f"--resume: no complete checkpoint under {folder}; start without --resume")
         return found
     path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint (give a checkpoint folder, or --resume "
+                                f"alone for the latest complete one under {folder})")
     if not is_complete(path):
         raise FileNotFoundError(
             f"--resume {path}: not a complete lorakit checkpoint (no {MARKER}); "

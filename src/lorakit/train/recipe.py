@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from lorakit.data.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
 from lorakit.model.tokens import add_tokens, fit_embeddings
-from lorakit.train import checkpoints, distributed
+from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.plot import read_metrics
@@ -38,7 +39,12 @@ PLOT_FILE = "loss.png"
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C stopped the run after saving a checkpoint; the message says how to resume."""
+    """Ctrl-C or SIGTERM stopped the run after saving a checkpoint at ``step`` in ``checkpoints``."""
+
+    def __init__(self, signum: int, step: int, checkpoints: Path):
+        self.signum, self.step, self.checkpoints = signum, step, checkpoints
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"{name}: interrupted at step {step}; a checkpoint was saved in {checkpoints}")
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -54,11 +60,13 @@ def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
     return 0 if on_gpu else 1024
 
 
-def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None) -> dict:
+def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
+        overwrite: bool = False) -> dict:
     """Fine-tune as configured; return the run summary (also written to summary.json).
 
     ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
     ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
+    ``overwrite``: a fresh run may delete the run already in the output folder.
     """
     # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
     # does data parallelism; here only rank 0 writes run files, and all ranks resume alike.
@@ -67,11 +75,25 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     distributed.init_process_group(cfg.train.distributed, on_gpu)
     distributed.quiet_other_ranks()
     main = distributed.is_main_process()
+    if resume is not None and overwrite:
+        raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
 
+    # --- the run folder: ours alone while we train; a fresh run never writes over an old one
     out = cfg.resolved_output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    with run_folder.owned(out, main):
+        ckpt_dir = out / "checkpoints"
+        resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, ckpt_dir))
+        if main and resume_from is None:
+            run_folder.check_fresh(out, overwrite)
+        elif main:
+            # The checkpoint's own run folder (usually this one) holds the config it was trained with.
+            run_folder.check_resume(resume_from.parent.parent / CONFIG_FILE, cfg.model_dump(mode="json"))
+        return _train(cfg, out, resume_from, hooks or [], on_gpu, main)
+
+
+def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[TrainerCallback], on_gpu: bool,
+           main: bool) -> dict:
     ckpt_dir = out / "checkpoints"
-    resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, ckpt_dir))
     for partial in checkpoints.incomplete(ckpt_dir):
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
@@ -109,6 +131,8 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         micro_batch_tokens=_micro_batch_tokens(cfg.train.micro_batch_tokens, on_gpu),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
+    if resume_from is not None:
+        trainer.resume_totals(resume_from)  # so the summary counts the steps before the resume too
     if resume_from is not None and main:
         _trim_metrics(out / METRICS_FILE, int(resume_from.name.split("-")[-1]))
         log.info("resuming from %s", resume_from)
@@ -121,7 +145,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
         *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
         *trackers,
-        *(hooks or []),
+        *hooks,
     ]:
         trainer.add_callback(callback)
 
@@ -138,10 +162,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
             stopper.uninstall()
         elapsed = time.monotonic() - started
         if stopper.interrupted:
-            raise TrainingInterrupted(
-                f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {ckpt_dir}. "
-                "Continue with: lorakit train CONFIG --resume"
-            )
+            raise TrainingInterrupted(stopper.signal, trainer.state.global_step, ckpt_dir)
         # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
         # the in-training evaluations so the eval curve is not given a duplicate last point.
         eval_loss = trainer.evaluate(metric_key_prefix="final_eval")["final_eval_loss"] if splits.eval else None
@@ -149,9 +170,14 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     finally:
         close_trackers(trackers, ok=finished)  # a failed run is marked failed in the tracker, not left open
 
+    # The whole run's counts: a resumed run starts from its checkpoint's (see LorakitTrainer.resume_totals).
     tokens, loss_tokens = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
+    train_loss = trainer.whole_run_train_loss()
     if not main:
-        return {"steps": result.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss}
+        return {"steps": result.global_step, "train_loss": train_loss, "eval_loss": eval_loss}
+    # Speeds are this session's: the tokens trained since it started over its time.
+    session_tokens = tokens - trainer.before_resume.tokens
+    session_loss_tokens = loss_tokens - trainer.before_resume.loss_tokens
 
     # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
     # carrying the template we trained with (so chat and serving render exactly the same
@@ -166,7 +192,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         "template": template.name,
         "precision": precision,
         "steps": result.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "eval_loss": eval_loss,
         "eval_perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -175,8 +201,8 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         "train_seconds": round(elapsed, 2),
         "tokens_seen": tokens,
         "loss_tokens_seen": loss_tokens,
-        "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None,
-        "loss_tokens_per_second": round(loss_tokens / elapsed, 1) if elapsed > 0 else None,
+        "tokens_per_second": round(session_tokens / elapsed, 1) if elapsed > 0 else None,
+        "loss_tokens_per_second": round(session_loss_tokens / elapsed, 1) if elapsed > 0 else None,
         "peak_rss_bytes": peak_rss_bytes(),
         "cuda_peak_reserved_bytes": cuda_peak,
         "cuda_training_reserved_bytes": cuda_peak - reserved_before if cuda_peak is not None else None,

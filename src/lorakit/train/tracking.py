@@ -51,15 +51,16 @@ def _start(tracker: str, mode_var: str, init, **settings) -> None:
 
 class _KeepSigint:
     """swanlab installs its own Ctrl-C handler, which would end its run before lorakit's
-    StopOnInterrupt can save a checkpoint; keep whatever handler was there."""
+    StopOnInterrupt can save a checkpoint; keep whatever handlers were there (SIGTERM's too)."""
 
     def __enter__(self):
         main = threading.current_thread() is threading.main_thread()
-        self.previous = signal.getsignal(signal.SIGINT) if main else None
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 class TensorBoardTracker(TensorBoardCallback):

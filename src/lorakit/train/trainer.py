@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import DistributedType
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_pt_utils import nested_gather
 
 from lorakit.config import TrainConfig
 from lorakit.train import checkpoints, distributed
@@ -43,6 +44,15 @@ class TokenCount:
     loss_tokens: int = 0
 
 
+@dataclass
+class RunTotals:
+    """What a checkpoint carries of the run so far, so a resumed run's summary covers every step."""
+
+    tokens: int = 0
+    loss_tokens: int = 0
+    loss_sum: float = 0.0  # the sum of the per-step train losses (mean over ranks), as the Trainer adds them
+
+
 class LorakitTrainer(Trainer):
     def __init__(
         self,
@@ -63,6 +73,27 @@ class LorakitTrainer(Trainer):
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
         self._poisoned = False
+        self.before_resume = RunTotals()  # what the checkpoint we resumed from had counted
+
+    # --- the whole run's totals, across resumes
+    def resume_totals(self, checkpoint: Path) -> None:
+        """Start counting from the checkpoint's totals (rank 0 holds them: the others count from 0)."""
+        saved = checkpoints.read_marker(checkpoint)
+        self.before_resume = RunTotals(saved.get("tokens", 0), saved.get("loss_tokens", 0), saved.get("loss_sum", 0.0))
+        if "tokens" not in saved:
+            log.warning("%s predates run totals: summary.json counts only the steps after it", checkpoint)
+        if self.is_world_process_zero():
+            self.count.tokens, self.count.loss_tokens = self.before_resume.tokens, self.before_resume.loss_tokens
+
+    def _loss_sum(self) -> float:
+        """The run's summed step losses so far: logged ones, the not yet logged ones, and those before a resume."""
+        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        return self.before_resume.loss_sum + self._total_loss_scalar + pending
+
+    def whole_run_train_loss(self) -> float:
+        """Mean train loss over every step of the run, the steps before a resume included."""
+        # After train() the Trainer has added its last unlogged losses to _total_loss_scalar.
+        return (self.before_resume.loss_sum + self._total_loss_scalar) / max(self.state.global_step, 1)
 
     # --- counting and guarding each step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -135,11 +166,15 @@ class LorakitTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         # Every rank writes its own RNG state into the folder; mark it complete only after all have.
         self.accelerator.wait_for_everyone()
+        # Collectives, so every rank takes part; only rank 0 writes them down.
+        tokens, loss_tokens = distributed.sum_over_ranks(self.count.tokens, self.count.loss_tokens)
+        loss_sum = self._loss_sum()
         if not self.args.should_save:
             return
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"checkpoint-{self.state.global_step}"
-        checkpoints.mark_complete(folder, self.state.global_step)
+        checkpoints.mark_complete(folder, self.state.global_step,
+                                  {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum})
         best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
         checkpoints.rotate(run_dir, self.keep_checkpoints, protect=best)
 

@@ -1,0 +1,216 @@
+"""A run folder has one owner, and a new run never silently writes over an old one.
+
+``lorakit train`` holds an exclusive ``flock`` on ``<run>/.lorakit.lock`` for as long as it
+runs; the file also says who holds it (PID, host, start time), so a second run on the same
+folder can name the holder. The kernel drops a flock when its process dies, so a lock left
+by a killed run is free and simply taken over; a lock still held in the name of a process
+that is dead on this host (a forked child kept the descriptor) is stale and replaced.
+
+Before training, the folder is checked against what was asked: a fresh run into a folder
+that holds a run (finished or not) is refused unless ``--overwrite`` says to delete it; a
+``--resume`` must train with the configuration its checkpoint was written with, apart from
+the keys that only say how long to go on and how often to save, evaluate and log.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lorakit.lock"
+# What a run writes; any of them means the folder holds a run (finished, killed or failed).
+RUN_FILES = ("lorakit.yaml", "metrics.jsonl", "summary.json", "adapter_model.safetensors", "checkpoints")
+# Keys a resumed run may change: how long it goes on, how often it saves, evaluates and logs,
+# and what is done or shown around training. Everything else must match the checkpoint's run.
+RESUMABLE_KEYS = (
+    "name", "output_dir", "train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
+    "train.eval_steps", "train.logging_steps", "train.progress_bar", "train.report_to",
+    "train.early_stopping_patience", "train.distributed.timeout_s", "model.cache_dir", "model.download",
+    "data.cache_dir", "data.num_proc", "data.hub_download", "generation", "eval",
+)
+
+
+class RunFolderError(ValueError):
+    """The run folder is taken, or holds a run this command may not touch; the message says what to do."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _holder(path: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder.get("pid"):
+        return "another process (it has not written its PID yet)"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if holder.get("started") else "?"
+    return f"PID {holder['pid']} on {holder.get('host', '?')} (since {since})"
+
+
+class RunLock:
+    """The exclusive lock on one run folder; :meth:`acquire` fails at once if another run holds it."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        for _ in range(3):  # a stale lock is removed and the next try takes a fresh file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                holder = _holder(self.path)
+                if holder.get("host") == socket.gethostname() and holder.get("pid") and not _alive(holder["pid"]):
+                    log.warning("%s: its holder, %s, is dead; taking the lock over", self.path, _describe(holder))
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise RunFolderError(
+                    f"{self.path.parent} is in use by another lorakit run: {_describe(holder)}. Wait for it to "
+                    f"end or stop it, or train into another output_dir (lock file: {self.path})"
+                ) from None
+            # Another process may have removed the file between our open and our flock: then
+            # we hold a lock on a file nobody else will see, so start over on the new one.
+            if not self.path.exists() or os.stat(self.path).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                continue
+            previous = _holder(self.path)
+            if previous.get("pid"):
+                log.info("%s: taking over the lock of a run that ended without releasing it (%s)",
+                         self.path, _describe(previous))
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.time()}).encode())
+            self._fd = fd
+            return
+        raise RunFolderError(f"{self.path}: could not take the lock (the file keeps changing); try again")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # unlinked while still held: no one can lock the old file after us
+        os.close(self._fd)
+        self._fd = None
+
+
+def holds_run(folder: Path) -> bool:
+    """True when ``folder`` holds what a run writes (finished or not); an empty checkpoints/ does not count."""
+    for name in RUN_FILES:
+        path = folder / name
+        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+            return True
+    return False
+
+
+def clear(folder: Path) -> None:
+    """Delete the old run in ``folder`` (checkpoints, trackers' folders, everything but our lock)."""
+    for path in folder.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def check_fresh(folder: Path, overwrite: bool) -> None:
+    """A fresh run may start here: the folder holds no run, or ``--overwrite`` asked to delete it."""
+    if not holds_run(folder):
+        return
+    if not overwrite:
+        status = "a finished run" if (folder / "summary.json").is_file() else "a run that did not finish"
+        raise RunFolderError(
+            f"{folder} already holds {status}. To continue it, add --resume; to replace it (its adapter "
+            "and checkpoints are deleted), add --overwrite; or set another output_dir"
+        )
+    log.warning("--overwrite: deleting the previous run in %s", folder)
+    clear(folder)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for each setting that differs and may not change on resume."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted(k for k in old.keys() | new.keys() if not _may_change(k) and old.get(k) != new.get(k))
+    return [f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}" for k in keys]
+
+
+def check_resume(saved_config: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume with settings other than those the checkpoint was trained with."""
+    if not saved_config.is_file():
+        log.warning("--resume: no %s beside the checkpoint; its settings cannot be checked", saved_config.name)
+        return
+    saved = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
+    differences = config_differences(saved, current)
+    if differences:
+        listed = "\n".join(f"  {d}" for d in differences)
+        raise RunFolderError(
+            f"--resume: the checkpoint was trained with other settings than these ({saved_config} has the "
+            f"run's own):\n{listed}\nResume with the run's settings (only the length, and the save, eval and "
+            "logging cadence may change), or start a new run with --overwrite or another output_dir"
+        )
+
+
+@contextmanager
+def owned(folder: Path, main: bool = True) -> Iterator[None]:
+    """Hold ``folder`` for the run (rank 0 only: the other ranks write no run files).
+
+    A folder this run created and left with nothing in it (the run failed before writing
+    anything) is removed, so a failed start leaves no empty run folder behind.
+    """
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(folder) if main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+        if created and main:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                pass

@@ -1,0 +1,142 @@
+"""One owner per run folder; a fresh run never silently writes over an old one; a resume keeps its settings."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lorakit.train import checkpoints, recipe, run_folder
+from lorakit.train.run_folder import RunFolderError, RunLock
+from tests.train.helpers import metrics, tiny_config
+
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SHORT = ("train.max_steps=2", "train.batch_size=2", "train.save_steps=1", "train.logging_steps=1")
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_lock_on_a_folder_names_the_holder(tmp_path):
+    first = RunLock(tmp_path)
+    first.acquire()
+    holder = json.loads((tmp_path / run_folder.LOCK_FILE).read_text())
+    assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+    with pytest.raises(RunFolderError, match=f"in use by another lorakit run: PID {os.getpid()} on "):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / run_folder.LOCK_FILE).exists()
+    again = RunLock(tmp_path)
+    again.acquire()  # free once released
+    again.release()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    lock_file = tmp_path / run_folder.LOCK_FILE
+    # Left by a killed run: the kernel dropped its flock, the file still names it.
+    lock_file.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "started": 0}))
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()
+
+    # Still flocked (a descriptor outlived its process) in the name of a dead PID on this host: stale too.
+    lock_file.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "started": 0}))
+    fd = os.open(lock_file, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        lock = RunLock(tmp_path)
+        lock.acquire()
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+        lock.release()
+    finally:
+        os.close(fd)
+
+
+def test_train_on_a_locked_folder_stops_at_once_naming_the_holder(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    lock = RunLock(cfg.output_dir)
+    cfg.output_dir.mkdir(parents=True)
+    lock.acquire()  # this test process is "the other run"
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "lorakit", "train", "--set", f"model.name={tiny_model_dir}",
+             "--set", f"data.train={cfg.data.train[0]}", "--set", f"output_dir={cfg.output_dir}"],
+            capture_output=True, text=True, timeout=300, env=CHILD_ENV,
+        )
+        took = time.monotonic() - started
+    finally:
+        lock.release()
+    assert result.returncode == 2, result.stderr
+    assert f"in use by another lorakit run: PID {os.getpid()} on {socket.gethostname()}" in " ".join(
+        result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert not (cfg.output_dir / "lorakit.yaml").exists()  # it stopped before writing anything
+    assert took < 60, took  # no model was loaded, no data read (the CLI's imports are most of it)
+
+
+def test_a_fresh_run_into_a_finished_one_refuses_and_overwrite_replaces_it(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    recipe.run(cfg)
+    before = (cfg.output_dir / "metrics.jsonl").read_text()
+    assert [p.name for _, p in checkpoints.checkpoints(cfg.output_dir / "checkpoints")] == [
+        "checkpoint-1", "checkpoint-2"]
+
+    again = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=1", "train.batch_size=1", "train.save_steps=null",
+                        "train.logging_steps=1")
+    with pytest.raises(RunFolderError, match="already holds a finished run") as refused:
+        recipe.run(again)
+    assert "--resume" in str(refused.value) and "--overwrite" in str(refused.value)
+    assert "output_dir" in str(refused.value)
+    assert (cfg.output_dir / "metrics.jsonl").read_text() == before  # untouched
+
+    summary = recipe.run(again, overwrite=True)
+    assert summary["steps"] == 1
+    assert not (cfg.output_dir / "checkpoints").exists() or not any((cfg.output_dir / "checkpoints").iterdir())
+    assert [r["step"] for r in metrics(cfg.output_dir) if "loss" in r] == [1]
+    assert not (cfg.output_dir / run_folder.LOCK_FILE).exists()  # released at the end
+
+
+def test_resume_with_other_settings_names_the_difference(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    recipe.run(cfg)
+    changed = tiny_config(tiny_model_dir, tmp_path, *SHORT, "train.batch_size=1", "lora.rank=4")
+    with pytest.raises(RunFolderError, match="trained with other settings") as refused:
+        recipe.run(changed, resume="latest")
+    assert "train.batch_size: 2 -> 1" in str(refused.value)
+    assert "lora.rank: 16 -> 4" in str(refused.value)
+    # Going on for longer, with another cadence, is what resuming is for.
+    longer = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=3", "train.batch_size=2", "train.save_steps=2",
+                         "train.logging_steps=1")
+    assert recipe.run(longer, resume="latest")["steps"] == 3
+
+
+def test_resume_and_overwrite_together_are_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(RunFolderError, match="not both"):
+        recipe.run(tiny_config(tiny_model_dir, tmp_path, *SHORT), resume="latest", overwrite=True)
+
+
+def test_resume_from_a_missing_path_says_so(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        recipe.run(cfg, resume=str(tmp_path / "nonexistent"))
+    assert not cfg.output_dir.exists()
+
+
+def test_a_failed_run_leaves_no_empty_folder(tiny_model_dir, tmp_path):
+    from lorakit.data.sources import DataError
+
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT, f"data.train={tmp_path / 'missing.jsonl'}")
+    with pytest.raises(DataError):
+        recipe.run(cfg)
+    assert not cfg.output_dir.exists()
