@@ -56,15 +56,24 @@ def write_config(tmp: Path, model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict]:
-    """The uninterrupted run every interrupted one must reproduce exactly."""
+def reference(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """The uninterrupted run every interrupted one must reproduce exactly: model, adapter, summary."""
     from tests.conftest import make_tiny_model_dir
 
     tmp = tmp_path_factory.mktemp("reference")
     model_dir = make_tiny_model_dir(tmp / "model")
     cfg = tiny_config(model_dir, tmp, *ARGS, "train.progress_bar=false")
-    run_on_one_thread(cfg)
-    return model_dir, adapter(cfg.output_dir)
+    summary = run_on_one_thread(cfg)
+    return model_dir, adapter(cfg.output_dir), summary
+
+
+def assert_same_totals(got: dict, expected: dict) -> None:
+    """A resumed run's summary counts the whole run, as the uninterrupted one does."""
+    assert got["steps"] == expected["steps"]
+    assert got["tokens_seen"] == expected["tokens_seen"]
+    assert got["loss_tokens_seen"] == expected["loss_tokens_seen"]
+    # The same step losses, added in another grouping: equal to float-sum rounding.
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-6)
 
 
 def assert_same_adapter(got: dict, expected: dict) -> None:
@@ -74,7 +83,7 @@ def assert_same_adapter(got: dict, expected: dict) -> None:
 
 
 def test_sigkill_then_resume_is_exact(reference, tmp_path):
-    model_dir, expected = reference
+    model_dir, expected, expected_summary = reference
     config = write_config(tmp_path, model_dir)
     run_dir = tmp_path / "run"
     proc = start_training(config)
@@ -100,22 +109,27 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] == str(killed_at) and summary["steps"] == STEPS
     assert_same_adapter(adapter(run_dir), expected)
+    assert_same_totals(summary, expected_summary)
     steps = [r["step"] for r in metrics(run_dir) if "loss" in r]
     assert steps == list(range(5, STEPS + 1, 5))  # no step logged twice after the resume
     assert not torn.exists()  # the torn leftover was cleaned once a newer checkpoint completed
 
 
-def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(reference, tmp_path):
-    model_dir, expected = reference
+@pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(reference, tmp_path, stop, exit_code):
+    model_dir, expected, expected_summary = reference
     config = write_config(tmp_path, model_dir)
     run_dir = tmp_path / "run"
     proc = start_training(config)
     wait_for_checkpoint(run_dir / "checkpoints", proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stderr and "--resume" in stderr
+    assert proc.returncode == exit_code, stderr
+    stderr = " ".join(stderr.split())  # rich wraps long lines
+    assert "interrupted at step" in stderr
+    assert f"Continue with: lorakit train {config} --resume" in stderr  # the real config, not a placeholder
     step = int(stderr.split("interrupted at step ")[1].split(";")[0])
+    assert step < STEPS, "the run finished before the signal"
     saved = run_dir / "checkpoints" / f"checkpoint-{step}"
     assert checkpoints.is_complete(saved)  # saved at the step it stopped, not only at save_steps
 
@@ -123,6 +137,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(reference, tmp_path):
                              capture_output=True, text=True, timeout=600, env=CHILD_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_adapter(adapter(run_dir), expected)
+    assert_same_totals(json.loads((run_dir / "summary.json").read_text()), expected_summary)
 
 
 def test_resume_refuses_an_incomplete_checkpoint(tiny_model_dir, tmp_path):
