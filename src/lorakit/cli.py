@@ -336,7 +336,8 @@ def serve(
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: anyone who can reach it can use it")
+        err.print(f"[yellow]warning:[/] serving on {host} without --api-key: only requests addressed to "
+                  "localhost, 127.0.0.1 or [::1] are answered; set --api-key to serve other machines")
     err.print(f"models: {', '.join(catalog.names())}; web chat at http://{host}:{port}/", highlight=False)
     run_server(catalog, gen, settings)
 

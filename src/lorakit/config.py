@@ -323,7 +323,9 @@ class GenerationConfig(_Section):
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0: no limit.")
     min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens below min_p x the top probability; 0: off.")
     repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages repeating tokens; 1: off.")
-    seed: int | None = Field(None, description="Seed for sampling, so a sampled answer can be reproduced.")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**64 - 1, description="Seed for sampling, so a sampled answer can be reproduced."
+    )
     batch_size: int = Field(16, gt=0)
     context_length: int | None = Field(
         None, gt=8, description="Prompt plus answer, in tokens; None: the model's max_position_embeddings."

@@ -8,6 +8,7 @@ reached deterministically. The tests that need a real model are in test_openai.p
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 
 import httpx2 as httpx
@@ -25,10 +26,25 @@ HI = [{"role": "user", "content": "What is two plus two?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def catalog(tmp_path_factory):
     catalog, _, _ = make_tiny_catalog(tmp_path_factory.mktemp("api"))
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def server(catalog):
     with running(create_app(catalog, GEN, ServeConfig(max_pending=1))) as url:
         yield url, catalog
+
+
+KEY = "sk-test"
+
+
+@pytest.fixture(scope="module")
+def keyed(catalog):
+    """The same models behind an API key, with room for several requests at once."""
+    with running(create_app(catalog, GEN, ServeConfig(max_pending=4, api_key=KEY))) as url:
+        yield url
 
 
 def chat(url: str, **body) -> httpx.Response:
@@ -121,6 +137,7 @@ def test_a_busy_server_refuses_with_429_and_recovers(server):
             busy = chat(url, model="run")
             assert busy.status_code == 429
             assert busy.json()["error"]["code"] == "server_busy"
+            assert busy.headers["Retry-After"] == "1"
             model_taken.close()
             assert [line for line in lines if line][-1] == "data: [DONE]"  # it was answered once the model was free
     assert chat(url, model="run").status_code == 200
@@ -137,13 +154,91 @@ def test_validation_errors_name_the_field(server):
         ({"model": "run", "messages": HI, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"model": "run", "messages": HI, "frequency_penalty": 0.5}, "frequency_penalty"),
         ({"model": "run", "messages": HI, "max_tokens": 200}, "messages"),  # 200 > the 96-token context
+        # Every number has a range: none of these may reach generation (2**70 was a 500 there).
+        ({"model": "run", "messages": HI, "seed": 2**70}, "seed"),
+        ({"model": "run", "messages": HI, "seed": -(2**70)}, "seed"),
+        ({"model": "run", "messages": HI, "max_tokens": 2**70}, "max_tokens"),
+        ({"model": "run", "messages": HI, "max_tokens": 0}, "max_tokens"),
+        ({"model": "run", "messages": HI, "max_completion_tokens": 2**70}, "max_completion_tokens"),
+        ({"model": "run", "messages": HI, "top_k": 2**40}, "top_k"),
+        ({"model": "run", "messages": HI, "top_k": -1}, "top_k"),
+        ({"model": "run", "messages": HI, "top_p": 0}, "top_p"),
+        ({"model": "run", "messages": HI, "min_p": 1.5}, "min_p"),
+        ({"model": "run", "messages": HI, "repetition_penalty": 1e9}, "repetition_penalty"),
+        ({"model": "run", "messages": HI, "temperature": float("nan")}, "temperature"),
+        ({"model": "run", "messages": HI, "repetition_penalty": float("inf")}, "repetition_penalty"),
     ]
     for body, param in cases:
-        response = httpx.post(f"{url}/v1/chat/completions", json=body)
+        # Python's json writes NaN and Infinity (as JavaScript does), which the client's encoder refuses.
+        response = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(body),
+                              headers={"Content-Type": "application/json"})
         assert response.status_code == 400, body
         error = response.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"], body
     assert chat(url, model="run").status_code == 200
+    seeded = chat(url, model="run", seed=2**63, temperature=1.0)  # large but in torch's range
+    assert seeded.status_code == 200, seeded.text
+
+
+def test_without_a_key_only_loopback_names_are_served(server):
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        assert httpx.get(f"{url}/v1/models", headers={"Host": host}).status_code == 200, host
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}", "10.0.0.5"):
+        refused = httpx.get(f"{url}/v1/models", headers={"Host": host})
+        assert refused.status_code == 403, host
+        assert refused.json()["error"]["code"] == "host_not_allowed" and "--api-key" in refused.json()["error"]["message"]
+    assert httpx.get(f"{url}/", headers={"Host": "evil.example"}).status_code == 403  # the page too
+
+
+def test_with_a_key_any_host_is_served_but_only_a_bearer_key_counts(keyed):
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{keyed}/v1/models", headers={**bearer, "Host": "my-server.lan:8000"}).status_code == 200
+    assert httpx.get(f"{keyed}/v1/models", headers={"Authorization": KEY}).status_code == 401  # no scheme
+    assert httpx.get(f"{keyed}/v1/models", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+    assert httpx.get(f"{keyed}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{keyed}/v1/models").status_code == 401
+
+
+def test_an_abandoned_plain_request_stops_generating(keyed, catalog):
+    """A client that gives up on a non-streamed request frees the model for the next one.
+
+    Each forward pass is slowed to 40 ms, so the 80-token answer takes over 3 s. The next
+    request (2 tokens) must be answered within 1.5 s of the first client giving up: the
+    server notices within DISCONNECT_POLL_S (0.1 s), the generation stops after its current
+    token, and the short answer needs 3 passes.
+    """
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    long_body = {"model": "base", "prompt": "The quick brown fox", "max_tokens": 80, "temperature": 0}
+    passes = []
+
+    def slow(module, args):
+        passes.append(time.monotonic())
+        time.sleep(0.04)
+
+    hook = catalog.model.get_input_embeddings().register_forward_pre_hook(slow)  # once per forward pass
+    try:
+        started = time.monotonic()
+        whole = httpx.post(f"{keyed}/v1/completions", json=long_body, headers=bearer, timeout=60).json()
+        assert whole["usage"]["completion_tokens"] == 80 and time.monotonic() - started > 3  # long, really
+        passes.clear()
+
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{keyed}/v1/completions", json=long_body, headers=bearer, timeout=0.5)
+        gave_up = time.monotonic()
+        short = httpx.post(f"{keyed}/v1/completions", headers=bearer, timeout=60,
+                           json={"model": "base", "prompt": "Hello", "max_tokens": 2})
+        waited = time.monotonic() - gave_up
+        assert short.status_code == 200 and short.json()["usage"]["completion_tokens"] == 2
+        assert waited < 1.5, f"the next request waited {waited:.2f} s: the abandoned generation went on"
+        time.sleep(0.5)
+        count = len(passes)
+        time.sleep(0.3)
+        assert len(passes) == count, "the model is still generating for nobody"
+        assert count < 40, count  # the abandoned answer stopped far short of its 80 tokens
+    finally:
+        hook.remove()
 
 
 @pytest.mark.parametrize("family", ["chatml", "llama-3"])

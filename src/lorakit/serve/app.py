@@ -5,6 +5,11 @@ CPU gains nothing from interleaving two generations, and the active adapter is g
 state). ``max_pending`` bounds how many requests may run or wait; the next is refused with
 429 at once instead of queueing without limit. Prompts are built by the same function as
 in training and ``lorakit chat``: the run's chat template, tokenized without extra BOS.
+
+A generation nobody waits for is stopped: a stream when its client closes it, a plain
+request when its client disconnects before the answer is whole. Without an API key the
+server answers only requests addressed to a loopback name (``Host: localhost``, ``127.0.0.1``,
+``[::1]``), so a web page whose domain was re-bound to 127.0.0.1 cannot use it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
 import anyio
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
@@ -34,6 +39,16 @@ from lorakit.serve.schemas import ChatRequest, CompletionRequest, _Sampling
 log = logging.getLogger(__name__)
 
 _END = object()
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+DISCONNECT_POLL_S = 0.1  # how often a waiting plain request checks that its client is still there
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: ``[::1]:8000`` -> ``::1``, ``localhost:8000`` -> ``localhost``."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def chat_prompt_ids(choice: Choice, conversation: Conversation) -> list[int]:
@@ -69,8 +84,37 @@ def _sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+async def _read_unless_abandoned(job: _Job, request: Request) -> Answer:
+    """Wait for the whole answer, but stop generating if the client leaves first (no one would read it)."""
+    outcome: dict = {}
+
+    async def read() -> None:
+        try:
+            outcome["answer"] = await anyio.to_thread.run_sync(job.stream.read)
+        except Exception as err:  # re-raised below, outside the task group (which would wrap it)
+            outcome["error"] = err
+        group.cancel_scope.cancel()  # the answer is here: stop watching
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(read)
+        while not await request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        log.info("the client of %s left before its answer: generation stopped", request.url.path)
+        job.stream.cancel()  # read() then returns after the current token
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answer"]
+
+
 def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -> FastAPI:
-    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None)  # the docs pages load scripts from a CDN
+    def loopback_only(host: str | None = Header(None)) -> None:
+        if settings.api_key is None and host_name(host or "") not in LOOPBACK_NAMES:
+            raise APIError(403, f"this server has no API key, so it answers only requests addressed to localhost, "
+                           f"127.0.0.1 or [::1], not to {host!r}; start it with --api-key to serve other names",
+                           code="host_not_allowed")
+
+    # The docs pages load scripts from a CDN: off.
+    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, dependencies=[Depends(loopback_only)])
     install_error_handlers(app)
     slots = threading.BoundedSemaphore(settings.max_pending)
     limit = context_length(catalog.model, gen)
@@ -79,8 +123,8 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
     def authorize(authorization: str | None = Header(None)) -> None:
         if settings.api_key is None:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), settings.api_key.encode()):
             raise APIError(401, "incorrect or missing API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
@@ -159,8 +203,8 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
         lookup(name)
         return model_card(name)
 
-    def respond(job: _Job, req: _Sampling, head: dict, objects: tuple[str, str],
-                piece_fields: Callable[[str | None], dict], answer_fields: Callable[[Answer], dict]):
+    async def respond(job: _Job, req: _Sampling, request: Request, head: dict, objects: tuple[str, str],
+                      piece_fields: Callable[[str | None], dict], answer_fields: Callable[[Answer], dict]):
         """Stream the job as server-sent events, or wait for it and send one body.
 
         ``objects`` names the chunk and the whole-answer object; the two callables give the
@@ -175,21 +219,26 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
             usage = (lambda u: {**head, "object": objects[0], "choices": [], "usage": u}) if include else None
             return streamed(job, chunk, usage)
         try:
-            answer = job.stream.read()
+            answer = await _read_unless_abandoned(job, request)
         finally:
             job.finish()
         return {**head, "object": objects[1],
                 "choices": [{"index": 0, **answer_fields(answer), "finish_reason": answer.finish_reason}],
                 "usage": _usage(answer)}
 
+    # The endpoints are async so a waiting request can see its client leave; the tokenizing
+    # and admitting run on a worker thread, off the event loop.
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    def chat_completions(req: ChatRequest):
-        choice = lookup(req.model)
-        ids = chat_prompt_ids(choice, req.conversation())
-        job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=True)
+    async def chat_completions(req: ChatRequest, request: Request):
+        def start() -> _Job:
+            choice = lookup(req.model)
+            ids = chat_prompt_ids(choice, req.conversation())
+            return admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=True)
+
+        job = await anyio.to_thread.run_sync(start)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-        return respond(
-            job, req, head, ("chat.completion.chunk", "chat.completion"),
+        return await respond(
+            job, req, request, head, ("chat.completion.chunk", "chat.completion"),
             # The first chunk announces the role; the closing one has an empty delta.
             lambda piece: {"delta": {"role": "assistant", "content": ""} if piece is None
                            else ({"content": piece} if piece else {})},
@@ -197,14 +246,17 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
         )
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    def completions(req: CompletionRequest):
-        choice = lookup(req.model)
-        # Raw text, as a language model reads it: the tokenizer's own special tokens, no template.
-        ids = choice.tokenizer(req.prompt)["input_ids"]
-        job = admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=False)
+    async def completions(req: CompletionRequest, request: Request):
+        def start() -> _Job:
+            choice = lookup(req.model)
+            # Raw text, as a language model reads it: the tokenizer's own special tokens, no template.
+            ids = choice.tokenizer(req.prompt)["input_ids"]
+            return admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=False)
+
+        job = await anyio.to_thread.run_sync(start)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-        return respond(
-            job, req, head, ("text_completion", "text_completion"),
+        return await respond(
+            job, req, request, head, ("text_completion", "text_completion"),
             lambda piece: {"text": piece or "", "logprobs": None},
             lambda answer: {"text": answer.text, "logprobs": None},
         )

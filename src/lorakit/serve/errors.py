@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          429: "server_busy", 500: "server_error"}
+_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+          404: "invalid_request_error", 429: "server_busy", 500: "server_error"}
+RETRY_AFTER_S = 1  # a 429 says when to try again; one answer's worth of waiting is a fair guess
 
 
 class APIError(Exception):
@@ -31,6 +32,8 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.status == 429:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 

@@ -3,6 +3,8 @@
 Unknown fields are refused (400) rather than ignored, as OpenAI itself does: a client that
 sends ``tools`` or ``logprobs`` must learn they were not honoured. ``top_k``, ``min_p`` and
 ``repetition_penalty`` are accepted besides the OpenAI fields, as other local servers do.
+Every number has a range (and no NaN or infinity), so an out-of-range value is a 400 that
+names the field, never a 500 from deep inside generation.
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+# The widest counts and seeds accepted: far above any context, and what torch.manual_seed takes.
+MAX_COUNT = 2**31 - 1
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(_Body):
@@ -38,15 +45,15 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=0, le=MAX_COUNT)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = Field(None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -83,7 +90,7 @@ class _Sampling(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     logprobs: Literal[False] | None = None
 
     def requested_tokens(self) -> int | None:
