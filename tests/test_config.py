@@ -70,6 +70,36 @@ def test_bad_keys_are_errors_with_suggestions(tmp_path, text, expected):
     assert expected in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["train.max_steps=0"], "train.max_steps: 0 steps would train nothing"),
+        (["train.max_steps=-2"], "train.max_steps"),
+        (["train.packing=true", "train.micro_batch_tokens=512"],
+         "train.packing and train.micro_batch_tokens (512) do not combine"),
+    ],
+)
+def test_bad_train_settings(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
+
+
+def test_packing_alone_and_micro_batches_alone_are_fine():
+    assert load_config(None, ["train.packing=true"]).train.micro_batch_tokens is None
+    assert load_config(None, ["train.packing=true", "train.micro_batch_tokens=0"]).train.packing  # 0: never split
+    assert load_config(None, ["train.max_steps=-1"]).train.max_steps == -1
+
+
+def test_a_folder_or_a_binary_file_as_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give the YAML config file itself"):
+        load_config(tmp_path)
+    binary = tmp_path / "model.safetensors"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00")
+    with pytest.raises(ConfigError, match="is not a text file"):
+        load_config(binary)
+
+
 def test_bad_override_syntax(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["lora.rank"])

@@ -223,7 +223,7 @@ class DistributedConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1: run the epochs.")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run the epochs.")
     batch_size: int = Field(8, gt=0, description="Samples per forward pass.")
     grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
     learning_rate: float = Field(2e-4, gt=0)
@@ -273,7 +273,8 @@ class TrainConfig(_Section):
         None, ge=0,
         description="Run each batch as forward passes of at most this many token positions, each padded only "
         "to its own longest sample (same gradient, less padding computed, lower peak memory); 0: never split; "
-        "None: 1024 on CPU, never on GPU (where wide batches are cheap).",
+        "None: 1024 on CPU, never on GPU (where wide batches are cheap). Not with packing (a packed batch is "
+        "one unpadded row, never split).",
     )
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."
@@ -281,6 +282,23 @@ class TrainConfig(_Section):
     distributed: DistributedConfig = Field(
         default_factory=DistributedConfig, description="Multi-process training (lorakit train --nproc N, torchrun)."
     )
+
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 steps would train nothing; give a number of steps, or -1 to run train.epochs")
+        return value
+
+    @model_validator(mode="after")
+    def _packing_or_micro_batches(self) -> TrainConfig:
+        if self.packing and self.micro_batch_tokens:
+            # A packed batch is one row: there is no padding to save by splitting it into passes.
+            raise ValueError(
+                f"train.packing and train.micro_batch_tokens ({self.micro_batch_tokens}) do not combine: a packed "
+                "batch is one unpadded row that is never split; drop micro_batch_tokens or set packing: false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _eval_fits_checkpoints(self) -> TrainConfig:
@@ -409,7 +427,7 @@ def _validate(raw: dict[str, Any], source: str) -> RunConfig:
             elif not key:  # a check across sections (a model validator): its message says it all
                 lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
             else:
-                lines.append(f"  {key}: {e['msg']}")
+                lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
         raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
 
 
@@ -476,8 +494,15 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
     if path is not None:
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; give the YAML config file itself (e.g. {path / 'config.yaml'})")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); "
+                              "give a YAML config file") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path} is not valid YAML: {err}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -44,6 +44,27 @@ def test_json_object_with_several_lists_needs_a_key(tmp_path):
     assert fields(read_source(DataSource(path=str(path), key="test"))) == ROWS[:1]
 
 
+def test_json_object_of_named_samples_is_read(tmp_path):
+    path = tmp_path / "named.json"
+    path.write_text(json.dumps({"first": ROWS[0], "second": ROWS[1]}), encoding="utf-8")
+    src = read_source(DataSource(path=str(path)))
+    assert fields(src) == ROWS[:2]
+    assert src.records[1].origin() == f"{path}, record 'second'"
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"version": 2, "note": "no samples here"}), encoding="utf-8")
+    with pytest.raises(DataError, match="no list of objects. Write the samples as a JSON list") as info:
+        read_source(DataSource(path=str(mixed)))
+    assert "key: NAME" not in str(info.value)  # a key cannot help where there is no list
+
+
+def test_json_errors_say_at_once(tmp_path):
+    path = tmp_path / "control.json"
+    path.write_bytes(b'[{"instruction": "a\x01b", "output": "x"}]')  # a raw control character in a string
+    with pytest.raises(DataError) as info:
+        read_source(DataSource(path=str(path)))
+    assert "Invalid control character at column" in str(info.value) and "at at" not in str(info.value)
+
+
 def test_csv_and_tsv_with_quoted_newlines(tmp_path):
     csv_path = tmp_path / "a.csv"
     csv_path.write_text('instruction,input,output\nSay hi,,Hi\n"Add\nthese",2+2,4\nLast,,x\n', encoding="utf-8")

@@ -47,6 +47,20 @@ def test_merged_folder_loads_plainly_and_matches_base_plus_adapter(tiny_run, tmp
     assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
+def test_merged_folder_has_ordinary_permissions(tiny_run, tmp_path):
+    import os
+    import stat
+
+    previous = os.umask(0o022)  # the common default, whatever this process had
+    try:
+        out = merge_run(tiny_run, tmp_path / "merged")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
+
+
 def test_merge_dtype_and_refusals(tiny_run, tmp_path):
     out = merge_run(tiny_run, tmp_path / "bf16", dtype="bfloat16")
     config = json.loads((out / "config.json").read_text())

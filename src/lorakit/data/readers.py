@@ -24,6 +24,11 @@ SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 _SAMPLE_KEYS = {"instruction", "messages", "conversations", "prompt", "text", "input", "output"}
 
 
+def _json_problem(err: json.JSONDecodeError) -> str:
+    # Some of json's messages end in "at" ("Invalid control character at"): say "at" once.
+    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+
+
 def _line_of(raw: bytes, byte: int) -> int:
     return raw.count(b"\n", 0, byte) + 1
 
@@ -52,7 +57,7 @@ def _jsonl(path: Path, raw: bytes) -> list[Record]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            problem = f"not valid JSON ({err.msg} at column {err.colno}); fix or remove the line"
+            problem = f"not valid JSON ({_json_problem(err)}); fix or remove the line"
             records.append(Record({}, str(path), f"line {number}", problem))
             continue
         if not isinstance(value, dict):
@@ -72,13 +77,15 @@ def _samples_in(path: Path, value: dict[str, Any], key: str | None) -> Any:
     if _SAMPLE_KEYS & set(value):
         return [value]  # the whole file is one sample
     lists = [k for k, v in value.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
-    if len(lists) != 1:
-        found = f"lists under {lists}" if lists else "no list of objects"
-        raise DataError(
-            f"{path}: expected a JSON list of samples, or an object holding one list of them; found {found}. "
-            "Name the key of the samples with {path: ..., key: NAME} in data.train"
-        )
-    return value[lists[0]]
+    if len(lists) == 1:
+        return value[lists[0]]
+    if not lists and value and all(isinstance(v, dict) for v in value.values()):
+        return value  # samples by name, {"id1": {...}, "id2": {...}}: each value is one sample
+    found = f"lists under {lists}" if lists else "no list of objects"
+    fix = ("Name the key of the samples with {path: ..., key: NAME} in data.train" if lists else
+           "Write the samples as a JSON list (or JSON Lines), or as an object of named samples")
+    raise DataError(f"{path}: expected a JSON list of samples, or an object holding one list of them; "
+                    f"found {found}. {fix}")
 
 
 def _json(path: Path, raw: bytes, key: str | None) -> list[Record]:
@@ -88,18 +95,22 @@ def _json(path: Path, raw: bytes, key: str | None) -> list[Record]:
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
             return _jsonl(path, raw)
-        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({_json_problem(err)})") from None
     if isinstance(value, dict):
         value = _samples_in(path, value, key)
-    if not isinstance(value, list):
+    if isinstance(value, dict):  # named samples: each is found again by its name
+        items = [(f"record {name!r}", item) for name, item in value.items()]
+    elif isinstance(value, list):
+        items = [(f"record {index}", item) for index, item in enumerate(value)]
+    else:
         raise DataError(f"{path}: expected a JSON list of samples, got {type(value).__name__}")
     records = []
-    for index, item in enumerate(value):
+    for where, item in items:
         if isinstance(item, dict):
-            records.append(Record(item, str(path), f"record {index}"))
+            records.append(Record(item, str(path), where))
         else:
             problem = f"each sample must be a JSON object, got {type(item).__name__}"
-            records.append(Record({}, str(path), f"record {index}", problem))
+            records.append(Record({}, str(path), where, problem))
     return records
 
 

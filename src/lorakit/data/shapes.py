@@ -61,6 +61,11 @@ class _View:
     def text(self, name: str, required: bool = True) -> str:
         value = self.raw(name)
         if value is None:
+            if required and self.key(name) in self.record.fields:
+                # A table (Parquet, a dataset) has every column in every row; a missing value is null there.
+                raise self.fail(
+                    f"field {self.label(name)} is empty (null); fill it in, or drop the sample from the file"
+                )
             if required:
                 have = ", ".join(sorted(self.record.fields)) or "none"
                 raise self.fail(

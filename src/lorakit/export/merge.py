@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -101,6 +102,26 @@ def merged_model(
     return model, tokenizer, cfg
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask can only swap it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """mkdtemp makes a private folder (0700): give the merged model the modes any new folder and file get."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def merge_run(
     run_dir: Path, out_dir: Path, dtype: str = "base", overwrite: bool = False,
     others: list[Path] | None = None, weights: list[float] | None = None,
@@ -123,6 +144,7 @@ def merge_run(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _ordinary_permissions(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
