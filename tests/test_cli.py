@@ -58,6 +58,15 @@ def test_train_reports_config_errors(tmp_path):
     assert "did you mean lora.rank?" in result.stderr
 
 
+def test_train_with_a_folder_or_binary_as_config_says_so(tmp_path):
+    folder = lorakit("train", str(tmp_path))
+    assert folder.returncode == 2 and "is a folder" in folder.stderr and "Traceback" not in folder.stderr
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)))
+    result = lorakit("train", str(binary))
+    assert result.returncode == 2 and "is not a text file" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_generate_prompt_and_file(trained_run, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say the city of Maria."},
                                                    {"messages": [{"role": "user", "content": "Hi"}]}])
