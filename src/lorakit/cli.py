@@ -127,12 +127,14 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None
     """Start ``nproc`` copies of this command through torchrun; errors that all ranks would hit stop here once."""
     import torch
 
-    from lorakit.train import checkpoints, distributed
+    from lorakit.train import checkpoints, distributed, run_folder
 
     try:
         distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
         # Resolved once here, so every rank is handed the same checkpoint.
         resume_from = checkpoints.resolve_resume(resume, cfg.resolved_output_dir() / "checkpoints")
+        # Rank 0 takes the folder's lock and checks it again; a taken or occupied folder fails here once.
+        run_folder.check_available(cfg.resolved_output_dir(), fresh=resume_from is None and not overwrite)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     child = ["train", *([str(config)] if config is not None else [])]

@@ -140,3 +140,34 @@ def test_a_failed_run_leaves_no_empty_folder(tiny_model_dir, tmp_path):
     with pytest.raises(DataError):
         recipe.run(cfg)
     assert not cfg.output_dir.exists()
+
+
+def test_runs_show_says_a_locked_run_is_running(tmp_path):
+    from lorakit.train.run_status import describe_run
+
+    (tmp_path / "lorakit.yaml").write_text("name: run\n", encoding="utf-8")
+    assert describe_run(tmp_path)["status"] == "not started"
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    try:
+        assert describe_run(tmp_path)["status"] == f"running (PID {os.getpid()} on {socket.gethostname()})"
+    finally:
+        lock.release()
+    assert describe_run(tmp_path)["status"] == "not started"
+
+
+def test_the_launcher_refuses_a_locked_or_occupied_folder_before_starting_workers(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    args = [sys.executable, "-m", "lorakit", "train", "--nproc", "2", "--set", f"model.name={tiny_model_dir}",
+            "--set", f"data.train={cfg.data.train[0]}", "--set", f"output_dir={cfg.output_dir}"]
+    cfg.output_dir.mkdir(parents=True)
+    lock = RunLock(cfg.output_dir)
+    lock.acquire()
+    try:
+        locked = subprocess.run(args, capture_output=True, text=True, timeout=300, env=CHILD_ENV)
+    finally:
+        lock.release()
+    assert locked.returncode == 2 and f"PID {os.getpid()}" in " ".join(locked.stderr.split()), locked.stderr
+    (cfg.output_dir / "summary.json").write_text("{}", encoding="utf-8")
+    occupied = subprocess.run(args, capture_output=True, text=True, timeout=300, env=CHILD_ENV)
+    assert occupied.returncode == 2 and "already holds a finished run" in " ".join(occupied.stderr.split())

@@ -156,6 +156,34 @@ def check_fresh(folder: Path, overwrite: bool) -> None:
     clear(folder)
 
 
+def holder(folder: Path) -> dict[str, Any] | None:
+    """Who holds ``folder``'s lock now (PID, host, start), or None when no run does."""
+    path = folder / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds it exclusively
+    except BlockingIOError:
+        return _holder(path) or {"pid": None}
+    finally:
+        os.close(fd)  # closing drops a shared lock we may have taken
+    return None
+
+
+def check_available(folder: Path, fresh: bool) -> None:
+    """Before starting workers: refuse a folder another run holds, or (``fresh``) one that holds a run."""
+    if not folder.exists():
+        return
+    taken = holder(folder)
+    if taken is not None:
+        raise RunFolderError(f"{folder} is in use by another lorakit run: {_describe(taken)}. Wait for it to end "
+                             "or stop it, or train into another output_dir")
+    if fresh:
+        check_fresh(folder, overwrite=False)
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix: tree}

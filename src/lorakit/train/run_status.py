@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lorakit.train import checkpoints
+from lorakit.train import checkpoints, run_folder
 from lorakit.train.plot import read_metrics
 
 
@@ -18,9 +18,16 @@ def describe_run(folder: Path) -> dict:
     summary_path = folder / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
     ckpts = checkpoints.checkpoints(folder / "checkpoints")
+    owner = run_folder.holder(folder)
+    if owner is not None:  # a run holds the folder's lock: it is going on now
+        status = f"running (PID {owner.get('pid')} on {owner.get('host', '?')})"
+    elif summary:
+        status = "finished"
+    else:
+        status = "stopped" if rows or ckpts else "not started"
     info: dict = {
         "folder": str(folder),
-        "status": "finished" if summary else ("running or stopped" if rows or ckpts else "not started"),
+        "status": status,
         "last_step": rows[-1]["step"] if rows else 0,
         "last_train_loss": train_rows[-1]["loss"] if train_rows else None,
         "first_train_loss": train_rows[0]["loss"] if train_rows else None,
