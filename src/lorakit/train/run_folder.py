@@ -227,6 +227,8 @@ def owned(folder: Path, main: bool = True) -> Iterator[None]:
     A folder this run created and left with nothing in it (the run failed before writing
     anything) is removed, so a failed start leaves no empty run folder behind.
     """
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(f"output_dir {folder} is a file, not a folder; set another output_dir")
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = RunLock(folder) if main else None
