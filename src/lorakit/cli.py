@@ -61,8 +61,9 @@ def train(
 ) -> None:
     """Fine-tune a LoRA adapter; writes runs/<name>/ (adapter, tokenizer, config, metrics).
 
-    One run at a time per output folder; a folder that holds a run is continued with --resume
-    or replaced with --overwrite. Ctrl-C or SIGTERM saves a checkpoint and says how to resume.
+    One run at a time per output folder: --resume continues the run there, --overwrite replaces it.
+
+    Ctrl-C or SIGTERM saves a checkpoint first, and says how to resume.
     """
     _setup_logging(verbose)
     try:
