@@ -160,3 +160,18 @@ def test_rotation_keeps_the_last_k_and_the_best(tmp_path):
     assert sorted(p.name for p in removed) == ["checkpoint-20"]
     assert [p.name for _, p in checkpoints.checkpoints(tmp_path)] == [
         "checkpoint-10", "checkpoint-30", "checkpoint-40", "checkpoint-50"]
+
+
+def test_a_checkpoint_without_totals_gives_a_summary_of_the_resumed_steps(tiny_model_dir, tmp_path):
+    """Checkpoints written before the totals were kept: the summary says what it can, not a wrong mean."""
+    cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=4", "train.batch_size=2", "train.save_steps=2",
+                      "train.logging_steps=1", "train.save_total_limit=3")
+    whole = recipe.run(cfg)
+    old = cfg.output_dir / "checkpoints" / "checkpoint-2"
+    assert set(checkpoints.read_marker(old)) == {"step", "tokens", "loss_tokens", "loss_sum"}
+    (old / checkpoints.MARKER).write_text(json.dumps({"step": 2}), encoding="utf-8")
+    resumed = recipe.run(cfg, resume=str(old))
+    after = [r["loss"] for r in metrics(cfg.output_dir) if "loss" in r and r["step"] > 2]
+    assert resumed["steps"] == 4 and len(after) == 2
+    assert resumed["train_loss"] == pytest.approx(sum(after) / 2, rel=1e-6)
+    assert 0 < resumed["tokens_seen"] < whole["tokens_seen"]

@@ -74,14 +74,17 @@ class LorakitTrainer(Trainer):
         self.skipped_steps: list[int] = []
         self._poisoned = False
         self.before_resume = RunTotals()  # what the checkpoint we resumed from had counted
+        self._steps_before_unknown = False  # resumed from a checkpoint written without totals
 
     # --- the whole run's totals, across resumes
     def resume_totals(self, checkpoint: Path) -> None:
         """Start counting from the checkpoint's totals (rank 0 holds them: the others count from 0)."""
         saved = checkpoints.read_marker(checkpoint)
-        self.before_resume = RunTotals(saved.get("tokens", 0), saved.get("loss_tokens", 0), saved.get("loss_sum", 0.0))
-        if "tokens" not in saved:
+        if "loss_sum" not in saved:
+            self._steps_before_unknown = True
             log.warning("%s predates run totals: summary.json counts only the steps after it", checkpoint)
+            return
+        self.before_resume = RunTotals(saved["tokens"], saved["loss_tokens"], saved["loss_sum"])
         if self.is_world_process_zero():
             self.count.tokens, self.count.loss_tokens = self.before_resume.tokens, self.before_resume.loss_tokens
 
@@ -93,7 +96,8 @@ class LorakitTrainer(Trainer):
     def whole_run_train_loss(self) -> float:
         """Mean train loss over every step of the run, the steps before a resume included."""
         # After train() the Trainer has added its last unlogged losses to _total_loss_scalar.
-        return (self.before_resume.loss_sum + self._total_loss_scalar) / max(self.state.global_step, 1)
+        steps = self.state.global_step - (self._initial_global_step if self._steps_before_unknown else 0)
+        return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
 
     # --- counting and guarding each step
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
