@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 LK=.venv/bin/lorakit
-$LK train examples/demo/config.yaml
+$LK train examples/demo/config.yaml --overwrite   # the demo starts afresh each time
 $LK eval runs/demo
 if [ -t 0 ]; then
     echo "Chat with the tuned model (try: Extract the person's name, age and city from the text. Answer with JSON only.  Lena, 29, lives in Oslo.)"
