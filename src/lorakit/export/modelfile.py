@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,10 @@ class TurnPieces:
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         """The prompt these pieces give: what the Go template must produce."""
+        if not messages:
+            return ""  # what the Go template gives for an empty list
         text = self.start
-        if not messages or messages[0]["role"] != "system":
+        if messages[0]["role"] != "system":
             text += self.default_system
         for i, msg in enumerate(messages):
             before, after = getattr(self, msg["role"])
@@ -127,7 +130,11 @@ def _go(text: str) -> str:
 
 def go_template(pieces: TurnPieces) -> str:
     """The Go template ollama renders, built only from string constants and .Messages."""
-    lines = [_go(pieces.start)] if pieces.start else []
+    # An empty message list renders nothing (ollama renders one when it loads a model); the
+    # guard also keeps ``index .Messages 0`` from failing on it.
+    lines = ["{{- if .Messages }}"]
+    if pieces.start:
+        lines.append(_go(pieces.start))
     if pieces.default_system:
         lines.append('{{- if ne (index .Messages 0).Role "system" }}' + _go(pieces.default_system) + "{{ end }}")
     lines += [
@@ -138,6 +145,7 @@ def go_template(pieces: TurnPieces) -> str:
         + "{{ if $last }}" + _go(pieces.generation) + "{{ end }}",
         '{{- else if eq $m.Role "assistant" }}' + _go(pieces.assistant[0]) + "{{ $m.Content }}"
         + "{{ if not $last }}" + _go(pieces.assistant[1]) + "{{ end }}",
+        "{{- end }}",
         "{{- end }}",
         "{{- end }}",
     ]
@@ -156,9 +164,28 @@ def _quoted(text: str) -> str:
     return '"""' + text + '"""'
 
 
-def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> Path:
-    """Write ``Modelfile`` beside ``gguf_path``: ``ollama create NAME -f Modelfile`` uses it."""
-    lines = [f"FROM ./{gguf_path.name}"]
+def _relative(target: Path, folder: Path) -> str:
+    """ollama resolves FROM and ADAPTER paths against the Modelfile's folder."""
+    rel = Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
+    return rel if rel.startswith("../") else "./" + rel
+
+
+def modelfile_path(gguf_path: Path) -> Path:
+    """``out/demo-q8_0.gguf`` -> ``out/demo-q8_0.Modelfile``: one per GGUF, so exports into one folder keep theirs."""
+    return gguf_path.with_name(gguf_path.stem + ".Modelfile")
+
+
+def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None,
+                    adapter: Path | None = None) -> Path:
+    """Write ``<name>.Modelfile`` beside ``gguf_path``: ``ollama create NAME -f <name>.Modelfile`` uses it.
+
+    ``adapter``: a GGUF LoRA file; the Modelfile then runs ``gguf_path`` as the base with it (``ADAPTER``)
+    and is named after the adapter.
+    """
+    path = modelfile_path(adapter if adapter is not None else gguf_path)
+    lines = [f"FROM {_relative(gguf_path, path.parent)}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER {_relative(adapter, path.parent)}")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     if template:
         add_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
@@ -170,6 +197,5 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
         lines.append("SYSTEM " + _quoted(system_prompt))
     for token in stop_tokens(tokenizer):
         lines.append(f"PARAMETER stop {json.dumps(token)}")
-    path = gguf_path.parent / "Modelfile"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
