@@ -1,0 +1,166 @@
+"""Every family exported and judged by llama.cpp itself.
+
+For a tiny random model of each architecture, with a tokenizer in that family's format,
+trained through the recipe until it answers a trained prompt and stops:
+
+* f16: llama.cpp tokenizes each rendered prompt to the HF tokenizer's ids, its greedy tokens
+  equal transformers' on the merged model, and it stops at the family's end-of-turn token;
+* bf16 and q8_0: llama.cpp's logits along the same tokens stay within the tolerances below;
+* --adapter-only: the base GGUF with the GGUF LoRA on top (llama.cpp's LoRA support) gives
+  the merged export's greedy tokens.
+
+Tolerances against the merged float32 model, as fractions of the largest |logit|:
+  bf16  mean <= 1%, max <= 4%;   q8_0  mean <= 2%, max <= 8%, same top token at >= 90% of positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.export.gguf import export_gguf
+from lorakit.export.gguf_adapter import export_adapter_gguf
+from lorakit.export.merge import merged_model
+from lorakit.train import recipe
+from tests.conftest import arch_config, make_tokenizer
+from tests.export.llamacpp import LlamaCpp, hf_greedy, hf_logits, logit_gap, needs_llama_cpp
+from tests.export.spm import make_spm_tokenizer
+from tests.train.helpers import ROWS, tiny_config
+
+pytestmark = needs_llama_cpp
+
+# case: (architecture, tokenizer kind, chat format, end-of-turn token, config overrides)
+CASES = {
+    "llama-chatml": ("llama", "bpe", "chatml", "<|im_end|>", {}),
+    "llama-3": ("llama", "bpe", "llama-3", "<|eot_id|>", {}),
+    "tinyllama-spm": ("llama", "spm", "zephyr", "</s>", {}),
+    "mistral-spm": ("mistral", "spm", "mistral", "</s>", {}),
+    "qwen2": ("qwen2", "bpe", "chatml", "<|im_end|>", {}),
+    "qwen3": ("qwen3", "bpe", "qwen3", "<|im_end|>", {}),
+    "phi3": ("phi3", "bpe", "phi-3-mini", "<|end|>", {}),
+    # real Gemma 2 checkpoints have query_pre_attn_scalar == head_dim; llama.cpp assumes it
+    "gemma2": ("gemma2", "bpe", "gemma", "<end_of_turn>", {"query_pre_attn_scalar": 8}),
+    "falcon": ("falcon", "bpe", "falcon", "<|endoftext|>", {}),
+    "bloom": ("bloom", "bpe", "bloom", "</s>", {}),
+}
+PROMPTS = [
+    [{"role": "user", "content": ROWS[0]["instruction"]}],  # trained: answers and stops
+    [{"role": "user", "content": ROWS[1]["instruction"]}],
+    [{"role": "user", "content": "Où vit Maria? Sie wohnt in Lisbon, über 34."}],  # characters training never saw
+]
+MAX_NEW = 12
+
+
+@dataclass
+class Family:
+    case: str
+    run: Path
+    merged: torch.nn.Module
+    tokenizer: object
+    template: ChatTemplate
+    end_id: int
+    prompts: list[list[int]]
+    texts: list[str]
+    folder: Path
+    exports: dict = field(default_factory=dict)
+
+    def export(self, qtype: str) -> Path:
+        if qtype not in self.exports:
+            self.exports[qtype], _ = export_gguf(self.run, self.folder / f"{self.case}-{qtype}.gguf", qtype)
+        return self.exports[qtype]
+
+
+def _model_dir(folder: Path, arch: str, kind: str, fmt: str, sizes: dict) -> Path:
+    tokenizer = make_spm_tokenizer(fmt) if kind == "spm" else make_tokenizer(fmt)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(arch_config(arch, tokenizer, **sizes))
+    with torch.no_grad():
+        # config.pad_token_id makes the pad row a zero, frozen padding_idx row. Here pad == EOS, and for
+        # chatml and zephyr EOS is the end-of-turn token: with tied embeddings its logit would stay 0 and
+        # the model could never learn to stop. A real checkpoint's row is trained; make this one random.
+        model.get_input_embeddings().weight[tokenizer.pad_token_id].normal_(std=0.3)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def family(request, tmp_path_factory) -> Family:
+    case = request.param
+    arch, kind, fmt, end, sizes = CASES[case]
+    tmp = tmp_path_factory.mktemp(case)
+    model_dir = _model_dir(tmp / "model", arch, kind, fmt, sizes)
+    cfg = tiny_config(model_dir, tmp, "train.max_steps=40", "train.batch_size=4", "train.learning_rate=0.02",
+                      "lora.rank=4", "train.save_steps=null", "train.logging_steps=100", "train.warmup=0")
+    recipe.run(cfg)
+    run = cfg.resolved_output_dir()
+    merged, tokenizer, _ = merged_model(run)
+    template = resolve_template(tokenizer, "auto")
+    texts = [template.render(tokenizer, p, add_generation_prompt=True) for p in PROMPTS]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return Family(case, run, merged, tokenizer, template, tokenizer.convert_tokens_to_ids(end), prompts, texts, tmp)
+
+
+def test_f16_tokenizes_generates_and_stops_like_transformers(family):
+    llm = LlamaCpp(family.export("f16"))
+    try:
+        meta = llm.metadata()
+        assert int(meta["tokenizer.ggml.eot_token_id"]) == family.end_id
+        assert llm.is_end(family.end_id)
+        for text, ids in zip(family.texts, family.prompts):
+            assert llm.tokenize(text) == ids, text
+        answers = [hf_greedy(family.merged, ids, MAX_NEW, family.template.end_token_ids) for ids in family.prompts]
+        # the trained prompt is answered and closed by the end-of-turn token: what stopping is checked on
+        assert answers[0][-1] == family.end_id and len(answers[0]) > 1, family.tokenizer.decode(answers[0])
+        for ids, want in zip(family.prompts, answers):
+            assert llm.greedy(ids, MAX_NEW) == want
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("qtype,mean_tol,max_tol,top_share", [("bf16", 0.01, 0.04, 0.9), ("q8_0", 0.02, 0.08, 0.9)])
+def test_bf16_and_q8_0_logits_within_tolerance(family, qtype, mean_tol, max_tol, top_share):
+    path = family.export(qtype)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    assert types["token_embd.weight"] == gguf.GGMLQuantizationType[qtype.upper()]
+    llm = LlamaCpp(path)
+    try:
+        for ids in family.prompts:
+            seq = ids + hf_greedy(family.merged, ids, MAX_NEW, family.template.end_token_ids)
+            mean, worst, top = logit_gap(llm.logits(seq), hf_logits(family.merged, seq))
+            assert mean <= mean_tol and worst <= max_tol and top >= top_share, (mean, worst, top)
+    finally:
+        llm.close()
+
+
+def test_adapter_on_base_equals_the_merged_export(family):
+    adapter = family.folder / f"{family.case}-adapter.gguf"
+    _, modelfile, base = export_adapter_gguf(family.run, adapter, "f16", with_base=True)
+    reader = gguf.GGUFReader(adapter)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.type"].contents() == "lora"
+    assert reader.fields["adapter.lora.alpha"].contents() == 32.0
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_output.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+    text = modelfile.read_text()
+    assert text.startswith(f"FROM ./{base.name}\nADAPTER ./{adapter.name}\n")
+    merged, on_base, plain = LlamaCpp(family.export("f16")), LlamaCpp(base, lora=adapter), LlamaCpp(base)
+    try:
+        for ids in family.prompts:
+            want = merged.greedy(ids, MAX_NEW)
+            assert on_base.greedy(ids, MAX_NEW) == want
+            mean, worst, _ = logit_gap(on_base.logits(ids), merged.logits(ids))
+            assert worst <= 0.01, worst
+        # the adapter is what makes the difference: the base alone answers otherwise
+        base_gap = logit_gap(plain.logits(family.prompts[0]), merged.logits(family.prompts[0]))[1]
+        assert base_gap > 0.05, base_gap
+    finally:
+        for llm in (merged, on_base, plain):
+            llm.close()
