@@ -42,7 +42,7 @@ class LlamaCpp:
 
     def is_end(self, token: int) -> bool:
         """llama.cpp's own end-of-generation rule (EOS, EOT and the like)."""
-        return bool(self._lib.llama_token_is_eog(self.llm._model.vocab, token))
+        return bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))
 
     def metadata(self) -> dict[str, str]:
         return dict(self.llm.metadata)
@@ -87,7 +87,11 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 
 
 def logit_gap(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float]:
-    """Mean and max |difference| as fractions of the largest |logit|, and the share of equal top tokens."""
+    """Mean and max |difference| as fractions of the largest |logit|, and the worst pick: how far below
+    transformers' best logit (same fraction) the token llama.cpp ranks first can be. A near tie may flip;
+    a real disagreement shows as a large worst pick."""
     scale = float(np.abs(want).max())
     diff = np.abs(got - want)
-    return float(diff.mean() / scale), float(diff.max() / scale), float((got.argmax(-1) == want.argmax(-1)).mean())
+    picked = np.take_along_axis(want, got.argmax(-1)[:, None], axis=-1)[:, 0]
+    worst_pick = float((want.max(-1) - picked).max() / scale)
+    return float(diff.mean() / scale), float(diff.max() / scale), worst_pick

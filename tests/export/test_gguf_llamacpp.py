@@ -9,8 +9,12 @@ trained through the recipe until it answers a trained prompt and stops:
 * --adapter-only: the base GGUF with the GGUF LoRA on top (llama.cpp's LoRA support) gives
   the merged export's greedy tokens.
 
-Tolerances against the merged float32 model, as fractions of the largest |logit|:
-  bf16  mean <= 1%, max <= 4%;   q8_0  mean <= 2%, max <= 8%, same top token at >= 90% of positions.
+Tolerances against the merged float32 model, as fractions of the largest |logit| (mean and max
+|difference|; the token llama.cpp ranks first may be below transformers' best by at most the max):
+  bf16   mean <= 2%, max <= 8%;
+  q8_0   the same on SmolLM2; on the tiny random models (one 32-wide block per row, weights drawn
+         with std 0.3, and llama.cpp quantizes the activations to 8 bits as well) mean <= 2%, max <= 20%;
+  base + adapter against the merged export, both f16: max <= 3% (rounding W and W + BA apart).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from lorakit.export.gguf import export_gguf
 from lorakit.export.gguf_adapter import export_adapter_gguf
 from lorakit.export.merge import merged_model
 from lorakit.train import recipe
-from tests.conftest import arch_config, make_tokenizer
+from tests.conftest import arch_config, make_tokenizer, needs_embedded
 from tests.export.llamacpp import LlamaCpp, hf_greedy, hf_logits, logit_gap, needs_llama_cpp
 from tests.export.spm import make_spm_tokenizer
 from tests.train.helpers import ROWS, tiny_config
@@ -80,7 +84,11 @@ class Family:
 def _model_dir(folder: Path, arch: str, kind: str, fmt: str, sizes: dict) -> Path:
     tokenizer = make_spm_tokenizer(fmt) if kind == "spm" else make_tokenizer(fmt)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(arch_config(arch, tokenizer, **sizes))
+    config = arch_config(arch, tokenizer, **sizes)
+    # Embedding rows past the vocabulary, as real checkpoints have (Qwen2's tokenizer class also adds
+    # <|endoftext|> to these test tokenizers when it loads them from a qwen2 folder: it needs a row).
+    config.vocab_size = len(tokenizer) + 16
+    model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         # config.pad_token_id makes the pad row a zero, frozen padding_idx row. Here pad == EOS, and for
         # chatml and zephyr EOS is the end-of-turn token: with tied embeddings its logit would stay 0 and
@@ -125,8 +133,8 @@ def test_f16_tokenizes_generates_and_stops_like_transformers(family):
         llm.close()
 
 
-@pytest.mark.parametrize("qtype,mean_tol,max_tol,top_share", [("bf16", 0.01, 0.04, 0.9), ("q8_0", 0.02, 0.08, 0.9)])
-def test_bf16_and_q8_0_logits_within_tolerance(family, qtype, mean_tol, max_tol, top_share):
+@pytest.mark.parametrize("qtype,mean_tol,max_tol", [("bf16", 0.02, 0.08), ("q8_0", 0.02, 0.20)])
+def test_bf16_and_q8_0_logits_within_tolerance(family, qtype, mean_tol, max_tol):
     path = family.export(qtype)
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
     assert types["token_embd.weight"] == gguf.GGMLQuantizationType[qtype.upper()]
@@ -134,8 +142,8 @@ def test_bf16_and_q8_0_logits_within_tolerance(family, qtype, mean_tol, max_tol,
     try:
         for ids in family.prompts:
             seq = ids + hf_greedy(family.merged, ids, MAX_NEW, family.template.end_token_ids)
-            mean, worst, top = logit_gap(llm.logits(seq), hf_logits(family.merged, seq))
-            assert mean <= mean_tol and worst <= max_tol and top >= top_share, (mean, worst, top)
+            mean, worst, pick = logit_gap(llm.logits(seq), hf_logits(family.merged, seq))
+            assert mean <= mean_tol and worst <= max_tol and pick <= max_tol, (mean, worst, pick)
     finally:
         llm.close()
 
@@ -157,10 +165,70 @@ def test_adapter_on_base_equals_the_merged_export(family):
             want = merged.greedy(ids, MAX_NEW)
             assert on_base.greedy(ids, MAX_NEW) == want
             mean, worst, _ = logit_gap(on_base.logits(ids), merged.logits(ids))
-            assert worst <= 0.01, worst
+            assert worst <= 0.03, worst
         # the adapter is what makes the difference: the base alone answers otherwise
         base_gap = logit_gap(plain.logits(family.prompts[0]), merged.logits(family.prompts[0]))[1]
         assert base_gap > 0.05, base_gap
     finally:
         for llm in (merged, on_base, plain):
             llm.close()
+
+
+# --- the embedded SmolLM2-135M-Instruct, trained a few steps ---------------------------------
+
+SMOL_PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is 12 + 30?"}],
+    [{"role": "user", "content": "Say the city of Maria."}],
+]
+SMOL_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory, embedded_cache):
+    tmp = tmp_path_factory.mktemp("smol")
+    cfg = tiny_config("smollm2-135m-instruct", tmp, "train.max_steps=3", "train.batch_size=2", "lora.rank=4",
+                      "train.save_steps=null", f"model.cache_dir={embedded_cache}", "train.learning_rate=1e-3")
+    recipe.run(cfg)
+    run = cfg.resolved_output_dir()
+    merged, tokenizer, _ = merged_model(run)
+    template = resolve_template(tokenizer, "auto")
+    texts = [template.render(tokenizer, p, add_generation_prompt=True) for p in SMOL_PROMPTS]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return Family("smollm2", run, merged, tokenizer, template, end, prompts, texts, tmp)
+
+
+@pytest.mark.slow
+@needs_embedded
+def test_smollm2_judged_by_llama_cpp(smol):
+    f16 = LlamaCpp(smol.export("f16"), n_ctx=512)
+    try:
+        assert f16.metadata()["tokenizer.ggml.pre"] == "smollm"
+        answers = []
+        for text, ids in zip(smol.texts, smol.prompts):
+            assert f16.tokenize(text) == ids
+            want = hf_greedy(smol.merged, ids, SMOL_NEW, smol.template.end_token_ids)
+            assert f16.greedy(ids, SMOL_NEW) == want, smol.tokenizer.decode(want)
+            answers.append(want)
+        assert answers[0][-1] == smol.end_id and "Paris" in smol.tokenizer.decode(answers[0])
+    finally:
+        f16.close()
+    q8 = LlamaCpp(smol.export("q8_0"), n_ctx=512)
+    try:
+        for ids, answer in zip(smol.prompts, answers):
+            mean, worst, pick = logit_gap(q8.logits(ids + answer), hf_logits(smol.merged, ids + answer))
+            assert mean <= 0.02 and worst <= 0.08 and pick <= 0.08, (mean, worst, pick)
+    finally:
+        q8.close()
+    adapter = smol.folder / "smol-adapter.gguf"
+    _, _, base = export_adapter_gguf(smol.run, adapter, "f16", with_base=True)
+    merged, on_base = LlamaCpp(smol.export("f16"), n_ctx=512), LlamaCpp(base, lora=adapter, n_ctx=512)
+    try:
+        for ids in smol.prompts:
+            assert on_base.greedy(ids, SMOL_NEW) == merged.greedy(ids, SMOL_NEW)
+    finally:
+        merged.close()
+        on_base.close()
+    sizes = {p.name: p.stat().st_size for p in smol.folder.glob("*.gguf")}
+    print("SmolLM2 GGUF sizes (bytes):", sizes)
