@@ -132,11 +132,12 @@ def export_adapter_gguf(
             count += 1
         _finish(writer)
     log.info("wrote %s (LoRA on %d matrices, %.1f MiB)", out, count // 2, out.stat().st_size / 2**20)
-    base_path = out.with_name(f"{Path(base_folder).name}.{qtype}.gguf")
+    base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
+    base_path = out.with_name(f"{base_name}.{qtype}.gguf")
     if with_base:
         base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32, local_files_only=True)
         # The run's tokenizer: it carries the chat template the adapter was trained with.
-        write_gguf(base, tokenizer, base_path, qtype, name=Path(base_folder).name)
+        write_gguf(base, tokenizer, base_path, qtype, name=base_name)
     elif not base_path.is_file():
         log.warning("the Modelfile names %s as the base; write it with --with-base", base_path)
     modelfile = write_modelfile(base_path, tokenizer, system_prompt or cfg.data.system_prompt, adapter=out)

@@ -51,6 +51,7 @@ SPECS: dict[str, ArchSpec] = {
     "qwen3": ArchSpec(gguf.MODEL_ARCH.QWEN3, "rms", rope_pairs=False),
     "phi3": ArchSpec(gguf.MODEL_ARCH.PHI3, "rms", rope_pairs=False, output_when_tied=True),
     "gemma2": ArchSpec(gguf.MODEL_ARCH.GEMMA2, "rms", rope_pairs=False, norm_plus_one=True),
+    "gemma3_text": ArchSpec(gguf.MODEL_ARCH.GEMMA3, "rms", rope_pairs=False, norm_plus_one=True),
     "falcon": ArchSpec(gguf.MODEL_ARCH.FALCON, "layer", rope_pairs=False, output_when_tied=True),
     "bloom": ArchSpec(gguf.MODEL_ARCH.BLOOM, "layer", rope_pairs=False, qkv_per_head=True,
                       output_when_tied=True, rope=False),
@@ -75,8 +76,15 @@ def kv_heads(cfg: PretrainedConfig) -> int:
     return _get(cfg, "num_key_value_heads", default=cfg.num_attention_heads)
 
 
-def _rope(cfg: PretrainedConfig) -> dict:
-    return dict(getattr(cfg, "rope_parameters", None) or {})
+def _rope(cfg: PretrainedConfig, layer_type: str = "full_attention") -> dict:
+    """The rope parameters (of one layer type, where a config keeps them per type, as Gemma 3's does)."""
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    return dict(rope.get(layer_type) or {}) if layer_type in rope else rope
+
+
+def gemma3_layer_types(n_layers: int) -> list[str]:
+    """llama.cpp's fixed Gemma 3 pattern: five sliding-window layers, then one global."""
+    return ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)]
 
 
 def check_config(cfg: PretrainedConfig) -> ArchSpec:
@@ -84,11 +92,9 @@ def check_config(cfg: PretrainedConfig) -> ArchSpec:
     model_type = cfg.model_type
     if model_type not in SPECS:
         hint = {
-            "gemma3_text": "Gemma 3 is not exported yet (its per-layer rope bases are not checked against "
-                           "llama.cpp); Gemma 2 is",
-            "gemma3": "Gemma 3 is not exported yet (its per-layer rope bases are not checked against llama.cpp); "
-                      "Gemma 2 is",
-            "gemma": "Gemma 1 is not exported; Gemma 2 is",
+            "gemma3": "this is Gemma 3's multimodal wrapper; its text model (Gemma3ForCausalLM, gemma3_text) is "
+                      "exported",
+            "gemma": "Gemma 1 is not exported; Gemma 2 and 3 are",
         }.get(model_type, "")
         raise GgufExportError(
             f"GGUF export supports {', '.join(sorted(SPECS))} models; this one is {model_type!r}"
@@ -96,19 +102,26 @@ def check_config(cfg: PretrainedConfig) -> ArchSpec:
         )
     spec = SPECS[model_type]
     rope = _rope(cfg)
-    if spec.rope and rope.get("rope_type", "default") != "default":
-        raise GgufExportError(f"rope scaling {rope.get('rope_type')!r} is not supported by lorakit's GGUF export")
+    for kind in ("full_attention", "sliding_attention") if model_type == "gemma3_text" else ("full_attention",):
+        scaling = _rope(cfg, kind).get("rope_type", "default")
+        if spec.rope and scaling != "default":
+            raise GgufExportError(f"rope scaling {scaling!r} is not supported by lorakit's GGUF export")
     if spec.rope and float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
         raise GgufExportError("partial rotary embeddings are not supported by lorakit's GGUF export")
     if model_type in ("llama", "mistral") and (getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False)):
         raise GgufExportError("Llama models with attention or MLP biases are not supported by lorakit's GGUF export")
-    if model_type == "gemma2":
+    if model_type == "gemma3_text" and list(cfg.layer_types) != gemma3_layer_types(cfg.num_hidden_layers):
+        raise GgufExportError(
+            "llama.cpp runs Gemma 3 with five sliding-window layers, then one global, repeated; this config's "
+            f"layer_types are {cfg.layer_types}"
+        )
+    if model_type in ("gemma2", "gemma3_text"):
         scalar = getattr(cfg, "query_pre_attn_scalar", None)
         # llama.cpp scales attention by 1/sqrt(head_dim) (by hidden/heads for the 27B); transformers by
         # 1/sqrt(query_pre_attn_scalar). Real Gemma 2 checkpoints agree; a config that does not would not.
         if scalar not in (head_dim(cfg), cfg.hidden_size // cfg.num_attention_heads):
             raise GgufExportError(
-                f"this Gemma 2 config scales attention by 1/sqrt({scalar}) (query_pre_attn_scalar), but llama.cpp "
+                f"this Gemma config scales attention by 1/sqrt({scalar}) (query_pre_attn_scalar), but llama.cpp "
                 f"by 1/sqrt({head_dim(cfg)}) (head_dim): the exported model would compute something else"
             )
     if model_type == "falcon":
@@ -133,7 +146,7 @@ def write_metadata(writer: gguf.GGUFWriter, cfg: PretrainedConfig, spec: ArchSpe
     writer.add_feed_forward_length(int(_get(cfg, "intermediate_size", "ffn_hidden_size", default=4 * hidden)))
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(kv_heads(cfg))
-    if head_dim(cfg) != hidden // cfg.num_attention_heads or cfg.model_type == "gemma2":
+    if head_dim(cfg) != hidden // cfg.num_attention_heads or cfg.model_type in ("gemma2", "gemma3_text"):
         writer.add_key_length(head_dim(cfg))
         writer.add_value_length(head_dim(cfg))
     if spec.norm == "rms":
@@ -149,6 +162,9 @@ def write_metadata(writer: gguf.GGUFWriter, cfg: PretrainedConfig, spec: ArchSpe
         if cfg.final_logit_softcapping is not None:
             writer.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
         writer.add_sliding_window(int(cfg.sliding_window))
+    elif cfg.model_type == "gemma3_text":
+        writer.add_sliding_window(int(cfg.sliding_window))
+        writer.add_rope_freq_base_swa(float(_rope(cfg, "sliding_attention").get("rope_theta", 10000.0)))
     elif cfg.model_type == "phi3" and getattr(cfg, "sliding_window", None):
         writer.add_sliding_window(int(cfg.sliding_window))
 
