@@ -162,6 +162,9 @@ def test_unknown_architecture_and_k_quants_are_refused_with_the_way_out(tmp_path
         export_gguf(folder, tmp_path / "x.gguf", "q4_k_m")
     with pytest.raises(GgufExportError, match="choose one of f16, bf16, q8_0"):
         export_gguf(folder, tmp_path / "x.gguf", "f32")
+    result = subprocess.run([sys.executable, "-m", "lorakit", "export", "gguf", str(folder), "--out",
+                             str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "this one is 'gpt_neox'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_run_with_unsupported_tokenizer_is_refused_before_merging(tiny_run, tmp_path, monkeypatch):
