@@ -8,6 +8,7 @@ Tolerances, against the merged float32 model:
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,9 @@ from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
 from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, gguf_tensor_name, interleave_rope_rows, write_gguf
 from lorakit.export.gguf_arch import check_config, split_qkv_per_head
-from lorakit.export.gguf_vocab import LLAMA3_SPLIT, QWEN2_SPLIT, VocabExportError, llama_cpp_pre_name
+from lorakit.export.gguf_vocab import (
+    LLAMA3_SPLIT, QWEN2_SPLIT, VocabExportError, build_vocab, check_tokenizer, end_of_turn_id, llama_cpp_pre_name,
+)
 from lorakit.export.merge import merged_model
 from lorakit.model.gguf_cache import embedded_gguf
 from lorakit.model.loader import resolve_model_folder
@@ -254,3 +257,29 @@ def test_embedded_run_round_trip(embedded_cache, tmp_path):
     assert "Paris" in run_tokenizer.decode(answer)
     assert_trainer_tokens_equal_gguf_tokens(run, tokenizer)
     assert "You are a helpful AI assistant named SmolLM" in modelfile.read_text()
+
+
+def test_sentencepiece_vocabulary():
+    from tests.export.spm import SPACE, make_spm_tokenizer
+
+    tokenizer = make_spm_tokenizer("zephyr")
+    vocab = build_vocab(tokenizer, len(tokenizer) + 3, end_of_turn_id(tokenizer))
+    assert (vocab.model, vocab.pre, vocab.merges, vocab.add_space_prefix) == ("llama", None, [], True)
+    assert vocab.types[:3] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    assert vocab.tokens[3 + 0x41] == "<0x41>" and vocab.types[3 + 0x41] == gguf.TokenType.BYTE
+    assert vocab.types[-3:] == [gguf.TokenType.UNUSED] * 3
+    assert vocab.special_ids["eot"] == vocab.special_ids["eos"] == tokenizer.convert_tokens_to_ids("</s>")
+    # llama.cpp joins the pair whose token scores highest: the earlier merge must score higher
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    first, later = ("".join(m) if isinstance(m, list) else m.replace(" ", "") for m in (merges[0], merges[-1]))
+    ids = tokenizer.get_vocab()
+    assert vocab.scores[ids[first]] > vocab.scores[ids[later]]
+    # a Metaspace prefix (not the legacy Prepend) is something llama.cpp splits differently: refused
+    from tokenizers import pre_tokenizers
+
+    for scheme in ("first", "always"):
+        other = make_spm_tokenizer("zephyr")
+        other.backend_tokenizer.normalizer = None
+        other.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme=scheme)
+        with pytest.raises(VocabExportError, match=f"Metaspace pre-tokenizer .prepend_scheme='{scheme}'"):
+            check_tokenizer(other)

@@ -103,6 +103,8 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     spec = _spec(tokenizer)
     if _kind(spec) == "gpt2":
         llama_cpp_pre_name(spec.get("pre_tokenizer"))
+    else:
+        _adds_space_prefix(spec)
 
 
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -138,20 +140,31 @@ def _merge_scores(spec: dict, vocab: dict[str, int]) -> dict[int, float]:
     return scores
 
 
-def _adds_space_prefix(spec: dict) -> bool:
-    """SentencePiece's "▁" before the text: a Prepend normalizer or a prepending Metaspace."""
-    def steps(part: dict | None) -> list[dict]:
-        if not part:
-            return []
-        return part.get("normalizers") or part.get("pretokenizers") or [part]
+def _steps(part: dict | None) -> list[dict]:
+    if not part:
+        return []
+    return part.get("normalizers") or part.get("pretokenizers") or [part]
 
-    for step in steps(spec.get("normalizer")):
-        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
-            return True
-    for step in steps(spec.get("pre_tokenizer")):
-        if step.get("type") == "Metaspace":
-            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
-    return False
+
+def _adds_space_prefix(spec: dict) -> bool:
+    """SentencePiece's "▁" before the text, as llama.cpp adds it: a Prepend normalizer (the "legacy" form).
+
+    llama.cpp puts a space before every stretch of text that starts the input or follows a special
+    token. A Prepend normalizer does exactly that (it runs on each stretch between special tokens); a
+    Metaspace pre-tokenizer does not (it skips stretches that start with a space, and with "first"
+    every stretch but the first), so a prompt like "[INST] Hi" would split differently: refused.
+    """
+    for step in _steps(spec.get("pre_tokenizer")):
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") != "never":
+            raise VocabExportError(
+                "this SentencePiece-style tokenizer adds its \u2581 prefix with a Metaspace pre-tokenizer "
+                f"(prepend_scheme={step.get('prepend_scheme', 'always')!r}), which llama.cpp does not reproduce: "
+                "after a special token, or before text that starts with a space, it would split prompts "
+                "differently from training. Tokenizers in the legacy form (a Prepend normalizer, as TinyLlama's) "
+                "and without a prefix (as Gemma's) can be exported."
+            )
+    return any(step.get("type") == "Prepend" and step.get("prepend") == "\u2581"
+               for step in _steps(spec.get("normalizer")))
 
 
 def build_vocab(tokenizer: PreTrainedTokenizerBase, rows: int, end_of_turn: int | None) -> GgufVocab:
