@@ -166,6 +166,21 @@ def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arc
     return folder
 
 
+def make_prequantized_dir(folder: Path, family: str = "chatml", seed: int = 0, bits: int = 4, **sizes) -> Path:
+    """A tiny Llama saved already quantized by bitsandbytes (4-bit nf4 with double quantization, or
+    8-bit), the way every ``*-bnb-4bit`` hub repo is: its config.json carries the quantization_config.
+    Its full-weight original is saved beside it (``<folder>-full``). ``sizes``: default QLORA_SIZES."""
+    from transformers import BitsAndBytesConfig
+
+    full = make_tiny_model_dir(folder.with_name(folder.name + "-full"), family, seed, **(sizes or QLORA_SIZES))
+    settings = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))
+    quantized = AutoModelForCausalLM.from_pretrained(full, device_map="cpu", quantization_config=settings)
+    quantized.save_pretrained(folder)
+    make_tokenizer(family).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path) -> Path:
     return make_tiny_model_dir(tmp_path / "tiny-model")
@@ -205,3 +220,49 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- a stand-in hub (tests/hubstub.py) serving tiny copies of the seed recipes' repos
+
+
+@pytest.fixture(scope="session")
+def seed_repos(tmp_path_factory) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The seed recipes' model and dataset repos, built once per test session: (models, datasets)."""
+    from tests.seedrepos import build_seed_hub
+
+    return build_seed_hub(tmp_path_factory.mktemp("seed-repos"))
+
+
+@pytest.fixture
+def hub(seed_repos, tmp_path, monkeypatch):
+    """A running HubStub with every seed repo and an empty Hugging Face cache of this test's own.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE once, at import: the environment
+    is set for subprocesses and the module's constants patched for this process.
+    """
+    from huggingface_hub import constants
+
+    from tests.hubstub import HubStub
+
+    stub = HubStub()
+    models, datasets = seed_repos
+    for repo_id, folder in models.items():
+        stub.add_model(repo_id, folder)
+    for repo_id, folder in datasets.items():
+        stub.add_dataset(repo_id, folder)
+    stub.start()
+    home = tmp_path / "hf-home"
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
+                "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", stub.url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", stub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(home / ".agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield stub
+    stub.stop()

@@ -171,7 +171,7 @@ def _system_prompt(system: Optional[str], system_file: Optional[Path]) -> Option
 
 @app.command()
 def generate(
-    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, hub id, folder or .gguf).")],
     prompt: Annotated[Optional[str], typer.Option(help="One prompt to answer.")] = None,
     file: Annotated[
         Optional[Path], typer.Option(help="JSONL, JSON or CSV of prompts (prompt, messages or instruction).")
@@ -256,7 +256,7 @@ def generate(
 
 @app.command()
 def chat(
-    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, hub id, folder or .gguf).")],
     adapter: AdapterOpt = [],
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     system_file: SystemFileOpt = None,
@@ -291,7 +291,7 @@ def chat(
 
 @app.command()
 def serve(
-    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder or .gguf).")],
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, hub id, folder or .gguf).")],
     adapter: AdapterOpt = [],
     host: Annotated[str, typer.Option(help="Address to bind; the default is reachable from this machine only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -325,7 +325,7 @@ def serve(
 
 @app.command("eval")
 def evaluate(
-    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, folder, .gguf) with --data.")],
+    target: Annotated[str, typer.Argument(help="A run folder, or a model (name, hub id, folder, .gguf) with --data.")],
     data: Annotated[Optional[list[Path]], typer.Option(help="Held-out samples (repeatable); default: data.eval.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples, for a quick look.")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Your per-sample score: file.py:fn or module:fn.")] = None,
@@ -399,7 +399,7 @@ app.add_typer(export_app, name="export")
 
 @export_app.command("gguf")
 def export_gguf(
-    source: Annotated[Path, typer.Argument(help="A run folder (merged first) or a merged model folder.")],
+    source: Annotated[Path, typer.Argument(help="A run folder (merged first), a model folder or a hub model id.")],
     output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; NAME.Modelfile goes beside it.")],
     type_: Annotated[str, typer.Option("--type", help="f16, bf16 or q8_0 (k-quants: see the README).")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
@@ -464,7 +464,7 @@ def data_inspect(
     except (ConfigError, ValueError) as e:
         _fail(str(e))
     try:
-        tokenizer = load_tokenizer(resolve_model_folder(cfg.model))
+        tokenizer = load_tokenizer(resolve_model_folder(cfg.model), cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
         result = inspect_data(
             cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit

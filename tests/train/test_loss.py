@@ -11,7 +11,7 @@ from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
 from lorakit.model.lora import apply_lora
-from lorakit.train.loss import answer_only_loss, output_head
+from lorakit.train.loss import _chunk_ce, answer_only_loss, output_head
 from tests.conftest import make_tokenizer
 
 CONVERSATIONS = [
@@ -82,3 +82,12 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir):
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
     # Packing hides each sample's first label; it is never an answer token anyway.
     assert all(item.labels[0] == -100 for item in items)
+
+
+def test_a_bfloat16_head_takes_float32_hidden_states():
+    """Under bf16 autocast a bf16 model can return float32 hidden states; the head's dtype wins."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 16, bias=False).to(torch.bfloat16)
+    hidden, targets = torch.randn(5, 8), torch.randint(0, 16, (5,))
+    expected = torch.nn.functional.cross_entropy(head(hidden.to(torch.bfloat16)).float(), targets, reduction="sum")
+    assert torch.equal(_chunk_ce(head, hidden, targets), expected)

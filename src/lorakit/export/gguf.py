@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import read_saved_config
+from lorakit.config import ModelConfig, read_saved_config
 from lorakit.export.gguf_arch import (
     GgufExportError, TensorNames, check_config, convert_tensor, interleave_rope_rows, write_metadata,
 )
 from lorakit.export.gguf_vocab import build_vocab, check_tokenizer, end_of_turn_id, write_vocab
 from lorakit.export.merge import merged_model
 from lorakit.export.modelfile import write_modelfile
+from lorakit.hub import looks_like_hub_id
 from lorakit.infer.session import RUN_CONFIG, is_run_dir
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
@@ -137,28 +138,36 @@ def _finish(writer: gguf.GGUFWriter) -> None:
     writer.close()
 
 
-def preflight(source: Path, qtype: str) -> None:
-    """Refuse what cannot be exported from the configs and the tokenizer alone, before loading weights."""
+def preflight(source: Path, qtype: str) -> str:
+    """Refuse what cannot be exported from the configs and the tokenizer alone, before loading weights.
+
+    Returns the model folder: the run's base, the folder itself, or a hub id's snapshot.
+    """
     check_type(qtype)
     if is_run_dir(source):
         folder = resolve_model_folder(read_saved_config(source / RUN_CONFIG).model)
-    elif (source / "config.json").is_file():
-        folder = str(source)
+        tokenizer_source = str(source)  # the run's tokenizer, carrying its template
+    elif (source / "config.json").is_file() or (not source.exists() and looks_like_hub_id(str(source))):
+        # A model folder, or a hub id resolved to its cached (or downloaded) snapshot like any base.
+        folder = tokenizer_source = resolve_model_folder(ModelConfig(name=str(source)))
     else:
-        raise GgufExportError(f"{source} is neither a run folder (lorakit.yaml) nor a model folder (config.json)")
+        raise GgufExportError(
+            f"{source} is neither a run folder (lorakit.yaml), a model folder (config.json) nor a hub id (owner/name)"
+        )
     check_config(AutoConfig.from_pretrained(folder, local_files_only=True))
-    check_tokenizer(load_tokenizer(str(source)))
+    check_tokenizer(load_tokenizer(tokenizer_source))
+    return folder
 
 
 def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None) -> tuple[Path, Path]:
     """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths."""
-    preflight(source, qtype)
+    folder = preflight(source, qtype)
     if is_run_dir(source):
         model, tokenizer, cfg = merged_model(source)
         system_prompt = system_prompt or cfg.data.system_prompt
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=True)
-        tokenizer = load_tokenizer(str(source))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        tokenizer = load_tokenizer(folder)
     write_gguf(model, tokenizer, out, qtype, name=source.resolve().name)
     modelfile = write_modelfile(out, tokenizer, system_prompt)
     return out, modelfile

@@ -8,6 +8,7 @@ weights are cast to the output dtype, so rounding happens once.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import RunConfig, read_saved_config
 from lorakit.data.templates import resolve_template
@@ -42,11 +43,9 @@ def read_run(run_dir: Path) -> RunConfig:
 
 def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
     """The dtype the base model was published in: a merged model is saved like its base."""
-    config = AutoConfig.from_pretrained(resolve_model_folder(cfg.model), local_files_only=True)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    if isinstance(dtype, str):
-        dtype = DTYPES.get(dtype)
-    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+    config = json.loads((Path(resolve_model_folder(cfg.model)) / "config.json").read_text(encoding="utf-8"))
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else torch.float32
 
 
 def weighted_merge(model: PeftModel, weights: dict[str, float]) -> PreTrainedModel:

@@ -73,5 +73,5 @@ def open_session(target: str, cache_dir: Path, use_adapter: bool = True, others:
     source = resolve_model_folder(model_cfg)
     model = load_model(source, model_cfg.dtype)
     model.eval()
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source)  # a base model named on the command line: no remote code
     return Session(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)

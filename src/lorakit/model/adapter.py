@@ -27,12 +27,12 @@ def load_run_base(
     """The run's base model. ``dequantize``: turn a 4/8-bit base back into plain layers holding
     exactly the quantized values, which is what the adapter was trained against (merging into
     the original full-precision weights instead would shift every output a little)."""
-    base = load_model(resolve_model_folder(cfg), dtype or cfg.dtype, cfg.quantization)
+    base = load_model(resolve_model_folder(cfg), dtype or cfg.dtype, cfg.quantization, cfg.trust_remote_code)
     if dequantize and is_quantized(base):
         base = base.dequantize()
         # transformers drops the quantizer but leaves these flags, which peft reads to pick layer types.
         base.is_loaded_in_4bit = base.is_loaded_in_8bit = False
-        log.info("dequantized the %s-bit base to %s", cfg.quantization.bits, base.dtype)
+        log.info("dequantized the quantized base to %s", base.dtype)  # cfg.quantization is None when saved so
     fit_embeddings(base, tokenizer)
     return base
 

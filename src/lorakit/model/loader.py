@@ -1,7 +1,9 @@
 """Where the base model and its tokenizer come from.
 
 A model spec is the embedded SmolLM2, a local transformers folder, a ``.gguf`` file, or a
-hub name that must already be in the local cache (this product runs offline by default).
+hub id (``owner/name``), which ``model/hub.py`` resolves to a snapshot in the Hugging Face
+cache, downloading it on first use. Every spec ends as a local folder, and transformers is
+always called with ``local_files_only=True``: it never reaches the network itself.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import EMBEDDED_MODEL, ModelConfig, QuantizationConfig
+from lorakit.hub import looks_like_hub_id
 from lorakit.model.dtype import resolve_dtype
 from lorakit.model.gguf_cache import ModelNotFoundError, converted_folder, embedded_gguf
-from lorakit.model.quantization import bnb_config, check_4bit_cpu_shapes, cpu_4bit_kernel_repacks
+from lorakit.model.hub import check_remote_code, model_snapshot, needs_remote_code
+from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quantization, cpu_4bit_kernel_repacks,
+                                        quantized_loading)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,7 @@ _EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolL
 
 
 def resolve_model_folder(cfg: ModelConfig) -> str:
-    """Turn the configured model name into something ``from_pretrained`` reads offline."""
+    """Turn the configured model name into a local folder ``from_pretrained`` reads offline."""
     name = cfg.name
     if name in _EMBEDDED_ALIASES:
         return str(converted_folder(embedded_gguf(), cfg.cache_dir))
@@ -35,28 +40,28 @@ def resolve_model_folder(cfg: ModelConfig) -> str:
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a transformers model folder (no config.json in it)")
+        check_remote_code(path, f"model folder {path}", str(path.resolve()), cfg.trust_remote_code)
         return str(path)
-    if name.count("/") == 1 and not name.startswith((".", "/")):
-        return name  # a hub id; from_pretrained is called with local_files_only=True
+    if looks_like_hub_id(name):
+        return str(model_snapshot(name, cfg.revision, cfg.download, cfg.trust_remote_code))
     raise ModelNotFoundError(
         f"model '{name}' not found: give a local model folder, a .gguf file, "
-        f"'{EMBEDDED_MODEL}', or a hub name already downloaded to the local cache"
+        f"'{EMBEDDED_MODEL}', or a hub id (owner/name)"
     )
 
 
-def _from_pretrained(loader, source: str, **kwargs):
+def _from_pretrained(loader, source: str, trust_remote_code: bool = False, **kwargs):
+    # Remote code runs only where the config allowed it and transformers lacks the architecture;
+    # a known architecture always loads with transformers' own code.
+    trust = trust_remote_code and (Path(source) / "config.json").is_file() and needs_remote_code(Path(source))
     try:
-        return loader.from_pretrained(source, local_files_only=True, **kwargs)
+        return loader.from_pretrained(source, local_files_only=True, trust_remote_code=trust, **kwargs)
     except OSError as err:
-        raise ModelNotFoundError(
-            f"could not load '{source}' offline: {err}\n"
-            "lorakit does not download at run time. Download the model once where the network allows "
-            "(e.g. `hf download NAME`) so it is in the Hugging Face cache, or give a local folder."
-        ) from None
+        raise ModelNotFoundError(f"could not load the model from {source}: {err}") from None
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    tokenizer = _from_pretrained(AutoTokenizer, source)
+def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code)
     if tokenizer.pad_token_id is None:
         # Padding positions are excluded from the loss by their labels, never by token id,
         # so reusing EOS as the pad token is safe here.
@@ -64,23 +69,28 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(source: str, dtype: str, quantization: QuantizationConfig | None = None) -> PreTrainedModel:
-    """Load the base: in ``dtype`` (checked against the hardware), quantized when asked.
+def load_model(
+    source: str, dtype: str, quantization: QuantizationConfig | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Load the base: in ``dtype`` (checked against the hardware), quantized when asked or saved so.
 
     On a GPU accelerate places the layers (``device_map="auto"``); on a CPU everything stays put.
     """
     kwargs: dict = {"dtype": resolve_dtype(dtype)}
     if torch.cuda.is_available():
         kwargs["device_map"] = "auto"
-    if quantization is not None:
-        kwargs["quantization_config"] = bnb_config(quantization, dtype)
-        if quantization.bits == 4 and cpu_4bit_kernel_repacks():
-            check_4bit_cpu_shapes(_from_pretrained(AutoConfig, source), source)
+    config = _from_pretrained(AutoConfig, source, trust_remote_code)
+    quantized = quantized_loading(config, quantization, dtype)  # asked for, or saved quantized
+    if quantized:
+        if (quantization or checkpoint_quantization(config)).bits == 4 and cpu_4bit_kernel_repacks():
+            check_4bit_cpu_shapes(config, source)
+        kwargs.update(quantized)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
-    return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    return _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, **kwargs)
 
 
 def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     source = resolve_model_folder(cfg)
     log.info("loading base model from %s", source)
-    return load_model(source, cfg.dtype, cfg.quantization), load_tokenizer(source)
+    trust = cfg.trust_remote_code
+    return load_model(source, cfg.dtype, cfg.quantization, trust), load_tokenizer(source, trust)

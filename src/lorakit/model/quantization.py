@@ -1,13 +1,21 @@
-"""Quantized loading for QLoRA: the config section turned into bitsandbytes settings.
+"""Quantized loading for QLoRA: the config section turned into bitsandbytes settings, or a
+checkpoint saved already quantized (every ``*-bnb-4bit`` repo) loaded as it is.
 
 bitsandbytes is an optional extra (``pip install 'lorakit[qlora]'``); the message says so
 when it is missing instead of failing deep inside transformers. Version 0.50 runs its 4-bit and
 8-bit layers on CPU too, which is how the tests exercise QLoRA on a machine with no GPU.
+
+A pre-quantized checkpoint's bits, data type and double quantization are baked into its
+weights, so ``model.quantization`` may restate them but not change them: a different setting is
+refused rather than silently ignored (re-quantizing would mean dequantizing and quantizing a
+second time, compounding the rounding). Its compute dtype is not baked in: it follows
+``model.dtype`` (or ``compute_dtype``) exactly as when lorakit quantizes full weights itself.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
@@ -15,15 +23,21 @@ from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 from lorakit.config import QuantizationConfig
 from lorakit.model.dtype import resolve_dtype
 
+log = logging.getLogger(__name__)
+
 
 class QuantizationUnavailableError(ImportError):
     """bitsandbytes is not installed; the message says how to install it."""
 
 
-def require_bitsandbytes() -> None:
+class QuantizationMismatchError(ValueError):
+    """model.quantization asks for other settings than the checkpoint was quantized with."""
+
+
+def require_bitsandbytes(what: str = "model.quantization") -> None:
     if importlib.util.find_spec("bitsandbytes") is None:
         raise QuantizationUnavailableError(
-            "model.quantization needs bitsandbytes, which is not installed. Install it with:\n"
+            f"{what} needs bitsandbytes, which is not installed. Install it with:\n"
             "  pip install 'lorakit[qlora]'   (or: pip install bitsandbytes)"
         )
 
@@ -96,3 +110,60 @@ def check_4bit_cpu_shapes(config: PretrainedConfig, source: str) -> None:
             f"{CPU_4BIT_COLUMN_BLOCK}; these are not: {shown}. Use 8-bit (model.quantization.bits=8), no "
             "quantization, or a GPU. (Published models always fit; this happens with very small test models.)"
         )
+
+
+def _describe(cfg: QuantizationConfig) -> str:
+    return "8-bit" if cfg.bits == 8 else f"4-bit {cfg.type}, double_quant {str(cfg.double_quant).lower()}"
+
+
+def _baked(cfg: QuantizationConfig) -> tuple:
+    """What is fixed in the weights once they are quantized (8-bit has no type to choose)."""
+    return (8,) if cfg.bits == 8 else (4, cfg.type, cfg.double_quant)
+
+
+def _as_dict(quantization_config) -> dict:
+    return dict(quantization_config) if isinstance(quantization_config, dict) else quantization_config.to_dict()
+
+
+def checkpoint_quantization(config: PretrainedConfig) -> QuantizationConfig | None:
+    """The bitsandbytes settings a checkpoint was saved quantized with; None for full weights."""
+    if getattr(config, "quantization_config", None) is None:
+        return None
+    raw = _as_dict(config.quantization_config)
+    method = raw.get("quant_method")
+    if method != "bitsandbytes":
+        raise QuantizationMismatchError(
+            f"the checkpoint is quantized with {method!r}; lorakit trains full-precision checkpoints and "
+            "bitsandbytes-quantized ones (QLoRA). Give the full-precision model, with model.quantization if "
+            "it should be quantized."
+        )
+    if raw.get("load_in_8bit"):
+        return QuantizationConfig(bits=8)
+    return QuantizationConfig(bits=4, type=raw.get("bnb_4bit_quant_type", "fp4"),
+                              double_quant=bool(raw.get("bnb_4bit_use_double_quant", False)))
+
+
+def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None, model_dtype: str) -> dict:
+    """The ``from_pretrained`` arguments for quantized loading; empty for a plain full-weight load.
+
+    Full weights with ``asked``: bitsandbytes quantizes them while loading. A pre-quantized
+    checkpoint: loaded as saved (a second BitsAndBytesConfig would only be ignored, with a
+    warning), its compute dtype set through the config handed back.
+    """
+    saved = checkpoint_quantization(config)
+    if saved is None:
+        return {} if asked is None else {"quantization_config": bnb_config(asked, model_dtype)}
+    require_bitsandbytes(f"this checkpoint (saved quantized by bitsandbytes, {_describe(saved)})")
+    if asked is not None and _baked(asked) != _baked(saved):
+        raise QuantizationMismatchError(
+            f"model.quantization asks for {_describe(asked)}, but the checkpoint is already quantized "
+            f"({_describe(saved)}) and cannot be quantized differently. Remove model.quantization to train "
+            "on the checkpoint as it is, or give the full-precision model to quantize it your way."
+        )
+    log.info("the checkpoint is saved quantized (%s); loading it as it is", _describe(saved))
+    if saved.bits == 4:
+        compute = bnb_config(asked or saved, model_dtype).bnb_4bit_compute_dtype
+        raw = _as_dict(config.quantization_config)
+        raw["bnb_4bit_compute_dtype"] = str(compute).removeprefix("torch.")
+        config.quantization_config = raw
+    return {"config": config}

@@ -26,7 +26,7 @@ from lorakit.train import checkpoints, distributed
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.plot import read_metrics
-from lorakit.train.tracking import tracker_callbacks
+from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads
     source = resolve_model_folder(cfg.model)
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
     splits = build_splits(cfg.data, tokenizer, template)
@@ -88,7 +88,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     if cfg.train.early_stopping_patience and not splits.eval:
         raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
 
-    base = load_model(source, cfg.model.dtype, cfg.model.quantization)
+    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
     fit_embeddings(base, tokenizer)
     model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
@@ -113,13 +113,14 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         _trim_metrics(out / METRICS_FILE, int(resume_from.name.split("-")[-1]))
         log.info("resuming from %s", resume_from)
     stopper = StopOnInterrupt()
+    trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
     for callback in [
         MetricsLog(out / METRICS_FILE, trainer.count, fresh=resume_from is None and main),
         LossPlot(out / METRICS_FILE, out / PLOT_FILE),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
         *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
-        *(tracker_callbacks(cfg.train.report_to, out) if main else []),
+        *trackers,
         *(hooks or []),
     ]:
         trainer.add_callback(callback)
@@ -129,19 +130,24 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         save_config(cfg, out / CONFIG_FILE)  # written first, so a killed run can be resumed and inspected
     started = time.monotonic()
     stopper.install()
+    finished = False
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        finally:
+            stopper.uninstall()
+        elapsed = time.monotonic() - started
+        if stopper.interrupted:
+            raise TrainingInterrupted(
+                f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {ckpt_dir}. "
+                "Continue with: lorakit train CONFIG --resume"
+            )
+        # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
+        # the in-training evaluations so the eval curve is not given a duplicate last point.
+        eval_loss = trainer.evaluate(metric_key_prefix="final_eval")["final_eval_loss"] if splits.eval else None
+        finished = True
     finally:
-        stopper.uninstall()
-    elapsed = time.monotonic() - started
-    if stopper.interrupted:
-        raise TrainingInterrupted(
-            f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {ckpt_dir}. "
-            "Continue with: lorakit train CONFIG --resume"
-        )
-    # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
-    # the in-training evaluations so the eval curve is not given a duplicate last point.
-    eval_loss = trainer.evaluate(metric_key_prefix="final_eval")["final_eval_loss"] if splits.eval else None
+        close_trackers(trackers, ok=finished)  # a failed run is marked failed in the tracker, not left open
 
     tokens, loss_tokens = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
     if not main:
