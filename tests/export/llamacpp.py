@@ -81,6 +81,31 @@ def hf_greedy(model, ids: list[int], max_new: int, end_ids) -> list[int]:
     return out
 
 
+def with_file_weights(model, qtype: str):
+    """A copy of ``model`` whose matrices hold what a ``qtype`` export stores (quantized, then read back).
+
+    Rounding works on whole rows, so it does not matter that the file reorders some rows. What
+    is left between this and llama.cpp is how each computes, not what the file holds.
+    """
+    import copy
+
+    import gguf
+
+    kind = gguf.GGMLQuantizationType[qtype.upper()]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in out.parameters():
+            if param.dim() == 2:
+                data = param.detach().float().numpy()
+                if data.shape[-1] % block:  # the export keeps such rows f16
+                    back = data.astype(np.float16).astype(np.float32)
+                else:
+                    back = gguf.quants.dequantize(gguf.quants.quantize(data, kind), kind)
+                param.copy_(torch.from_numpy(np.ascontiguousarray(back)).reshape(param.shape))
+    return out
+
+
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()

@@ -1,4 +1,5 @@
-"""A tiny SentencePiece-style tokenizer, as TinyLlama's and Mistral's tokenizer.json have it.
+"""A tiny SentencePiece-style tokenizer, as TinyLlama's and Mistral's tokenizer.json have it (or as
+transformers 5 rebuilds them).
 
 BPE with byte fallback over "▁"-marked text: a Prepend("▁") + Replace(" ", "▁") normalizer,
 no pre-tokenizer, the 256 byte tokens <0x00>..<0xFF> after the specials, BOS added by the
@@ -17,7 +18,9 @@ from tests.conftest import CORPUS, FAMILY_FORMATS
 SPACE = "\u2581"
 
 
-def make_spm_tokenizer(family: str = "zephyr") -> PreTrainedTokenizerFast:
+def make_spm_tokenizer(family: str = "zephyr", metaspace: str | None = None) -> PreTrainedTokenizerFast:
+    """``metaspace``: "first" or "always" gives the form transformers 5 builds Llama-style tokenizers in
+    (a Metaspace pre-tokenizer with that prepend_scheme, no normalizer) instead of the legacy one."""
     bos, eos, extra, jinja = FAMILY_FORMATS[family]
     specials = ["<unk>", bos, eos]
     # Train word-local merges (as SentencePiece does), on text marked the way the normalizer marks it.
@@ -37,6 +40,9 @@ def make_spm_tokenizer(family: str = "zephyr") -> PreTrainedTokenizerFast:
         decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
     ])
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    if metaspace is not None:
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme=metaspace, split=False)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>",
                                    pad_token=eos)
     fast.add_special_tokens({"additional_special_tokens": extra})

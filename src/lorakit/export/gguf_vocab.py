@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 import gguf
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.templates import resolve_template
@@ -104,7 +105,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     if _kind(spec) == "gpt2":
         llama_cpp_pre_name(spec.get("pre_tokenizer"))
     else:
-        _adds_space_prefix(spec)
+        _space_prefix(tokenizer, spec)
 
 
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -146,25 +147,63 @@ def _steps(part: dict | None) -> list[dict]:
     return part.get("normalizers") or part.get("pretokenizers") or [part]
 
 
-def _adds_space_prefix(spec: dict) -> bool:
-    """SentencePiece's "▁" before the text, as llama.cpp adds it: a Prepend normalizer (the "legacy" form).
+def _as_llama_cpp_splits(spec: dict, space_prefix: bool) -> Tokenizer:
+    """The tokenizer with llama.cpp's SentencePiece rule for spaces: each space becomes "▁", and with
+    ``space_prefix`` one "▁" goes before every stretch of text that starts the input or follows a
+    special token (a Prepend normalizer does exactly that: it runs on each stretch between them)."""
+    steps = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
+    if space_prefix:
+        steps.insert(0, {"type": "Prepend", "prepend": "\u2581"})
+    return Tokenizer.from_str(json.dumps({**spec, "normalizer": {"type": "Sequence", "normalizers": steps},
+                                          "pre_tokenizer": None}))
 
-    llama.cpp puts a space before every stretch of text that starts the input or follows a special
-    token. A Prepend normalizer does exactly that (it runs on each stretch between special tokens); a
-    Metaspace pre-tokenizer does not (it skips stretches that start with a space, and with "first"
-    every stretch but the first), so a prompt like "[INST] Hi" would split differently: refused.
+
+def _chat_samples(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Prompts as lorakit renders them for this tokenizer: what llama.cpp must split the same way."""
+    if not isinstance(tokenizer.chat_template, str):
+        return ["Hello world. Where does Maria live?"]
+    template = resolve_template(tokenizer, "auto")
+    turns = [{"role": "user", "content": "Where does Maria live?"},
+             {"role": "assistant", "content": " In Lisbon, I think."}, {"role": "user", "content": "And Ana?"}]
+    samples = [template.render(tokenizer, turns[:1], True), template.render(tokenizer, turns, True)]
+    try:
+        samples.append(template.render(tokenizer, [{"role": "system", "content": "Be brief."}, *turns], True))
+    except Exception:  # noqa: BLE001 - a template that refuses system turns
+        pass
+    return samples
+
+
+def _space_prefix(tokenizer: PreTrainedTokenizerBase, spec: dict) -> bool:
+    """llama.cpp's ``add_space_prefix`` that splits this SentencePiece-style tokenizer's prompts as it does.
+
+    A Prepend normalizer (the "legacy" form, TinyLlama's tokenizer.json) is llama.cpp's own rule.
+    transformers 5 builds Llama-style tokenizers with a Metaspace pre-tokenizer instead, which puts
+    "▁" only before the first stretch ("first") or before stretches that do not start with a space
+    ("always"): for those, the setting whose splits equal the tokenizer's own on its chat prompts is
+    chosen, and a tokenizer neither setting reproduces is refused with the prompt that differs.
     """
-    for step in _steps(spec.get("pre_tokenizer")):
-        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") != "never":
-            raise VocabExportError(
-                "this SentencePiece-style tokenizer adds its \u2581 prefix with a Metaspace pre-tokenizer "
-                f"(prepend_scheme={step.get('prepend_scheme', 'always')!r}), which llama.cpp does not reproduce: "
-                "after a special token, or before text that starts with a space, it would split prompts "
-                "differently from training. Tokenizers in the legacy form (a Prepend normalizer, as TinyLlama's) "
-                "and without a prefix (as Gemma's) can be exported."
-            )
-    return any(step.get("type") == "Prepend" and step.get("prepend") == "\u2581"
-               for step in _steps(spec.get("normalizer")))
+    if any(s.get("type") == "Prepend" and s.get("prepend") == "\u2581" for s in _steps(spec.get("normalizer"))):
+        return True
+    meta = next((s for s in _steps(spec.get("pre_tokenizer")) if s.get("type") == "Metaspace"), None)
+    if meta is None or meta.get("prepend_scheme", "always") == "never":
+        return False
+    samples = _chat_samples(tokenizer)
+    want = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in samples]
+    first = meta.get("prepend_scheme", "always") == "always"
+    for prefix in (first, not first):
+        splits = _as_llama_cpp_splits(spec, prefix)
+        got = [splits.encode(text, add_special_tokens=False).ids for text in samples]
+        if got == want:
+            return prefix
+    text, ids = next((t, w) for t, w, g in zip(samples, want, got) if w != g)
+    raise VocabExportError(
+        "llama.cpp cannot split this SentencePiece-style tokenizer's prompts as training did: it puts \u2581 "
+        "before every stretch of text after a special token or before none, while this tokenizer's Metaspace "
+        f"pre-tokenizer (prepend_scheme={meta.get('prepend_scheme', 'always')!r}) does neither. For the prompt "
+        f"{text!r} training saw {tokenizer.convert_ids_to_tokens(ids)[:12]}, llama.cpp would see "
+        f"{tokenizer.convert_ids_to_tokens(got[samples.index(text)])[:12]}. A tokenizer in the legacy form (a "
+        "Prepend normalizer) or whose template starts every prompt with a special token (BOS) exports."
+    )
 
 
 def build_vocab(tokenizer: PreTrainedTokenizerBase, rows: int, end_of_turn: int | None) -> GgufVocab:
@@ -209,7 +248,7 @@ def build_vocab(tokenizer: PreTrainedTokenizerBase, rows: int, end_of_turn: int 
         special_ids={k: v for k, v in special_ids.items() if v is not None},
         add_bos=add_bos, add_eos=add_eos, chat_template=template,
         scores=scores if kind == "llama" else [],
-        add_space_prefix=kind == "llama" and _adds_space_prefix(spec),
+        add_space_prefix=kind == "llama" and _space_prefix(tokenizer, spec),
     )
 
 
