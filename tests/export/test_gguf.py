@@ -282,3 +282,16 @@ def test_sentencepiece_vocabulary():
         assert build_vocab(tokenizer, len(tokenizer), None).add_space_prefix is prefix, (family, scheme)
     with pytest.raises(VocabExportError, match="prepend_scheme='first'.*For the prompt '<.user.>"):
         check_tokenizer(make_spm_tokenizer("zephyr", metaspace="first"))
+
+
+def test_gemma3_layer_pattern_and_attention_scale_are_checked(tmp_path):
+    from transformers import Gemma3TextConfig
+
+    sizes = dict(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=8)
+    assert check_config(Gemma3TextConfig(**sizes, query_pre_attn_scalar=8)).name == "gemma3"
+    swapped = Gemma3TextConfig(**sizes, query_pre_attn_scalar=8, layer_types=["full_attention", "sliding_attention"])
+    with pytest.raises(GgufExportError, match="five sliding-window layers, then one global"):
+        export_gguf(_config_only_folder(tmp_path / "a", swapped), tmp_path / "x.gguf")
+    with pytest.raises(GgufExportError, match=r"1/sqrt\(256\) \(query_pre_attn_scalar\), but llama.cpp would by 1/sqrt\(8\)"):
+        check_config(Gemma3TextConfig(**sizes))

@@ -117,12 +117,15 @@ def check_config(cfg: PretrainedConfig) -> ArchSpec:
         )
     if model_type in ("gemma2", "gemma3_text"):
         scalar = getattr(cfg, "query_pre_attn_scalar", None)
-        # llama.cpp scales attention by 1/sqrt(head_dim) (by hidden/heads for the 27B); transformers by
-        # 1/sqrt(query_pre_attn_scalar). Real Gemma 2 checkpoints agree; a config that does not would not.
-        if scalar not in (head_dim(cfg), cfg.hidden_size // cfg.num_attention_heads):
+        # transformers scales attention by 1/sqrt(query_pre_attn_scalar); llama.cpp by 1/sqrt(head_dim), except
+        # for the 27B models, which it knows by their layer count (46, 62), by 1/sqrt(hidden / heads). The real
+        # checkpoints agree with it; a config that does not would compute something else.
+        big = cfg.num_hidden_layers == (46 if model_type == "gemma2" else 62)
+        expected = cfg.hidden_size // cfg.num_attention_heads if big else head_dim(cfg)
+        if scalar != expected:
             raise GgufExportError(
                 f"this Gemma config scales attention by 1/sqrt({scalar}) (query_pre_attn_scalar), but llama.cpp "
-                f"by 1/sqrt({head_dim(cfg)}) (head_dim): the exported model would compute something else"
+                f"would by 1/sqrt({expected}): the exported model would compute something else"
             )
     if model_type == "falcon":
         problems = [text for bad, text in (
