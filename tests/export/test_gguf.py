@@ -24,7 +24,7 @@ from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 from lorakit.config import ModelConfig
 from lorakit.data.encode import encode_conversation
 from lorakit.data.templates import resolve_template
-from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, gguf_tensor_name, interleave_rope_rows, write_gguf
+from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, gguf_tensor_name, interleave_rope_rows
 from lorakit.export.gguf_arch import check_config, split_qkv_per_head
 from lorakit.export.gguf_vocab import (
     LLAMA3_SPLIT, QWEN2_SPLIT, VocabExportError, build_vocab, check_tokenizer, end_of_turn_id, llama_cpp_pre_name,
@@ -260,7 +260,7 @@ def test_embedded_run_round_trip(embedded_cache, tmp_path):
 
 
 def test_sentencepiece_vocabulary():
-    from tests.export.spm import SPACE, make_spm_tokenizer
+    from tests.export.spm import make_spm_tokenizer
 
     tokenizer = make_spm_tokenizer("zephyr")
     vocab = build_vocab(tokenizer, len(tokenizer) + 3, end_of_turn_id(tokenizer))

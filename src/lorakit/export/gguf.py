@@ -96,7 +96,7 @@ def write_gguf(
     spec = check_config(model.config)
     tensor_type, file_type = FILE_TYPES[qtype]
     vocab = build_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], end_of_turn_id(tokenizer))
-    with _atomic(out) as tmp:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, spec.name)
         writer.add_type("model")
         writer.add_name(name)
@@ -107,12 +107,12 @@ def write_gguf(
         write_vocab(writer, vocab)
         for tensor_name, data, raw in _tensors(model, tensor_type):
             writer.add_tensor(tensor_name, data, raw_dtype=raw)
-        _finish(writer)
+        finish_writer(writer)
     log.info("wrote %s (%s %s, %.1f MiB)", out, spec.name, qtype, out.stat().st_size / 2**20)
     return out
 
 
-class _atomic:
+class atomic_output:
     """Write into a temporary file beside ``out`` and rename: a failed export leaves no half file."""
 
     def __init__(self, out: Path):
@@ -131,7 +131,7 @@ class _atomic:
             shutil.rmtree(self.tmp.parent, ignore_errors=True)
 
 
-def _finish(writer: gguf.GGUFWriter) -> None:
+def finish_writer(writer: gguf.GGUFWriter) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from lorakit.config import read_saved_config
-from lorakit.export.gguf import FILE_TYPES, check_type, preflight, write_gguf, _atomic, _finish
+from lorakit.export.gguf import FILE_TYPES, atomic_output, check_type, finish_writer, preflight, write_gguf
 from lorakit.export.gguf_arch import GgufExportError, TensorNames, check_config, row_transform
 from lorakit.export.merge import read_run
 from lorakit.export.modelfile import write_modelfile
@@ -120,7 +120,7 @@ def export_adapter_gguf(
     spec = check_config(model_cfg)
     alpha = float(config["lora_alpha"])
     dtype = FILE_TYPES[qtype][0]
-    with _atomic(out) as tmp:
+    with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, spec.name)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_name(run_dir.resolve().name)
@@ -130,7 +130,7 @@ def export_adapter_gguf(
         for name, data, raw in _adapter_tensors(run_dir, config, model_cfg, dtype, alpha):
             writer.add_tensor(name, data, raw_dtype=raw)
             count += 1
-        _finish(writer)
+        finish_writer(writer)
     log.info("wrote %s (LoRA on %d matrices, %.1f MiB)", out, count // 2, out.stat().st_size / 2**20)
     base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
     base_path = out.with_name(f"{base_name}.{qtype}.gguf")
