@@ -18,9 +18,11 @@ from tests.conftest import CORPUS, FAMILY_FORMATS
 SPACE = "\u2581"
 
 
-def make_spm_tokenizer(family: str = "zephyr", metaspace: str | None = None) -> PreTrainedTokenizerFast:
+def make_spm_tokenizer(family: str = "zephyr", metaspace: str | None = None, prefix: bool = True
+                       ) -> PreTrainedTokenizerFast:
     """``metaspace``: "first" or "always" gives the form transformers 5 builds Llama-style tokenizers in
-    (a Metaspace pre-tokenizer with that prepend_scheme, no normalizer) instead of the legacy one."""
+    (a Metaspace pre-tokenizer with that prepend_scheme, no normalizer) instead of the legacy one.
+    ``prefix=False``: no "▁" before the text at all, as Gemma's tokenizer has it."""
     bos, eos, extra, jinja = FAMILY_FORMATS[family]
     specials = ["<unk>", bos, eos]
     # Train word-local merges (as SentencePiece does), on text marked the way the normalizer marks it.
@@ -40,6 +42,9 @@ def make_spm_tokenizer(family: str = "zephyr", metaspace: str | None = None) -> 
         decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0),
     ])
     tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    if not prefix:
+        tok.normalizer = normalizers.Replace(" ", SPACE)
+        tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
     if metaspace is not None:
         tok.normalizer = None
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme=metaspace, split=False)

@@ -52,6 +52,10 @@ CASES = {
     "mistral-spm": ("mistral", "spm", "mistral", "</s>", {}),
     # as transformers 5 builds Llama-style tokenizers (Metaspace, prefix on the first stretch only)
     "mistral-spm-first": ("mistral", "spm-first", "mistral", "</s>", {}),
+    # Phi-3's and Gemma's real tokenizers are SentencePiece-style too: Phi-3's as transformers 5 builds it,
+    # Gemma's without a "▁" before the text
+    "phi3-spm-first": ("phi3", "spm-first", "phi-3-mini", "<|end|>", {}),
+    "gemma2-spm": ("gemma2", "spm-noprefix", "gemma", "<end_of_turn>", {"query_pre_attn_scalar": 8}),
     "qwen2": ("qwen2", "bpe", "chatml", "<|im_end|>", {}),
     "qwen3": ("qwen3", "bpe", "qwen3", "<|im_end|>", {}),
     "phi3": ("phi3", "bpe", "phi-3-mini", "<|end|>", {}),
@@ -98,7 +102,8 @@ def gemma3_config(tokenizer, **sizes) -> Gemma3TextConfig:
 
 def _model_dir(folder: Path, arch: str, kind: str, fmt: str, sizes: dict) -> Path:
     if kind.startswith("spm"):
-        tokenizer = make_spm_tokenizer(fmt, metaspace="first" if kind == "spm-first" else None)
+        tokenizer = make_spm_tokenizer(fmt, metaspace="first" if kind == "spm-first" else None,
+                                       prefix=kind != "spm-noprefix")
     else:
         tokenizer = make_tokenizer(fmt)
     torch.manual_seed(0)
