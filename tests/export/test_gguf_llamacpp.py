@@ -171,8 +171,10 @@ def test_bf16_and_q8_0_logits_within_tolerance(family, qtype):
             seq = ids + hf_greedy(family.merged, ids, MAX_NEW, family.template.end_token_ids)
             got = llm.logits(seq)
             mean, worst, pick = logit_gap(got, hf_logits(stored, seq))
+            print(family.case, qtype, "stored", mean, worst, pick)
             assert mean <= 0.01 and worst <= 0.10 and pick <= 0.10, ("against the stored weights", mean, worst, pick)
             mean, worst, pick = logit_gap(got, hf_logits(family.merged, seq))
+            print(family.case, qtype, "float32", mean, worst, pick)
             assert mean <= 0.02, ("against float32", mean, worst, pick)
     finally:
         llm.close()
