@@ -422,17 +422,29 @@ app.add_typer(export_app, name="export")
 @export_app.command("gguf")
 def export_gguf(
     source: Annotated[Path, typer.Argument(help="A run folder (merged first), a model folder or a hub model id.")],
-    output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; a Modelfile goes beside it.")],
-    type_: Annotated[str, typer.Option("--type", help="f16 or q8_0.")] = "f16",
+    output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; NAME.Modelfile goes beside it.")],
+    type_: Annotated[str, typer.Option("--type", help="f16, bf16 or q8_0 (k-quants: see the README).")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
+    adapter_only: Annotated[bool, typer.Option(
+        "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA (llama.cpp --lora, ollama ADAPTER).")] = False,
+    with_base: Annotated[bool, typer.Option(
+        "--with-base", help="With --adapter-only: also write the base model's GGUF beside the adapter.")] = False,
 ) -> None:
     """Write one GGUF file (weights, tokenizer, chat template) for llama.cpp and ollama, plus an Ollama Modelfile."""
     _setup_logging(False)
     from lorakit.export.gguf import export_gguf as write
+    from lorakit.export.gguf_adapter import export_adapter_gguf
     from lorakit.model.quantization import QuantizationUnavailableError
 
+    if with_base and not adapter_only:
+        _fail("--with-base goes with --adapter-only (a merged export already holds the base)")
     try:
-        gguf_path, modelfile = write(source, output, type_, system_prompt=system)
+        if adapter_only:
+            gguf_path, modelfile, base = export_adapter_gguf(source, output, type_, with_base, system_prompt=system)
+            if with_base:
+                err.print(f"wrote {base}")
+        else:
+            gguf_path, modelfile = write(source, output, type_, system_prompt=system)
     except (FileNotFoundError, QuantizationUnavailableError, ValueError) as e:
         _fail(str(e))
     err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")

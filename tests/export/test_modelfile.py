@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lorakit.export.modelfile import TemplateShapeError, go_template, stop_tokens, turn_pieces, write_modelfile
-from tests.conftest import make_tokenizer
+from tests.conftest import FAMILIES, FAMILY_FORMATS, make_tokenizer
 
 SMOLLM_TEMPLATE = (  # SmolLM2's own template: a default system prompt when the conversation has none
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -60,8 +60,16 @@ func (b *stringsBuilder) Write(p []byte) (int, error) { b.s += string(p); return
 """
 
 
+# Every family's chat format in the test tokenizers: the named templates and the families' own.
+FORMATS = [*FAMILIES, *FAMILY_FORMATS]
+# format: the end-of-turn token its Modelfile must stop at
+END_TOKENS = {"chatml": "<|im_end|>", "llama-3": "<|eot_id|>", "phi-3": "<|end|>", "qwen3": "<|im_end|>",
+              "phi-3-mini": "<|end|>", "zephyr": "</s>", "mistral": "</s>", "gemma": "<end_of_turn>",
+              "falcon": "<|endoftext|>", "bloom": "</s>"}
+
+
 def tokenizers():
-    for family in ("chatml", "llama-3", "phi-3"):
+    for family in FORMATS:
         yield family, make_tokenizer(family)
     smol = make_tokenizer("chatml")
     smol.chat_template = SMOLLM_TEMPLATE
@@ -69,6 +77,8 @@ def tokenizers():
 
 
 def jinja(tokenizer, conversation) -> str:
+    if not conversation:
+        return ""  # what the Modelfile renders for an empty list (ollama renders one when loading a model)
     return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
 
@@ -83,6 +93,9 @@ def test_pieces_rebuild_the_jinja_prompt(family, tokenizer):
         assert stripped.render(CONVERSATIONS[1], True) == jinja(tokenizer, CONVERSATIONS[1])[len("<|begin_of_text|>"):]
     if family == "smollm":
         assert "named SmolLM" in pieces.default_system
+    if family == "mistral":  # its template drops system turns: so does the Go template
+        assert pieces.system is None
+    assert pieces.render([], True) == ""
 
 
 def test_irregular_template_is_refused():
@@ -100,13 +113,32 @@ def test_go_template_renders_like_jinja(tmp_path):
     binary = tmp_path / "render"
     env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOFLAGS": "-mod=mod"}
     subprocess.run(["go", "build", "-o", str(binary), str(program)], check=True, env=env, cwd=tmp_path, timeout=300)
-    (tmp_path / "conversations.json").write_text(json.dumps(CONVERSATIONS), encoding="utf-8")
+    conversations = [*CONVERSATIONS, []]
+    (tmp_path / "conversations.json").write_text(json.dumps(conversations), encoding="utf-8")
     for family, tokenizer in tokenizers():
         template = tmp_path / f"{family}.tmpl"
         template.write_text(go_template(turn_pieces(tokenizer, tokenizer.chat_template, strip_bos=False)), "utf-8")
         result = subprocess.run([str(binary), str(template), str(tmp_path / "conversations.json")],
                                 capture_output=True, text=True, check=True, timeout=60)
-        assert json.loads(result.stdout) == [jinja(tokenizer, c) for c in CONVERSATIONS], family
+        assert json.loads(result.stdout) == [jinja(tokenizer, c) for c in conversations], family
+
+
+@pytest.mark.parametrize("family", FORMATS)
+def test_every_family_gets_a_template_and_its_end_of_turn_stop(family, tmp_path):
+    text = write_modelfile(tmp_path / f"{family}.gguf", make_tokenizer(family)).read_text()
+    assert text.startswith(f"FROM ./{family}.gguf\nTEMPLATE ")
+    assert f"PARAMETER stop {json.dumps(END_TOKENS[family])}" in text
+
+
+def test_one_modelfile_per_gguf(tmp_path):
+    tokenizer = make_tokenizer("chatml")
+    f16 = write_modelfile(tmp_path / "demo-f16.gguf", tokenizer)
+    q8 = write_modelfile(tmp_path / "demo-q8_0.gguf", tokenizer)
+    assert (f16.name, q8.name) == ("demo-f16.Modelfile", "demo-q8_0.Modelfile")
+    assert f16.read_text().startswith("FROM ./demo-f16.gguf\n") and q8.read_text().startswith("FROM ./demo-q8_0.gguf\n")
+    adapter = write_modelfile(tmp_path / "base" / "smol.gguf", tokenizer, adapter=tmp_path / "style.gguf")
+    assert adapter == tmp_path / "style.Modelfile"
+    assert adapter.read_text().startswith("FROM ./base/smol.gguf\nADAPTER ./style.gguf\n")
 
 
 def test_modelfile_lines(tmp_path):

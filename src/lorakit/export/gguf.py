@@ -1,20 +1,18 @@
-"""Write a Llama-architecture model as one GGUF file that llama.cpp and ollama run as is.
+"""Write a model as one GGUF file that llama.cpp and ollama run as is, or a LoRA adapter as a GGUF LoRA.
 
-Written with the ``gguf`` package (the writer and Q8_0 quantizer llama.cpp itself ships);
-the name mapping and metadata are ours, for the one architecture we export. Two details
-decide whether the file works at all:
+Written with the ``gguf`` package (the writer, name map and quantizers llama.cpp itself
+ships); what differs per architecture is in ``gguf_arch``, the tokenizer in ``gguf_vocab``.
+Everything that can refuse an export (the architecture, the tokenizer, the type) is checked
+before a model is loaded or merged.
 
-* llama.cpp applies rotary embeddings to adjacent pairs of each head's dimensions, while
-  transformers' Llama rotates the first half against the second. The rows of q_proj and
-  k_proj are reordered so that the same rotation lands on the same values.
-* Tied embeddings are written once (``token_embd``); llama.cpp reuses them for the output
-  when there is no ``output.weight``, and transformers reads that absence as tying.
+Tied embeddings are written once (``token_embd``) where llama.cpp reuses them for the output
+when there is no ``output.weight``; the architectures whose llama.cpp graph requires an
+output matrix get a copy.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,166 +20,154 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig
-from lorakit.data.templates import resolve_template
-from lorakit.export.gguf_vocab import build_vocab, write_vocab
+from lorakit.config import ModelConfig, read_saved_config
+from lorakit.export.gguf_arch import (
+    GgufExportError, TensorNames, check_config, convert_tensor, interleave_rope_rows, write_metadata,
+)
+from lorakit.export.gguf_vocab import build_vocab, check_tokenizer, end_of_turn_id, write_vocab
 from lorakit.export.merge import merged_model
 from lorakit.export.modelfile import write_modelfile
 from lorakit.hub import looks_like_hub_id
-from lorakit.infer.session import is_run_dir
+from lorakit.infer.session import RUN_CONFIG, is_run_dir
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+
+__all__ = ["FILE_TYPES", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
 
 log = logging.getLogger(__name__)
 
 FILE_TYPES = {
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
-
-_TOP_LEVEL = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-_PER_LAYER = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.(.+)")
+# Types llama.cpp has that the gguf package can only read, not write (no quantizer in gguf.quants).
+_UNWRITABLE = ("q2_k", "q3_k", "q3_k_m", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q5_k_s", "q6_k")
 
 
-class GgufExportError(ValueError):
-    """The model cannot be exported to GGUF; the message says what is unsupported."""
+def check_type(qtype: str) -> None:
+    if qtype in FILE_TYPES:
+        return
+    if qtype.lower() in _UNWRITABLE:
+        raise GgufExportError(
+            f"--type {qtype}: the gguf package has no k-quant quantizer (it can only read k-quants), so lorakit "
+            f"writes {', '.join(FILE_TYPES)}; make a k-quant from the f16 file with llama.cpp's "
+            "`llama-quantize model.gguf model-q4_k_m.gguf Q4_K_M`"
+        )
+    raise GgufExportError(f"--type {qtype!r}: choose one of {', '.join(FILE_TYPES)}")
 
 
-def gguf_tensor_name(hf_name: str) -> str:
+def gguf_tensor_name(hf_name: str, arch: str = "llama", n_blocks: int = 1000) -> str:
     """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``."""
-    module, _, kind = hf_name.rpartition(".")
-    if module in _TOP_LEVEL:
-        return f"{_TOP_LEVEL[module]}.{kind}"
-    match = _LAYER_NAME.fullmatch(module)
-    if match and match.group(2) in _PER_LAYER:
-        return f"blk.{match.group(1)}.{_PER_LAYER[match.group(2)]}.{kind}"
-    raise GgufExportError(f"tensor {hf_name} has no place in a llama GGUF file")
-
-
-def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Reorder each head's rows from [first half | second half] to pairs (h0, s0, h1, s1, ...)."""
-    rows = weight.shape[0]
-    half = rows // n_heads // 2
-    return weight.reshape(n_heads, 2, half, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
-
-
-def _check_architecture(model: PreTrainedModel) -> None:
-    cfg = model.config
-    if cfg.model_type != "llama":
-        raise GgufExportError(f"GGUF export supports Llama-architecture models; this one is {cfg.model_type!r}")
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise GgufExportError(f"rope scaling {rope.get('rope_type')!r} is not supported by lorakit's GGUF export")
-    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
-        raise GgufExportError("Llama models with attention or MLP biases are not supported by lorakit's GGUF export")
-
-
-def _head_dim(cfg) -> int:
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-
-def _write_architecture(writer: gguf.GGUFWriter, model: PreTrainedModel, name: str, file_type: int) -> None:
-    cfg = model.config
-    writer.add_type("model")
-    writer.add_name(name)
-    writer.add_context_length(cfg.max_position_embeddings)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_feed_forward_length(cfg.intermediate_size)
-    writer.add_head_count(cfg.num_attention_heads)
-    writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_dimension_count(_head_dim(cfg))
-    if _head_dim(cfg) != cfg.hidden_size // cfg.num_attention_heads:
-        writer.add_key_length(_head_dim(cfg))
-        writer.add_value_length(_head_dim(cfg))
-    writer.add_rope_freq_base(float((cfg.rope_parameters or {}).get("rope_theta", 10000.0)))
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return TensorNames(check_config(AutoConfig.for_model(arch)), n_blocks)(hf_name)
 
 
 def _tensors(model: PreTrainedModel, qtype: gguf.GGMLQuantizationType):
-    """Yield (gguf name, data, raw dtype) in llama.cpp's types: norms f32, matrices f16 or q8_0."""
+    """Yield (gguf name, data, raw dtype) in llama.cpp's types: 1-D tensors f32, matrices as asked."""
     cfg = model.config
+    spec = check_config(cfg)
+    names = TensorNames(spec, cfg.num_hidden_layers)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     for hf_name, tensor in model.state_dict().items():
         if hf_name == "lm_head.weight" and tied:
-            continue
-        name = gguf_tensor_name(hf_name)
-        tensor = tensor.detach().to(torch.float32).cpu()
-        if name.endswith("attn_q.weight"):
-            tensor = interleave_rope_rows(tensor, cfg.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
-            tensor = interleave_rope_rows(tensor, cfg.num_key_value_heads)
-        data = tensor.numpy()
+            if not spec.output_when_tied:
+                continue
+            name = "output.weight"
+        else:
+            name = names(hf_name)
+        data = convert_tensor(cfg, spec, name, tensor).numpy()
         if data.ndim == 1:
             yield name, data, None
-        elif qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0:
-            yield name, gguf.quants.quantize(data, qtype), qtype
-        else:
+        elif qtype == gguf.GGMLQuantizationType.F16:
+            yield name, data.astype(np.float16), None
+        elif qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
             # Q8_0 works on blocks of 32 along a row; a row of another length stays f16.
             yield name, data.astype(np.float16), None
+        else:
+            yield name, gguf.quants.quantize(data, qtype), qtype
 
 
 def write_gguf(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, qtype: str, name: str
 ) -> Path:
     """Write ``model`` with ``tokenizer`` (and its chat template) to ``out``."""
-    if qtype not in FILE_TYPES:
-        raise GgufExportError(f"--type {qtype!r}: choose one of {', '.join(FILE_TYPES)}")
-    _check_architecture(model)
+    check_type(qtype)
+    spec = check_config(model.config)
     tensor_type, file_type = FILE_TYPES[qtype]
-    end_of_turn = None
-    if isinstance(tokenizer.chat_template, str):
-        ends = resolve_template(tokenizer, "auto").end_token_ids - {tokenizer.eos_token_id}
-        end_of_turn = min(ends) if ends else None
-    vocab = build_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], end_of_turn)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".gguf-", dir=out.parent)) / out.name
-    try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _write_architecture(writer, model, name, int(file_type))
+    vocab = build_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], end_of_turn_id(tokenizer))
+    with atomic_output(out) as tmp:
+        writer = gguf.GGUFWriter(tmp, spec.name)
+        writer.add_type("model")
+        writer.add_name(name)
+        write_metadata(writer, model.config, spec)
+        writer.add_vocab_size(model.get_input_embeddings().weight.shape[0])
+        writer.add_file_type(int(file_type))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_vocab(writer, vocab)
         for tensor_name, data, raw in _tensors(model, tensor_type):
             writer.add_tensor(tensor_name, data, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        tmp.replace(out)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-    log.info("wrote %s (%s, %.1f MiB)", out, qtype, out.stat().st_size / 2**20)
+        finish_writer(writer)
+    log.info("wrote %s (%s %s, %.1f MiB)", out, spec.name, qtype, out.stat().st_size / 2**20)
     return out
 
 
-def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None) -> tuple[Path, Path]:
-    """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths."""
+class atomic_output:
+    """Write into a temporary file beside ``out`` and rename: a failed export leaves no half file."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=".gguf-", dir=self.out.parent)) / self.out.name
+        return self.tmp
+
+    def __exit__(self, kind, value, tb) -> None:
+        try:
+            if kind is None:
+                self.tmp.replace(self.out)
+        finally:
+            shutil.rmtree(self.tmp.parent, ignore_errors=True)
+
+
+def finish_writer(writer: gguf.GGUFWriter) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def preflight(source: Path, qtype: str) -> str:
+    """Refuse what cannot be exported from the configs and the tokenizer alone, before loading weights.
+
+    Returns the model folder: the run's base, the folder itself, or a hub id's snapshot.
+    """
+    check_type(qtype)
     if is_run_dir(source):
-        model, tokenizer, cfg = merged_model(source)
-        system_prompt = system_prompt or cfg.data.system_prompt
+        folder = resolve_model_folder(read_saved_config(source / RUN_CONFIG).model)
+        tokenizer_source = str(source)  # the run's tokenizer, carrying its template
     elif (source / "config.json").is_file() or (not source.exists() and looks_like_hub_id(str(source))):
         # A model folder, or a hub id resolved to its cached (or downloaded) snapshot like any base.
-        folder = resolve_model_folder(ModelConfig(name=str(source)))
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
-        tokenizer = load_tokenizer(folder)
+        folder = tokenizer_source = resolve_model_folder(ModelConfig(name=str(source)))
     else:
         raise GgufExportError(
             f"{source} is neither a run folder (lorakit.yaml), a model folder (config.json) nor a hub id (owner/name)"
         )
+    check_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    check_tokenizer(load_tokenizer(tokenizer_source))
+    return folder
+
+
+def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None) -> tuple[Path, Path]:
+    """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths."""
+    folder = preflight(source, qtype)
+    if is_run_dir(source):
+        model, tokenizer, cfg = merged_model(source)
+        system_prompt = system_prompt or cfg.data.system_prompt
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+        tokenizer = load_tokenizer(folder)
     write_gguf(model, tokenizer, out, qtype, name=source.resolve().name)
     modelfile = write_modelfile(out, tokenizer, system_prompt)
     return out, modelfile

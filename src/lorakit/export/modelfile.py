@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +35,21 @@ class TurnPieces:
 
     start: str  # before everything (a BOS the template writes itself)
     default_system: str  # written when the conversation has no system message
-    system: tuple[str, str]
+    system: tuple[str, str] | None  # None: the template drops or refuses system turns
     user: tuple[str, str]
     assistant: tuple[str, str]
     generation: str  # after the last user turn, where the answer starts
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         """The prompt these pieces give: what the Go template must produce."""
+        if not messages:
+            return ""  # what the Go template gives for an empty list
         text = self.start
-        if not messages or messages[0]["role"] != "system":
+        if messages[0]["role"] != "system":
             text += self.default_system
         for i, msg in enumerate(messages):
+            if msg["role"] == "system" and self.system is None:
+                continue
             before, after = getattr(self, msg["role"])
             last = i == len(messages) - 1
             text += before + msg["content"]
@@ -69,7 +74,13 @@ def _after(longer: str, prefix: str) -> str:
 
 
 def turn_pieces(tokenizer: PreTrainedTokenizerBase, template: str, strip_bos: bool) -> TurnPieces:
-    """Read the per-role wrappers off ``template``; ``strip_bos``: the runtime adds BOS itself."""
+    """Read the per-role wrappers off ``template``; ``strip_bos``: the runtime adds BOS itself.
+
+    The pieces are read from conversations that end with a user turn, the ones a prompt is made
+    of: a template may write the last answer differently (Qwen3's empty think block) or close a
+    finished conversation with EOS (Phi-3), neither of which is ever part of a prompt. A template
+    that drops or refuses system turns (Mistral) gets pieces without a system role.
+    """
 
     def render(messages: list[dict], gen: bool = False) -> str:
         return tokenizer.apply_chat_template(
@@ -80,42 +91,56 @@ def turn_pieces(tokenizer: PreTrainedTokenizerBase, template: str, strip_bos: bo
     user = [{"role": "user", "content": _USER}]
     assistant = [{"role": "assistant", "content": _ASSISTANT}]
     try:
-        r_s, r_su = render(system), render(system + user)
-        r_sua, r_suau = render(system + user + assistant), render(system + user + assistant + user)
-        r_gen, r_u = render(system + user, gen=True), render(user)
+        r_u, r_uau, r_gen_u = render(user), render(user + assistant + user), render(user, gen=True)
     except Exception as err:  # jinja raises whatever the template raises
-        raise TemplateShapeError(f"the template refuses a plain system/user/assistant conversation: {err}") from None
+        raise TemplateShapeError(f"the template refuses a plain user/assistant conversation: {err}") from None
+    try:
+        r_s, r_su, r_suau, r_gen = (render(system), render(system + user), render(system + user + assistant + user),
+                                    render(system + user, gen=True))
+        has_system = _SYSTEM in r_su
+    except Exception:  # a template that refuses system turns
+        has_system = False
+    if not has_system:
+        r_s, r_su, r_suau, r_gen = "", r_u, r_uau, r_gen_u
+    # A closing EOS after a finished conversation (never in a prompt) is not part of any turn.
+    eos = tokenizer.eos_token or ""
+    finished = [r for r in (r_s, r_su, r_suau, r_u, r_uau) if r]
+    if eos and all(r.endswith(eos) for r in finished) and not r_gen.endswith(eos):
+        r_s, r_su, r_suau, r_u, r_uau = (r[: -len(eos)] if r else r for r in (r_s, r_su, r_suau, r_u, r_uau))
     bos = tokenizer.bos_token or ""
     # SmolLM's BOS is <|im_start|>, which also opens every chatml turn, so whether the template
     # writes a BOS of its own cannot be read off the text alone: try the likelier reading first.
     starts = [bos, ""] if "bos_token" in template else ["", bos]
     problem = "no reading of the template fits"
-    for start in dict.fromkeys(s for s in starts if r_s.startswith(s) and r_u.startswith(s)):
+    for start in dict.fromkeys(s for s in starts if r_su.startswith(s) and r_u.startswith(s)):
         try:
-            pieces = _pieces(start, strip_bos, r_s, r_su, r_sua, r_suau, r_gen, r_u)
+            pieces = _pieces(start, strip_bos, has_system, r_s, r_su, r_suau, r_gen, r_u)
         except TemplateShapeError as err:
             problem = str(err)
             continue
-        checks = [system + user + assistant + user, user + assistant + user]
+        checks = [user + assistant + user, user + assistant + user + assistant + user, user]
+        if has_system:
+            checks += [system + user + assistant + user, system + user]
         if all(pieces.render(m, True) == render(m, gen=True)[len(start) - len(pieces.start):] for m in checks):
             return pieces
         problem = "the template's turns are not fixed wrappers around the contents"
     raise TemplateShapeError(problem)
 
 
-def _pieces(start: str, strip_bos: bool, r_s: str, r_su: str, r_sua: str, r_suau: str, r_gen: str,
+def _pieces(start: str, strip_bos: bool, has_system: bool, r_s: str, r_su: str, r_suau: str, r_gen: str,
             r_u: str) -> TurnPieces:
-    user_block = _after(r_su, r_s)
-    if _after(r_suau, r_sua) != user_block:
-        raise TemplateShapeError("the template writes a later user turn differently from the first")
+    user_block = _after(r_su, r_s) if has_system else r_u[len(start):]
     if not r_u.endswith(user_block):
         raise TemplateShapeError("the template writes a user turn differently when there is no system message")
+    # The answer's wrapper as it stands between two user turns: where every answer of a prompt stands.
+    if not (r_suau.startswith(r_su) and r_suau.endswith(user_block)) or len(r_suau) < len(r_su) + len(user_block):
+        raise TemplateShapeError("adding a message changes how the earlier ones are written")
     return TurnPieces(
         start="" if strip_bos else start,
-        default_system=r_u[len(start):-len(user_block)],
-        system=_split(r_s[len(start):], _SYSTEM),
+        default_system=r_u[len(start):-len(user_block)] if has_system else "",
+        system=_split(r_s[len(start):], _SYSTEM) if has_system else None,
         user=_split(user_block, _USER),
-        assistant=_split(_after(r_sua, r_su), _ASSISTANT),
+        assistant=_split(r_suau[len(r_su):len(r_suau) - len(user_block)], _ASSISTANT),
         generation=_after(r_gen, r_su),
     )
 
@@ -127,17 +152,23 @@ def _go(text: str) -> str:
 
 def go_template(pieces: TurnPieces) -> str:
     """The Go template ollama renders, built only from string constants and .Messages."""
-    lines = [_go(pieces.start)] if pieces.start else []
+    # An empty message list renders nothing (ollama renders one when it loads a model); the
+    # guard also keeps ``index .Messages 0`` from failing on it.
+    lines = ["{{- if .Messages }}"]
+    if pieces.start:
+        lines.append("{{-" + _go(pieces.start)[2:])  # "{{-": no newline from the line above
     if pieces.default_system:
         lines.append('{{- if ne (index .Messages 0).Role "system" }}' + _go(pieces.default_system) + "{{ end }}")
     lines += [
         "{{- range $i, $m := .Messages }}",
         "{{- $last := eq (len (slice $.Messages $i)) 1 }}",
-        '{{- if eq $m.Role "system" }}' + _go(pieces.system[0]) + "{{ $m.Content }}" + _go(pieces.system[1]),
+        '{{- if eq $m.Role "system" }}'
+        + (_go(pieces.system[0]) + "{{ $m.Content }}" + _go(pieces.system[1]) if pieces.system else ""),
         '{{- else if eq $m.Role "user" }}' + _go(pieces.user[0]) + "{{ $m.Content }}" + _go(pieces.user[1])
         + "{{ if $last }}" + _go(pieces.generation) + "{{ end }}",
         '{{- else if eq $m.Role "assistant" }}' + _go(pieces.assistant[0]) + "{{ $m.Content }}"
         + "{{ if not $last }}" + _go(pieces.assistant[1]) + "{{ end }}",
+        "{{- end }}",
         "{{- end }}",
         "{{- end }}",
     ]
@@ -156,9 +187,28 @@ def _quoted(text: str) -> str:
     return '"""' + text + '"""'
 
 
-def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None) -> Path:
-    """Write ``Modelfile`` beside ``gguf_path``: ``ollama create NAME -f Modelfile`` uses it."""
-    lines = [f"FROM ./{gguf_path.name}"]
+def _relative(target: Path, folder: Path) -> str:
+    """ollama resolves FROM and ADAPTER paths against the Modelfile's folder."""
+    rel = Path(os.path.relpath(target.resolve(), folder.resolve())).as_posix()
+    return rel if rel.startswith("../") else "./" + rel
+
+
+def modelfile_path(gguf_path: Path) -> Path:
+    """``out/demo-q8_0.gguf`` -> ``out/demo-q8_0.Modelfile``: one per GGUF, so exports into one folder keep theirs."""
+    return gguf_path.with_name(gguf_path.stem + ".Modelfile")
+
+
+def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_prompt: str | None = None,
+                    adapter: Path | None = None) -> Path:
+    """Write ``<name>.Modelfile`` beside ``gguf_path``: ``ollama create NAME -f <name>.Modelfile`` uses it.
+
+    ``adapter``: a GGUF LoRA file; the Modelfile then runs ``gguf_path`` as the base with it (``ADAPTER``)
+    and is named after the adapter.
+    """
+    path = modelfile_path(adapter if adapter is not None else gguf_path)
+    lines = [f"FROM {_relative(gguf_path, path.parent)}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER {_relative(adapter, path.parent)}")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     if template:
         add_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
@@ -170,6 +220,5 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
         lines.append("SYSTEM " + _quoted(system_prompt))
     for token in stop_tokens(tokenizer):
         lines.append(f"PARAMETER stop {json.dumps(token)}")
-    path = gguf_path.parent / "Modelfile"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

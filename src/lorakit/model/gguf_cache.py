@@ -44,10 +44,33 @@ def embedded_gguf() -> Path:
     )
 
 
+# Bumped when the conversion itself changes, so folders converted the old way are redone.
+_CONVERSION = 2
+
+
 def _cache_key(gguf: Path) -> str:
     stat = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CONVERSION}".encode()).hexdigest()
     return f"{gguf.stem}-{digest[:12]}"
+
+
+def _restore_pre_tokenizer(tokenizer, gguf: Path) -> None:
+    """Give the tokenizer the split the GGUF names, where transformers' reader drops it.
+
+    transformers rebuilds every byte-level GGUF tokenizer with GPT-2's split; a file whose
+    ``tokenizer.ggml.pre`` is ``smollm`` (SmolLM2's) splits digits one by one first, as the
+    original tokenizer.json does, and as llama.cpp does when it reads the file. Keeping it
+    makes training split text as llama.cpp will, and an export name the same pre-tokenizer.
+    """
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    field = GGUFReader(gguf).fields.get("tokenizer.ggml.pre")
+    if field is not None and field.contents() == "smollm":
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+        ])
 
 
 def converted_folder(gguf: Path, cache_dir: Path) -> Path:
@@ -60,6 +83,7 @@ def converted_folder(gguf: Path, cache_dir: Path) -> Path:
     log.info("converting %s to safetensors in %s (first use only)", gguf.name, target)
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    _restore_pre_tokenizer(tokenizer, gguf)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
