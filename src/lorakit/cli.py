@@ -486,7 +486,7 @@ def data_inspect(
     except (ConfigError, ValueError) as e:
         _fail(str(e))
     try:
-        tokenizer = load_tokenizer(resolve_model_folder(cfg.model), cfg.model.trust_remote_code)
+        tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
         result = inspect_data(
             cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit

@@ -295,3 +295,25 @@ def test_hub_dataset_offline_or_not_allowed(hub, monkeypatch):
 def test_unknown_hub_dataset(hub):
     with pytest.raises(DataError, match=r"dataset 'nobody/nothing' was not found on the hub"):
         read_source(DataSource(path="nobody/nothing"), hub_download=True)
+
+
+def test_tokenizer_first_then_weights_and_bad_data_fails_before_the_weights(hub, tmp_path):
+    folder = Path(resolve_model_folder(ModelConfig(name=LLAMA3), weights=False))
+    assert "model.safetensors" not in hub.fetched() and "tokenizer.json" in hub.fetched()
+    assert load_tokenizer(str(folder)).eos_token  # the tokenizer alone is usable
+    before = hub.requests
+    assert Path(resolve_model_folder(ModelConfig(name=LLAMA3), weights=False)) == folder
+    assert hub.requests == before  # cached, as far as tokenizer and config go
+
+    # Training reads the tokenizer and checks the data before it fetches the weights.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "Hi", "output": "Hello"}\n{"instruction": \n', encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "lorakit", "train", "--set", f"model.name={LLAMA3}", "--set", f"data.train={bad}",
+         "--set", f"output_dir={tmp_path / 'run'}", "--set", "train.max_steps=1", "--set", "data.cache_dir=null"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "bad.jsonl" in result.stderr and "line 2" in result.stderr
+    assert "model.safetensors" not in hub.fetched()
+
+    assert Path(resolve_model_folder(ModelConfig(name=LLAMA3))) == folder  # the same snapshot, now whole
+    assert hub.fetched().count("model.safetensors") == 1 and (folder / "model.safetensors").is_file()

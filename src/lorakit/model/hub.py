@@ -34,8 +34,12 @@ class RemoteCodeError(ValueError):
     """The model needs code of its own to load, and the config does not allow running it."""
 
 
-def wanted_files(files: list[str], remote_code: bool = False) -> list[str]:
-    """The repo files to fetch, as exact patterns for ``snapshot_download``'s ``allow_patterns``."""
+def wanted_files(files: list[str], remote_code: bool = False, weights: bool = True) -> list[str]:
+    """The repo files to fetch, as exact patterns for ``snapshot_download``'s ``allow_patterns``.
+
+    ``weights=False``: everything but the weights (config, tokenizer, templates), which is all
+    that the tokenizer and the data checks need.
+    """
     top = [f for f in files if "/" not in f]
     chosen: list[str] = []
     skip_index = None
@@ -44,6 +48,8 @@ def wanted_files(files: list[str], remote_code: bool = False) -> list[str]:
         if chosen:
             skip_index = other_index  # the index of the format not fetched would name missing files
             break
+    if not weights:
+        chosen = []
     chosen += [f for f in top if f.endswith(_SIDE_SUFFIXES) and f != skip_index]
     chosen += [f for f in files if f.startswith("additional_chat_templates/")]
     if remote_code:
@@ -99,14 +105,20 @@ def _read_config(folder: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def model_snapshot(name: str, revision: str | None, download: bool, trust_remote_code: bool) -> Path:
-    """The local snapshot folder of hub model ``name``: from the cache, or downloaded once."""
+def model_snapshot(
+    name: str, revision: str | None, download: bool, trust_remote_code: bool, weights: bool = True
+) -> Path:
+    """The local snapshot folder of hub model ``name``: from the cache, or downloaded once.
+
+    ``weights=False`` fetches all but the weights: training reads the tokenizer and checks the
+    data first, so a bad data file fails before gigabytes of weights are downloaded.
+    """
     from huggingface_hub import constants
 
     repo = HubRepo(name, "model", revision, "model.download")
     web = f"{constants.ENDPOINT}/{name}"
-    folder = cached_snapshot(repo, None, lambda files: wanted_files(files, trust_remote_code))
-    if folder is not None and (folder / "config.json").is_file() and has_weights(folder):
+    folder = cached_snapshot(repo, None, lambda files: wanted_files(files, trust_remote_code, weights))
+    if folder is not None and (folder / "config.json").is_file() and (has_weights(folder) or not weights):
         check_remote_code(folder, repo.label(), web, trust_remote_code)
         log.info("model %s: cached snapshot %s", name, folder)
         return folder
@@ -123,7 +135,7 @@ def model_snapshot(name: str, revision: str | None, download: bool, trust_remote
         files = repo_files(repo, None, commit=commit) or []
     except Exception as err:  # noqa: BLE001 - the hub went away between two calls
         raise ModelNotFoundError(f"{repo.label()}: could not list its files ({type(err).__name__}: {err})") from None
-    wanted = wanted_files(files, trust_remote_code)
+    wanted = wanted_files(files, trust_remote_code, weights)
     if not any(fnmatch(f, p) for f in files for p, _ in _WEIGHTS if "/" not in f):
         raise ModelNotFoundError(
             f"{repo.label()} has no weights lorakit can load at its top level (model*.safetensors or "

@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 _EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
-def resolve_model_folder(cfg: ModelConfig) -> str:
-    """Turn the configured model name into a local folder ``from_pretrained`` reads offline."""
+def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
+    """Turn the configured model name into a local folder ``from_pretrained`` reads offline.
+
+    ``weights=False``: a hub model's folder may lack the weights (only the tokenizer is needed yet).
+    """
     name = cfg.name
     if name in _EMBEDDED_ALIASES:
         return str(converted_folder(embedded_gguf(), cfg.cache_dir))
@@ -43,7 +46,7 @@ def resolve_model_folder(cfg: ModelConfig) -> str:
         check_remote_code(path, f"model folder {path}", str(path.resolve()), cfg.trust_remote_code)
         return str(path)
     if looks_like_hub_id(name):
-        return str(model_snapshot(name, cfg.revision, cfg.download, cfg.trust_remote_code))
+        return str(model_snapshot(name, cfg.revision, cfg.download, cfg.trust_remote_code, weights))
     raise ModelNotFoundError(
         f"model '{name}' not found: give a local model folder, a .gguf file, "
         f"'{EMBEDDED_MODEL}', or a hub id (owner/name)"

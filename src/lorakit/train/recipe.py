@@ -98,9 +98,9 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
 
-    # --- setup: tokenizer and data first, so bad data fails before the model loads
-    source = resolve_model_folder(cfg.model)
-    tokenizer = load_tokenizer(source, cfg.model.trust_remote_code)
+    # --- setup: tokenizer and data first, so bad data fails before the model loads (and, for a
+    # hub model, before its weights are downloaded)
+    tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
     splits = build_splits(cfg.data, tokenizer, template)
@@ -110,6 +110,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     if cfg.train.early_stopping_patience and not splits.eval:
         raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
 
+    source = resolve_model_folder(cfg.model)
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
     fit_embeddings(base, tokenizer)
     model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
