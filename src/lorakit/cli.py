@@ -100,7 +100,7 @@ def train(
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
                 "tokens_per_second", "loss_tokens_per_second", "precision"):
         value = summary[key]
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and "loss" in key else str(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and key.endswith("loss") else str(value))
     trainable, total = summary["trainable_parameters"], summary["total_parameters"]
     table.add_row("trainable_parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     table.add_row("model_memory", f"{summary['memory_footprint_bytes'] / 2**20:.1f} MiB")
