@@ -93,6 +93,15 @@ class Family:
         return self.exports[qtype]
 
 
+def trained_family(case: str, run: Path, end: str, conversations: list, folder: Path) -> Family:
+    """A trained run, merged, with its prompts rendered by the run's own template and tokenized."""
+    merged, tokenizer, _ = merged_model(run)
+    template = resolve_template(tokenizer, "auto")
+    texts = [template.render(tokenizer, c, add_generation_prompt=True) for c in conversations]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return Family(case, run, merged, tokenizer, template, tokenizer.convert_tokens_to_ids(end), prompts, texts, folder)
+
+
 def gemma3_config(tokenizer, **sizes) -> Gemma3TextConfig:
     settings = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
                 "head_dim": 8, "max_position_embeddings": 512, **sizes}
@@ -131,12 +140,7 @@ def family(request, tmp_path_factory) -> Family:
     cfg = tiny_config(model_dir, tmp, "train.max_steps=40", "train.batch_size=4", "train.learning_rate=0.02",
                       "lora.rank=4", "train.save_steps=null", "train.logging_steps=100", "train.warmup=0")
     recipe.run(cfg)
-    run = cfg.resolved_output_dir()
-    merged, tokenizer, _ = merged_model(run)
-    template = resolve_template(tokenizer, "auto")
-    texts = [template.render(tokenizer, p, add_generation_prompt=True) for p in PROMPTS]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    return Family(case, run, merged, tokenizer, template, tokenizer.convert_tokens_to_ids(end), prompts, texts, tmp)
+    return trained_family(case, cfg.resolved_output_dir(), end, PROMPTS, tmp)
 
 
 def test_f16_tokenizes_generates_and_stops_like_transformers(family):
@@ -223,13 +227,7 @@ def smol(tmp_path_factory, embedded_cache):
     cfg = tiny_config("smollm2-135m-instruct", tmp, "train.max_steps=3", "train.batch_size=2", "lora.rank=4",
                       "train.save_steps=null", f"model.cache_dir={embedded_cache}", "train.learning_rate=1e-3")
     recipe.run(cfg)
-    run = cfg.resolved_output_dir()
-    merged, tokenizer, _ = merged_model(run)
-    template = resolve_template(tokenizer, "auto")
-    texts = [template.render(tokenizer, p, add_generation_prompt=True) for p in SMOL_PROMPTS]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return Family("smollm2", run, merged, tokenizer, template, end, prompts, texts, tmp)
+    return trained_family("smollm2", cfg.resolved_output_dir(), "<|im_end|>", SMOL_PROMPTS, tmp)
 
 
 @pytest.mark.slow
