@@ -229,3 +229,23 @@ def test_gguf_export_of_the_run_reads_back_with_the_merged_weights(trained, tmp_
     up = tensors["blk.1.ffn_up.weight"]
     assert up.tensor_type == gguf.GGMLQuantizationType.F16
     assert (up.data.reshape(expected.shape) == expected).all()  # dequantized + adapter, exported as is
+
+
+def test_adapter_gguf_with_base_writes_the_dequantized_base(trained, tmp_path):
+    import gguf
+
+    from lorakit.export.gguf_adapter import export_adapter_gguf
+    from lorakit.model.adapter import load_run_base
+    from lorakit.model.loader import load_tokenizer
+
+    out, _ = trained
+    adapter, modelfile, base_path = export_adapter_gguf(out, tmp_path / "adapter.gguf", "f16", with_base=True)
+    assert adapter.is_file() and modelfile.is_file() and base_path.is_file()
+    tensors = {t.name: t for t in gguf.GGUFReader(base_path).tensors}
+    assert not any(".absmax" in name or "quant" in name for name in tensors)  # no packed 4-bit state
+    # The base beside the adapter holds the 4-bit values the adapter was trained on, dequantized.
+    cfg = read_saved_config(out / "lorakit.yaml")
+    base = load_run_base(cfg.model, load_tokenizer(str(out)), dtype="float32", dequantize=True)
+    expected = base.model.layers[1].mlp.up_proj.weight.detach().to(torch.float16).numpy()
+    up = tensors["blk.1.ffn_up.weight"]
+    assert (up.data.reshape(expected.shape) == expected).all()

@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from lorakit.config import read_saved_config
 from lorakit.export.gguf import FILE_TYPES, atomic_output, check_type, finish_writer, preflight, write_gguf
@@ -32,6 +32,7 @@ from lorakit.export.gguf_arch import GgufExportError, TensorNames, check_config,
 from lorakit.export.merge import read_run
 from lorakit.export.modelfile import write_modelfile
 from lorakit.infer.session import RUN_CONFIG
+from lorakit.model.adapter import load_run_base
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,9 @@ def export_adapter_gguf(
     base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
     base_path = out.with_name(f"{base_name}.{qtype}.gguf")
     if with_base:
-        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32, local_files_only=True)
+        # The base as the adapter was trained on it, as merge loads it: a 4-bit base (QLoRA, or a
+        # checkpoint saved quantized) dequantized to exactly the values training saw.
+        base = load_run_base(cfg.model, tokenizer, dtype="float32", dequantize=True)
         # The run's tokenizer: it carries the chat template the adapter was trained with.
         write_gguf(base, tokenizer, base_path, qtype, name=base_name)
     elif not base_path.is_file():
