@@ -99,15 +99,17 @@ FAMILY_FORMATS: dict[str, tuple[str | None, str, list[str], str]] = {
 }
 
 
-def make_tokenizer(family: str = "chatml", with_template: bool = True) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in milliseconds on a few lines, with a family's special tokens."""
+def make_tokenizer(family: str = "chatml", with_template: bool = True, pre_tokenizer=None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in milliseconds on a few lines, with a family's special tokens.
+
+    ``pre_tokenizer``: how text is split before BPE (GPT-2's regex unless given)."""
     if family in FAMILY_FORMATS:
         bos, eos, extra, jinja = FAMILY_FORMATS[family]
     else:
         (bos, eos, extra), jinja = FAMILIES[family], NAMED_TEMPLATES[family][0]
     specials = [t for t in (bos, eos, *extra) if t is not None]
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()

@@ -40,6 +40,17 @@ class LlamaCpp:
         """Text as llama.cpp splits it, special tokens parsed, no BOS added (lorakit's prompts carry their own)."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt llama-cpp-python's chat completion builds from the GGUF's own chat template."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text(token: int) -> str:
+            return self.llm._model.token_get_text(token) if token != -1 else ""
+
+        formatter = Jinja2ChatFormatter(self.metadata()["tokenizer.chat_template"],
+                                        eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos()))
+        return formatter(messages=messages).prompt
+
     def is_end(self, token: int) -> bool:
         """llama.cpp's own end-of-generation rule (EOS, EOT and the like)."""
         return bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))

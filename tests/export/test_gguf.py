@@ -17,6 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from jinja2 import Template
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
@@ -275,13 +276,28 @@ def test_sentencepiece_vocabulary():
     ids = tokenizer.get_vocab()
     assert vocab.scores[ids[first]] > vocab.scores[ids[later]]
     # transformers 5's form (Metaspace): llama.cpp's space prefix is chosen to split the chat prompts as it
-    # does, and where neither setting can (zephyr's prompts start with text, and "first" prefixes only that)
-    # the export is refused with the prompt that differs (test_gguf_llamacpp checks the choice with llama.cpp)
+    # does (test_gguf_llamacpp checks each choice with llama.cpp itself)
     for family, scheme, prefix in (("mistral", "first", False), ("mistral", "always", False), ("zephyr", "always", True)):
         tokenizer = make_spm_tokenizer(family, metaspace=scheme)
-        assert build_vocab(tokenizer, len(tokenizer), None).add_space_prefix is prefix, (family, scheme)
-    with pytest.raises(VocabExportError, match="prepend_scheme='first'.*For the prompt '<.user.>"):
-        check_tokenizer(make_spm_tokenizer("zephyr", metaspace="first"))
+        vocab = build_vocab(tokenizer, len(tokenizer), None)
+        assert (vocab.add_space_prefix, vocab.chat_template) == (prefix, tokenizer.chat_template), (family, scheme)
+    # zephyr's prompts start with text, and "first" puts "▁" before that stretch only: no setting of the switch
+    # does that, so the switch is off and the GGUF's template writes a leading space, which both tokenizers
+    # turn into that "▁"
+    tokenizer = make_spm_tokenizer("zephyr", metaspace="first")
+    vocab = build_vocab(tokenizer, len(tokenizer), None)
+    assert vocab.add_space_prefix is False and vocab.chat_template == '{{ " " }}' + tokenizer.chat_template
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "?"}]
+    ours = Template(vocab.chat_template).render(messages=turns, eos_token="</s>", add_generation_prompt=True)
+    theirs = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert ours == " " + theirs
+    assert tokenizer(ours, add_special_tokens=False)["input_ids"] == tokenizer(theirs, add_special_tokens=False)["input_ids"]
+    # a tokenizer no setting reproduces is refused with the prompt that differs: after a special token,
+    # "always" writes one "▁" whether or not the text starts with a space, llama.cpp two or none
+    spaced = make_spm_tokenizer("zephyr", metaspace="always")
+    spaced.chat_template = "{% for m in messages %}{{ '</s> ' + m['content'] + '</s>' + '\n' }}{% endfor %}"
+    with pytest.raises(VocabExportError, match="prepend_scheme='always'.*For the prompt '</s> "):
+        check_tokenizer(spaced)
 
 
 def test_gemma3_layer_pattern_and_attention_scale_are_checked(tmp_path):

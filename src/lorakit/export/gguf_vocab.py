@@ -32,7 +32,11 @@ LLAMA3_SPLIT = (
 )
 # Qwen2's: Llama 3's with single digits; llama.cpp's "qwen2".
 QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-_SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2"}
+# BLOOM's (a run of anything but whitespace and these stops, after at most one space), as its tokenizer.json
+# spells it with a nested class; llama.cpp's "bloom" spells the same set flat.
+BLOOM_SPLIT = " ?[^(\\s|[.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c])]+"
+_SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2", BLOOM_SPLIT: "bloom",
+           BLOOM_SPLIT.replace("[.", ".").replace("])", ")"): "bloom"}
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
@@ -59,23 +63,39 @@ def _is_byte_level(step: dict, use_regex: bool) -> bool:
     return step.get("type") == "ByteLevel" and bool(step.get("use_regex", True)) == use_regex
 
 
+def _is_split(step: dict, regex: str | None = None) -> bool:
+    """A Split that keeps each match as its own piece (what llama.cpp's regex lists do)."""
+    return (step.get("type") == "Split" and step.get("behavior") == "Isolated" and not step.get("invert")
+            and (regex is None or step.get("pattern", {}).get("Regex") == regex))
+
+
 def llama_cpp_pre_name(pre_tokenizer: dict | None) -> str:
-    """Name llama.cpp's pre-tokenizer that splits text as ``pre_tokenizer`` (tokenizers JSON) does."""
+    """Name llama.cpp's pre-tokenizer that splits text as ``pre_tokenizer`` (tokenizers JSON) does.
+
+    Each shape below is one llama.cpp has a regex list for (``llama-vocab.cpp``): GPT-2's regex
+    alone; SmolLM's digits one by one first; Llama 3's, Qwen2's or BLOOM's split on raw bytes;
+    and Falcon's punctuation runs, then GPT-2's regex, then digits in threes.
+    """
     if pre_tokenizer is None:
         raise VocabExportError("the tokenizer has no pre-tokenizer; a byte-level BPE tokenizer needs one")
     if _is_byte_level(pre_tokenizer, use_regex=True):
         return "gpt-2"
     steps = pre_tokenizer.get("pretokenizers", []) if pre_tokenizer.get("type") == "Sequence" else []
-    if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits"):
+    types = [step.get("type") for step in steps]
+    if types == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         if _is_byte_level(steps[1], use_regex=True):
             return "smollm"
-    if len(steps) == 2 and steps[0].get("type") == "Split" and _is_byte_level(steps[1], use_regex=False):
+    if types == ["Split", "ByteLevel"] and _is_split(steps[0]) and _is_byte_level(steps[1], use_regex=False):
         name = _SPLITS.get(steps[0].get("pattern", {}).get("Regex"))
         if name:
             return name
+    if (types == ["Punctuation", "ByteLevel", "Digits", "Split"] and steps[0].get("behavior") == "Contiguous"
+            and _is_byte_level(steps[1], use_regex=True) and not steps[2].get("individual_digits")
+            and _is_split(steps[3], "[0-9][0-9][0-9]")):
+        return "falcon"
     raise VocabExportError(
-        "lorakit can export byte-level BPE tokenizers that split text like GPT-2, SmolLM, Llama 3 or Qwen2; "
-        f"this one's pre-tokenizer is not one of those: {json.dumps(pre_tokenizer)[:300]}"
+        "lorakit can export byte-level BPE tokenizers that split text like GPT-2, SmolLM, Llama 3, Qwen2, BLOOM or "
+        f"Falcon; this one's pre-tokenizer is not one of those: {json.dumps(pre_tokenizer)[:300]}"
     )
 
 
@@ -105,7 +125,7 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     if _kind(spec) == "gpt2":
         llama_cpp_pre_name(spec.get("pre_tokenizer"))
     else:
-        _space_prefix(tokenizer, spec)
+        _space_rule(tokenizer, spec)
 
 
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
@@ -173,28 +193,50 @@ def _chat_samples(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return samples
 
 
-def _space_prefix(tokenizer: PreTrainedTokenizerBase, spec: dict) -> bool:
-    """llama.cpp's ``add_space_prefix`` that splits this SentencePiece-style tokenizer's prompts as it does.
+@dataclass(frozen=True)
+class SpaceRule:
+    """How llama.cpp must be set up to split a SentencePiece-style tokenizer's prompts as training did.
+
+    ``add_space_prefix``: llama.cpp's switch, one "▁" before every stretch of text that starts the
+    input or follows a special token. ``lead``: text the exported chat templates (the GGUF's and the
+    Modelfile's) write before everything else, for the one case the switch cannot express.
+    """
+
+    add_space_prefix: bool
+    lead: str = ""
+
+
+def _space_rule(tokenizer: PreTrainedTokenizerBase, spec: dict) -> SpaceRule:
+    """The :class:`SpaceRule` under which llama.cpp splits this tokenizer's chat prompts as it does.
 
     A Prepend normalizer (the "legacy" form, TinyLlama's tokenizer.json) is llama.cpp's own rule.
     transformers 5 builds Llama-style tokenizers with a Metaspace pre-tokenizer instead, which puts
     "▁" only before the first stretch ("first") or before stretches that do not start with a space
-    ("always"): for those, the setting whose splits equal the tokenizer's own on its chat prompts is
-    chosen, and a tokenizer neither setting reproduces is refused with the prompt that differs.
+    ("always"). For those, the switch whose splits equal the tokenizer's own on its chat prompts is
+    chosen. Neither fits "first" with prompts that start with text (TinyLlama's zephyr format under
+    transformers 5): the "▁" belongs before the first stretch only. Metaspace does not add a "▁" to
+    text that already starts with a space, so such a tokenizer splits " " + prompt exactly as it
+    splits the prompt, and so does llama.cpp with the switch off: the exported templates then start
+    with that space. A tokenizer none of these reproduce is refused with the prompt that differs.
     """
     if any(s.get("type") == "Prepend" and s.get("prepend") == "\u2581" for s in _steps(spec.get("normalizer"))):
-        return True
+        return SpaceRule(True)
     meta = next((s for s in _steps(spec.get("pre_tokenizer")) if s.get("type") == "Metaspace"), None)
     if meta is None or meta.get("prepend_scheme", "always") == "never":
-        return False
+        return SpaceRule(False)
     samples = _chat_samples(tokenizer)
     want = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in samples]
     first = meta.get("prepend_scheme", "always") == "always"
-    for prefix in (first, not first):
-        splits = _as_llama_cpp_splits(spec, prefix)
-        got = [splits.encode(text, add_special_tokens=False).ids for text in samples]
-        if got == want:
-            return prefix
+    candidates = [SpaceRule(first), SpaceRule(not first), SpaceRule(False, lead=" ")]
+    for rule in candidates:
+        splits = _as_llama_cpp_splits(spec, rule.add_space_prefix)
+        texts = [rule.lead + text for text in samples]
+        same_for_training = all(tokenizer(t, add_special_tokens=False)["input_ids"] == w for t, w in zip(texts, want))
+        got = [splits.encode(text, add_special_tokens=False).ids for text in texts]
+        if same_for_training and got == want:
+            return rule
+    # what llama.cpp's own switch (the first candidate) would make of the prompt that differs
+    got = [_as_llama_cpp_splits(spec, first).encode(text, add_special_tokens=False).ids for text in samples]
     text, ids = next((t, w) for t, w, g in zip(samples, want, got) if w != g)
     raise VocabExportError(
         "llama.cpp cannot split this SentencePiece-style tokenizer's prompts as training did: it puts \u2581 "
@@ -204,6 +246,17 @@ def _space_prefix(tokenizer: PreTrainedTokenizerBase, spec: dict) -> bool:
         f"{tokenizer.convert_ids_to_tokens(got[samples.index(text)])[:12]}. A tokenizer in the legacy form (a "
         "Prepend normalizer) or whose template starts every prompt with a special token (BOS) exports."
     )
+
+
+def space_rule(tokenizer: PreTrainedTokenizerBase) -> SpaceRule:
+    """The :class:`SpaceRule` for ``tokenizer`` (byte-level BPE needs none: spaces are bytes there)."""
+    spec = _spec(tokenizer)
+    return _space_rule(tokenizer, spec) if _kind(spec) == "llama" else SpaceRule(False)
+
+
+def lead_template(template: str, lead: str) -> str:
+    """``template`` (Jinja) writing ``lead`` first: an expression, so a leading ``{%-`` cannot trim it."""
+    return "{{ " + json.dumps(lead) + " }}" + template if lead else template
 
 
 def build_vocab(tokenizer: PreTrainedTokenizerBase, rows: int, end_of_turn: int | None) -> GgufVocab:
@@ -243,12 +296,13 @@ def build_vocab(tokenizer: PreTrainedTokenizerBase, rows: int, end_of_turn: int 
     }
     add_bos, add_eos = _adds_special(tokenizer)
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    rule = _space_rule(tokenizer, spec) if kind == "llama" else SpaceRule(False)
     return GgufVocab(
         model=kind, pre=pre, tokens=tokens, types=types, merges=merges,
         special_ids={k: v for k, v in special_ids.items() if v is not None},
-        add_bos=add_bos, add_eos=add_eos, chat_template=template,
+        add_bos=add_bos, add_eos=add_eos, chat_template=template and lead_template(template, rule.lead),
         scores=scores if kind == "llama" else [],
-        add_space_prefix=kind == "llama" and _space_prefix(tokenizer, spec),
+        add_space_prefix=rule.add_space_prefix,
     )
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.templates import resolve_template
+from lorakit.export.gguf_vocab import space_rule
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,10 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
     if template:
         add_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
         try:
-            lines.append("TEMPLATE " + _quoted(go_template(turn_pieces(tokenizer, template, strip_bos=add_bos))))
+            pieces = turn_pieces(tokenizer, template, strip_bos=add_bos)
+            # the GGUF's chat template writes the same lead (see gguf_vocab.SpaceRule)
+            pieces = replace(pieces, start=space_rule(tokenizer).lead + pieces.start)
+            lines.append("TEMPLATE " + _quoted(go_template(pieces)))
         except TemplateShapeError as err:
             log.warning("Modelfile without TEMPLATE (ollama will use the GGUF's chat template): %s", err)
     if system_prompt:
