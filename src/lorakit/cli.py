@@ -423,7 +423,7 @@ app.add_typer(export_app, name="export")
 def export_gguf(
     source: Annotated[Path, typer.Argument(help="A run folder (merged first), a model folder or a hub model id.")],
     output: Annotated[Path, typer.Option("--out", help="The .gguf file to write; NAME.Modelfile goes beside it.")],
-    type_: Annotated[str, typer.Option("--type", help="f16, bf16 or q8_0 (k-quants: see the README).")] = "f16",
+    type_: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's quantizer: needs llama-cpp-python).")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
     adapter_only: Annotated[bool, typer.Option(
         "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA (llama.cpp --lora, ollama ADAPTER).")] = False,

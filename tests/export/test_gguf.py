@@ -155,16 +155,24 @@ def test_unsupported_configs_are_refused_before_loading(tmp_path, arch, change, 
     assert not (tmp_path / "x.gguf").exists()
 
 
-def test_unknown_architecture_and_k_quants_are_refused_with_the_way_out(tmp_path):
+def test_unknown_architecture_and_k_quants_are_refused_with_the_way_out(tmp_path, monkeypatch):
     from transformers import GPTNeoXConfig
+
+    import lorakit.export.gguf as gguf_export
 
     folder = _config_only_folder(tmp_path / "neox", GPTNeoXConfig(vocab_size=400, hidden_size=32, num_hidden_layers=1,
                                                                   num_attention_heads=4, intermediate_size=64))
     with pytest.raises(GgufExportError, match="this one is 'gpt_neox'.*lorakit merge"):
         export_gguf(folder, tmp_path / "x.gguf")
-    with pytest.raises(GgufExportError, match="no k-quant quantizer.*llama-quantize"):
+    # k-quants come from llama.cpp's quantizer (tests/export/test_gguf_llamacpp.py): without its binding the
+    # refusal names both ways out, and the k-quants it does not make are refused naming llama-quantize
+    monkeypatch.setattr(gguf_export, "_has_llama_cpp", lambda: False)
+    with pytest.raises(GgufExportError, match="pip install llama-cpp-python.*llama-quantize model.gguf model-q4_k_m"):
         export_gguf(folder, tmp_path / "x.gguf", "q4_k_m")
-    with pytest.raises(GgufExportError, match="choose one of f16, bf16, q8_0"):
+    monkeypatch.undo()
+    with pytest.raises(GgufExportError, match="writes the k-quants q4_k_m, q5_k_m, q6_k; for others run `llama-quantize"):
+        export_gguf(folder, tmp_path / "x.gguf", "q3_k_s")
+    with pytest.raises(GgufExportError, match="choose one of f16, bf16, q8_0, q4_k_m"):
         export_gguf(folder, tmp_path / "x.gguf", "f32")
     result = subprocess.run([sys.executable, "-m", "lorakit", "export", "gguf", str(folder), "--out",
                              str(tmp_path / "x.gguf")], capture_output=True, text=True, timeout=300)

@@ -12,7 +12,11 @@ output matrix get a copy.
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,7 +37,7 @@ from lorakit.hub import looks_like_hub_id
 from lorakit.infer.session import RUN_CONFIG, is_run_dir
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 
-__all__ = ["FILE_TYPES", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
+__all__ = ["FILE_TYPES", "K_QUANTS", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +46,45 @@ FILE_TYPES = {
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
-# Types llama.cpp has that the gguf package can only read, not write (no quantizer in gguf.quants).
-_UNWRITABLE = ("q2_k", "q3_k", "q3_k_m", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q5_k_s", "q6_k")
+# k-quants: the gguf package can read them but has no quantizer for them, so they are made from an
+# f16 file by llama.cpp's own quantizer (llama_model_quantize, through llama-cpp-python) where that is
+# installed. Each maps to llama.cpp's file type (its mix: Q4_K_M keeps some matrices at Q6_K).
+K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
+_ANY_K = re.compile(r"q[2-6]_k(_[sml])?", re.IGNORECASE)
+
+
+def _has_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def check_type(qtype: str) -> None:
     if qtype in FILE_TYPES:
         return
-    if qtype.lower() in _UNWRITABLE:
+    if qtype in K_QUANTS:
+        if _has_llama_cpp():
+            return
         raise GgufExportError(
-            f"--type {qtype}: the gguf package has no k-quant quantizer (it can only read k-quants), so lorakit "
-            f"writes {', '.join(FILE_TYPES)}; make a k-quant from the f16 file with llama.cpp's "
-            "`llama-quantize model.gguf model-q4_k_m.gguf Q4_K_M`"
+            f"--type {qtype}: k-quants are made by llama.cpp's own quantizer (the gguf package can only read "
+            "them), and its Python binding is not installed: `pip install llama-cpp-python` (it compiles "
+            f"llama.cpp, about 15 minutes), or export f16 and run `llama-quantize model.gguf model-{qtype}.gguf "
+            f"{qtype.upper()}`"
         )
-    raise GgufExportError(f"--type {qtype!r}: choose one of {', '.join(FILE_TYPES)}")
+    if _ANY_K.fullmatch(qtype):
+        raise GgufExportError(f"--type {qtype}: lorakit writes the k-quants {', '.join(K_QUANTS)}; for others run "
+                              f"`llama-quantize model.gguf out.gguf {qtype.upper()}` on an f16 export")
+    raise GgufExportError(f"--type {qtype!r}: choose one of {', '.join([*FILE_TYPES, *K_QUANTS])}")
+
+
+def llama_cpp_quantize(source: Path, out: Path, qtype: str) -> None:
+    """Quantize the f16 GGUF ``source`` to ``out`` with llama.cpp's quantizer (llama-cpp-python)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype.upper()}")
+    params.nthread = os.cpu_count() or 1
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    if status != 0:
+        raise GgufExportError(f"llama.cpp's quantizer failed ({status}) making {qtype} from {source}")
 
 
 def gguf_tensor_name(hf_name: str, arch: str = "llama", n_blocks: int = 1000) -> str:
@@ -93,6 +122,12 @@ def write_gguf(
 ) -> Path:
     """Write ``model`` with ``tokenizer`` (and its chat template) to ``out``."""
     check_type(qtype)
+    if qtype in K_QUANTS:
+        with atomic_output(out) as tmp:
+            f16 = write_gguf(model, tokenizer, tmp.with_suffix(".f16.gguf"), "f16", name)
+            llama_cpp_quantize(f16, tmp, qtype)
+        log.info("wrote %s (%s, %.1f MiB)", out, qtype, out.stat().st_size / 2**20)
+        return out
     spec = check_config(model.config)
     tensor_type, file_type = FILE_TYPES[qtype]
     vocab = build_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], end_of_turn_id(tokenizer))

@@ -120,7 +120,8 @@ def export_adapter_gguf(
         )
     spec = check_config(model_cfg)
     alpha = float(config["lora_alpha"])
-    dtype = FILE_TYPES[qtype][0]
+    # with a k-quant base the adapter stays f16: llama.cpp adds LoRA in float either way, and it is small
+    dtype = FILE_TYPES.get(qtype, FILE_TYPES["f16"])[0]
     with atomic_output(out) as tmp:
         writer = gguf.GGUFWriter(tmp, spec.name)
         writer.add_type(gguf.GGUFType.ADAPTER)
