@@ -471,7 +471,7 @@ def data_inspect(
     from lorakit.config import DataSource
     from lorakit.data.inspection import inspect_data
     from lorakit.data.sources import DataError
-    from lorakit.data.templates import resolve_template
+    from lorakit.templates import resolve_template
     from lorakit.data.view import print_inspection
     from lorakit.model.gguf_cache import ModelNotFoundError
     from lorakit.model.loader import load_tokenizer, resolve_model_folder
@@ -537,7 +537,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The model families lorakit knows: LoRA target presets, end-of-turn tokens, embeddings, quirks."""
-    from lorakit.model.families import FAMILIES, describe
+    from lorakit.families import FAMILIES, describe
 
     if as_json:
         print(json.dumps([describe(f) for f in FAMILIES], indent=2))

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from lorakit.config import EvalConfig, GenerationConfig, LoraConfig, load_config
 from lorakit.data.dataset import read_conversations
 from lorakit.data.encode import encode_conversation
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.eval import compare as compare_module
 from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare
 from lorakit.eval.report import markdown, read_report, table_rows, write_reports

@@ -25,7 +25,7 @@ from lorakit.data.records import DataError, Record
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
 from lorakit.data.shapes import Conversation, canonical_shape, detect_shape, to_content
 from lorakit.data.sources import SourceRecords, read_source
-from lorakit.data.templates import ChatTemplate
+from lorakit.templates import ChatTemplate
 
 
 @dataclass

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate, TemplateError
+from lorakit.templates import ChatTemplate, Conversation, TemplateError
 
 IGNORE_INDEX = -100
 

@@ -11,9 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lorakit.data.records import DataError, Record
+from lorakit.templates import Conversation
 
-Message = dict[str, str]
-Conversation = list[Message]
 Content = Conversation | str  # a conversation, or plain text trained on everything
 
 SHAPES = ("alpaca", "dolly", "prompt_completion", "text", "messages")

@@ -24,7 +24,7 @@ from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores
 from lorakit.eval.scorer import UserScorer
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import Session
-from lorakit.train.loss import output_head, project, selective_loss_supported
+from lorakit.model.loss import output_head, project, selective_loss_supported
 
 
 @dataclass

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig, EvalConfig, GenerationConfig
 from lorakit.data.dataset import read_conversations
-from lorakit.data.templates import ChatTemplate
+from lorakit.templates import ChatTemplate
 from lorakit.eval.compare import Comparison, Scoring, compare
 from lorakit.eval.report import write_reports
 from lorakit.eval.scorer import load_scorer

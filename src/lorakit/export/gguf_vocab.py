@@ -23,8 +23,8 @@ import gguf
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.templates import resolve_template
-from lorakit.model.families import END_OF_TURN_TOKENS
+from lorakit.templates import resolve_template
+from lorakit.families import END_OF_TURN_TOKENS
 
 # Llama 3's split pattern, as its tokenizer.json and llama.cpp's "llama-bpe" both spell it.
 LLAMA3_SPLIT = (

@@ -21,7 +21,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import RunConfig, read_saved_config
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.infer.session import RUN_CONFIG
 from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES

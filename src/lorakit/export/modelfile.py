@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
 

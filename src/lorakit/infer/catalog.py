@@ -20,7 +20,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import read_saved_config
-from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.templates import ChatTemplate, resolve_template
 from lorakit.infer.session import RUN_CONFIG, is_run_dir, open_session
 from lorakit.model.loader import load_tokenizer
 

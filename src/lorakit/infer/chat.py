@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from lorakit.config import GenerationConfig
-from lorakit.data.shapes import Conversation
+from lorakit.templates import Conversation
 from lorakit.infer.catalog import Catalog
 from lorakit.infer.generate import context_length, prompt_ids
 from lorakit.infer.stream import TextStream

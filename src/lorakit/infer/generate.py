@@ -9,8 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate
+from lorakit.templates import ChatTemplate, Conversation
 
 # Models that do not say how long a sequence they were trained on get this many positions.
 FALLBACK_CONTEXT = 2048

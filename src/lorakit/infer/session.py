@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import ModelConfig, read_saved_config
-from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.templates import ChatTemplate, resolve_template
 from lorakit.model.adapter import adapter_names, load_run_base, load_run_model
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 

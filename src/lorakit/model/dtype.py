@@ -10,7 +10,7 @@ import logging
 
 import torch
 
-from lorakit.train.hardware import cpu_has_bf16, cpu_has_fp16
+from lorakit.hardware import cpu_has_bf16, cpu_has_fp16
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lorakit.config import LoraConfig
-from lorakit.model.families import FAMILIES, PRESETS, Family, model_type_of, recognise
+from lorakit.families import FAMILIES, PRESETS, Family, model_type_of, recognise
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import embedding_module_names
 

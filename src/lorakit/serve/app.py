@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.data.shapes import Conversation
+from lorakit.templates import Conversation
 from lorakit.infer.catalog import Catalog, Choice
 from lorakit.infer.generate import Answer, context_length, prompt_ids
 from lorakit.infer.stream import TextStream

@@ -19,13 +19,13 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 from lorakit.config import RunConfig, save_config
 from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.dataset import build_splits
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
 from lorakit.model.tokens import add_tokens, fit_embeddings
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
-from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
+from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.plot import read_metrics
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments

@@ -20,7 +20,7 @@ from transformers.trainer_pt_utils import nested_gather
 
 from lorakit.config import TrainConfig
 from lorakit.train import checkpoints, distributed
-from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
+from lorakit.model.loss import answer_only_loss, output_head, selective_loss_supported
 from lorakit.train.microbatch import split_batch
 
 log = logging.getLogger(__name__)

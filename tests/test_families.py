@@ -17,7 +17,7 @@ from lorakit.data.encode import IGNORE_INDEX
 from lorakit.export.merge import merge_run
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import open_session
-from lorakit.model.families import FAMILIES, family_named, recognise
+from lorakit.families import FAMILIES, family_named, recognise
 from lorakit.model.lora import TargetModulesError, adapted_module_names, apply_lora
 from lorakit.model.tokens import fit_embeddings
 from lorakit.train import recipe
@@ -185,7 +185,7 @@ def test_unknown_family_trains_all_linear_with_a_note(caplog):
 
 
 def test_every_family_end_token_is_a_known_end_of_turn_token():
-    from lorakit.data.templates import KNOWN_END_TOKENS
+    from lorakit.templates import KNOWN_END_TOKENS
 
     for family in FAMILIES:
         assert set(family.end_tokens) <= set(KNOWN_END_TOKENS)
