@@ -188,10 +188,10 @@ def held_out_loss(model, tok, rows: list[dict]) -> float:
     from lorakit.data.dataset import Sample
     from lorakit.templates import resolve_template
     from lorakit.eval.compare import answer_loss
-    from lorakit.infer.session import Session
+    from lorakit.infer.session import session_of
 
     model.eval()
-    session = Session(model, tok, resolve_template(tok, "auto"), has_adapter=True)
+    session = session_of(model, tok, resolve_template(tok, "auto"), has_adapter=True)
     return answer_loss(session, [Sample(messages(r), f"held-out {i}") for i, r in enumerate(rows)], MAX_LEN, 8)
 
 

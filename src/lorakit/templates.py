@@ -17,6 +17,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
+from lorakit.errors import LorakitError
 from lorakit.families import END_OF_TURN_TOKENS
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ THINK_CHOICES = ("keep", "strip_empty")
 TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
 
 
-class TemplateError(ValueError):
+class TemplateError(LorakitError, ValueError):
     """A template that cannot be used as asked; the message says what to change."""
 
 

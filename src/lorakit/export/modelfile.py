@@ -18,6 +18,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from lorakit.errors import LorakitError
 from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 _SYSTEM, _USER, _ASSISTANT = "@@LORAKIT_SYSTEM@@", "@@LORAKIT_USER@@", "@@LORAKIT_ASSISTANT@@"
 
 
-class TemplateShapeError(ValueError):
+class TemplateShapeError(LorakitError, ValueError):
     """The chat template is not a fixed wrapper per role, so it has no faithful Go form here."""
 
 

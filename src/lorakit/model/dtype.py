@@ -10,6 +10,7 @@ import logging
 
 import torch
 
+from lorakit.errors import LorakitError
 from lorakit.hardware import cpu_has_bf16, cpu_has_fp16
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class DtypeError(ValueError):
+class DtypeError(LorakitError, ValueError):
     """The configured dtype cannot run on this machine; the message names what can."""
 
 

@@ -24,7 +24,7 @@ from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quanti
 
 log = logging.getLogger(__name__)
 
-_EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
@@ -33,7 +33,7 @@ def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
     ``weights=False``: a hub model's folder may lack the weights (only the tokenizer is needed yet).
     """
     name = cfg.name
-    if name in _EMBEDDED_ALIASES:
+    if name in EMBEDDED_ALIASES:
         return str(converted_folder(embedded_gguf(), cfg.cache_dir))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":

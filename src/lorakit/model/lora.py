@@ -19,6 +19,7 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lorakit.config import LoraConfig
+from lorakit.errors import LorakitError
 from lorakit.families import FAMILIES, PRESETS, Family, model_type_of, recognise
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import embedding_module_names
@@ -26,7 +27,7 @@ from lorakit.model.tokens import embedding_module_names
 log = logging.getLogger(__name__)
 
 
-class TargetModulesError(ValueError):
+class TargetModulesError(LorakitError, ValueError):
     """The configured LoRA targets match no module; the message lists the real names."""
 
 

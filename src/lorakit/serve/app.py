@@ -153,7 +153,7 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
                            "retry shortly", code="server_busy")
         try:
             stream = TextStream(catalog.model, choice.tokenizer, ids, request_gen, choice.template.end_token_ids,
-                                stops, hold=lambda: catalog.use(choice.name), strip_leading=chat)
+                                stops, hold=lambda: catalog.hold(choice.name), strip_leading=chat)
         except BaseException:
             slots.release()
             raise
