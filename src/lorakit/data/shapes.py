@@ -218,18 +218,6 @@ def to_content(
     return _BUILDERS[canonical_shape(shape)](_View(record, columns or {}), system_prompt)
 
 
-def to_conversation(record: Record, shape: str, system_prompt: str | None) -> Conversation:
-    """One record as a conversation; ``shape`` may be 'auto' (detected from this record)."""
-    try:
-        resolved = detect_shape(record.fields) if shape == "auto" else shape
-    except DataError as err:
-        raise record.error(str(err)) from None
-    content = to_content(record, resolved, system_prompt)
-    if isinstance(content, str):
-        raise record.error("a 'text' sample is not a conversation; it cannot be used here")
-    return content
-
-
 def from_messages(record: Record, system_prompt: str | None) -> Conversation:
     """A messages/conversations record as a conversation (used to read prompt files)."""
     return _messages(_View(record, {}), system_prompt)

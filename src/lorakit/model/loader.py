@@ -90,10 +90,3 @@ def load_model(
         kwargs.update(quantized)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
     return _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, **kwargs)
-
-
-def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    source = resolve_model_folder(cfg)
-    log.info("loading base model from %s", source)
-    trust = cfg.trust_remote_code
-    return load_model(source, cfg.dtype, cfg.quantization, trust), load_tokenizer(source, trust)
