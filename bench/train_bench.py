@@ -93,7 +93,7 @@ def _lora(model):
 
 
 def _precision_flags() -> dict:
-    from lorakit.train.hardware import pick_precision
+    from lorakit.hardware import pick_precision
 
     return {"bf16": pick_precision("auto") == "bf16"}
 
@@ -186,18 +186,18 @@ def _peak_cuda_gb() -> float | None:
 def held_out_loss(model, tok, rows: list[dict]) -> float:
     """The same answer-only loss, same template and masking, for every competitor."""
     from lorakit.data.dataset import Sample
-    from lorakit.data.templates import resolve_template
+    from lorakit.templates import resolve_template
     from lorakit.eval.compare import answer_loss
-    from lorakit.infer.session import Session
+    from lorakit.infer.session import session_of
 
     model.eval()
-    session = Session(model, tok, resolve_template(tok, "auto"), has_adapter=True)
+    session = session_of(model, tok, resolve_template(tok, "auto"), has_adapter=True)
     return answer_loss(session, [Sample(messages(r), f"held-out {i}") for i, r in enumerate(rows)], MAX_LEN, 8)
 
 
 def token_counts(tok, rows: list[dict]) -> tuple[int, int]:
     from lorakit.data.encode import encode_conversation
-    from lorakit.data.templates import resolve_template
+    from lorakit.templates import resolve_template
 
     template = resolve_template(tok, "auto")
     total = loss = 0

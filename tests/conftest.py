@@ -23,7 +23,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from lorakit.data.templates import NAMED_TEMPLATES
+from lorakit.templates import NAMED_TEMPLATES
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

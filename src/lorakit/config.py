@@ -16,10 +16,12 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lorakit.errors import LorakitError
+
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(LorakitError, ValueError):
     """A configuration the user wrote cannot be used; the message says how to fix it."""
 
 

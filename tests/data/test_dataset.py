@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lorakit.config import DataConfig
 from lorakit.data.dataset import build_splits, encode_samples, read_conversations
 from lorakit.data.sources import DataError
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 
 

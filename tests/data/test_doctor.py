@@ -10,7 +10,7 @@ from lorakit.config import DataConfig
 from lorakit.data import doctor
 from lorakit.data.dataset import build_splits
 from lorakit.data.encode import IGNORE_INDEX
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 
 QA = [{"instruction": "What is two plus two?", "output": "It is four."}]

@@ -11,7 +11,7 @@ from lorakit.data.collate import PadCollator
 from lorakit.data.encode import IGNORE_INDEX, SampleDropped, encode_conversation, encode_text
 from lorakit.data.records import Record
 from lorakit.data.shapes import detect_shape, to_content
-from lorakit.data.templates import NAMED_TEMPLATES, TemplateError, resolve_template
+from lorakit.templates import NAMED_TEMPLATES, TemplateError, resolve_template
 from tests.conftest import make_tokenizer, needs_embedded
 
 MULTI_TURN = [

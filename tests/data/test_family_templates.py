@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
-from lorakit.data.templates import TemplateError, resolve_template
+from lorakit.templates import TemplateError, resolve_template
 from tests.conftest import make_tokenizer
 from tests.data.test_encode import MULTI_TURN, check_masking
 

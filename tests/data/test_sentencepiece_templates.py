@@ -7,7 +7,7 @@ split text differently (no "▁" word marks, so no leading-space ambiguity at tu
 from __future__ import annotations
 
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from tests.data.test_encode import MULTI_TURN, check_masking
 from tests.seedrepos import MODELS, sentencepiece_tokenizer
 

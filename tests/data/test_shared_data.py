@@ -15,7 +15,7 @@ from lorakit.config import DataConfig, ModelConfig
 from lorakit.data.dataset import build_splits
 from lorakit.data.readers import read_file
 from lorakit.data.shapes import to_content
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from tests.conftest import SHARED_DATA, needs_embedded
 from tests.data.test_encode import label_runs
 

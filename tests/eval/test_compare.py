@@ -14,14 +14,14 @@ from transformers import AutoModelForCausalLM
 from lorakit.config import EvalConfig, GenerationConfig, LoraConfig, load_config
 from lorakit.data.dataset import read_conversations
 from lorakit.data.encode import encode_conversation
-from lorakit.data.templates import resolve_template
-from lorakit.eval import compare as compare_module
+from lorakit.templates import resolve_template
 from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare
 from lorakit.eval.report import markdown, read_report, table_rows, write_reports
 from lorakit.eval.run import evaluate
 from lorakit.eval.scorer import load_scorer
 from lorakit.infer.generate import generate_batch
-from lorakit.infer.session import Session
+from lorakit.infer.session import Session, session_of
+from lorakit.model import loss as loss_module
 from lorakit.model.loader import load_tokenizer
 from lorakit.model.lora import apply_lora
 from tests.conftest import write_jsonl
@@ -53,7 +53,7 @@ def session(tiny_model_dir) -> Session:
         if "lora_B" in name:
             param.data.normal_(0, 2.0)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    return Session(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=True)
+    return session_of(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=True)
 
 
 @pytest.fixture
@@ -95,8 +95,8 @@ def test_each_side_runs_its_own_model_and_unscorable_samples_are_counted(session
 
 @pytest.mark.parametrize("selective", [True, False], ids=["answer-positions-only", "full-logits"])
 def test_answer_loss_is_the_plain_per_sample_loss_in_any_batch(session, data, selective, monkeypatch):
-    assert compare_module.selective_loss_supported(session.model)  # the tiny Llama takes the selective path
-    monkeypatch.setattr(compare_module, "selective_loss_supported", lambda model: selective)
+    assert loss_module.selective_loss_supported(session.model)  # the tiny Llama takes the selective path
+    monkeypatch.setattr(loss_module, "selective_loss_supported", lambda model: selective)
     samples = [s for s in read_conversations([data], "auto", None) if s.conversation[-1]["role"] == "assistant"][:3]
     encoded = [encode_conversation(session.tokenizer, session.template, s.conversation, 200) for s in samples]
     together = answer_losses(session, encoded, batch_size=3)  # padded to one width, answers projected alone
@@ -149,7 +149,7 @@ def test_reports_are_written_and_parse_back(session, data, tmp_path):
 def test_base_model_alone_has_one_column(tiny_model_dir, data):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    plain = Session(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)
+    plain = session_of(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)
     result = compare(plain, read_conversations([data], "auto", None), GEN, Scoring(max_length=200))
     assert all(r.tuned is None and r.base is not None for r in result.metrics)
     assert result.examples == [0, 1, 2]  # nothing changed: the first samples are shown

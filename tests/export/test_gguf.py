@@ -24,7 +24,7 @@ from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
 from lorakit.config import ModelConfig
 from lorakit.data.encode import encode_conversation
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, gguf_tensor_name, interleave_rope_rows
 from lorakit.export.gguf_arch import check_config, split_qkv_per_head
 from lorakit.export.gguf_vocab import (

@@ -35,7 +35,7 @@ import torch
 from tokenizers import Regex, pre_tokenizers
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
-from lorakit.data.templates import ChatTemplate, resolve_template
+from lorakit.templates import ChatTemplate, resolve_template
 from lorakit.export.gguf import export_gguf
 from lorakit.export.gguf_adapter import export_adapter_gguf
 from lorakit.export.merge import merged_model

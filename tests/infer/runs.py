@@ -16,7 +16,7 @@ from lorakit.config import ModelConfig, RunConfig, save_config
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.data.shapes import Conversation
 from lorakit.infer.catalog import Catalog, Choice, open_catalog
-from lorakit.infer.session import RUN_CONFIG
+from lorakit.run import CONFIG as RUN_CONFIG
 from tests.conftest import make_tiny_model_dir
 
 

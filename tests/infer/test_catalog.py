@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
 
 @torch.inference_mode()
 def logits_of(catalog, name: str) -> torch.Tensor:
-    with catalog.use(name):
+    with catalog.hold(name):
         return catalog.model(IDS).logits
 
 

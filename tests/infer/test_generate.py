@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lorakit.config import GenerationConfig
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.infer.generate import finish_reason, generate_batch, generate_ids, prompt_ids, sampling_kwargs
 from lorakit.infer.session import open_session
 from lorakit.model.loader import load_tokenizer

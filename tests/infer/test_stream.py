@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from lorakit.config import GenerationConfig
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.infer.generate import generate_ids, prompt_ids
 from lorakit.infer.stream import TextStream, held_back
 from lorakit.model.loader import load_tokenizer

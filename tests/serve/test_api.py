@@ -78,7 +78,7 @@ def test_each_model_name_answers_with_its_own_adapter(server):
         choice = catalog.get(name)
         ids = chat_prompt_ids(choice, HI)
         alone = TextStream(catalog.model, choice.tokenizer, ids, GEN, choice.template.end_token_ids,
-                           hold=lambda n=name: catalog.use(n)).read()
+                           hold=lambda n=name: catalog.hold(n)).read()
         body = chat(url, model=name).json()
         assert body["choices"][0]["message"]["content"] == alone.text, name
         assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": alone.new_tokens,
@@ -129,7 +129,7 @@ def test_stop_strings_end_the_answer_before_them(server):
 def test_a_busy_server_refuses_with_429_and_recovers(server):
     url, catalog = server
     with ExitStack() as model_taken:
-        model_taken.enter_context(catalog.use("base"))  # an admitted request now waits for the model
+        model_taken.enter_context(catalog.hold("base"))  # an admitted request now waits for the model
         with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=60,
                           json={"model": "run", "messages": HI, "stream": True}) as waiting:
             lines = waiting.iter_lines()

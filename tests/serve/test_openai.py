@@ -45,9 +45,10 @@ def _zero_adapter(cache: Path, folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
 
     from lorakit.config import ModelConfig
-    from lorakit.model.loader import load_base
+    from lorakit.model.loader import load_model, resolve_model_folder
 
-    model, _ = load_base(ModelConfig(cache_dir=cache))
+    model_cfg = ModelConfig(cache_dir=cache)
+    model = load_model(resolve_model_folder(model_cfg), model_cfg.dtype)
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])  # B = 0: the adapter changes nothing yet
     get_peft_model(model, config).save_pretrained(folder)
     return folder

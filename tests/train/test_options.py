@@ -9,7 +9,7 @@ import torch
 
 from lorakit.config import ConfigError, load_config
 from lorakit.train import recipe
-from lorakit.train.hardware import pick_precision
+from lorakit.hardware import pick_precision
 from tests.train.helpers import metrics, tiny_config
 
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from lorakit.run import LOCK
 from lorakit.train import checkpoints, recipe, run_folder
 from lorakit.train.run_folder import RunFolderError, RunLock
 from tests.train.helpers import metrics, tiny_config
@@ -29,19 +30,19 @@ def dead_pid() -> int:
 def test_a_second_lock_on_a_folder_names_the_holder(tmp_path):
     first = RunLock(tmp_path)
     first.acquire()
-    holder = json.loads((tmp_path / run_folder.LOCK_FILE).read_text())
+    holder = json.loads((tmp_path / LOCK).read_text())
     assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
     with pytest.raises(RunFolderError, match=f"in use by another lorakit run: PID {os.getpid()} on "):
         RunLock(tmp_path).acquire()
     first.release()
-    assert not (tmp_path / run_folder.LOCK_FILE).exists()
+    assert not (tmp_path / LOCK).exists()
     again = RunLock(tmp_path)
     again.acquire()  # free once released
     again.release()
 
 
 def test_a_stale_lock_is_taken_over(tmp_path):
-    lock_file = tmp_path / run_folder.LOCK_FILE
+    lock_file = tmp_path / LOCK
     # Left by a killed run: the kernel dropped its flock, the file still names it.
     lock_file.write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname(), "started": 0}))
     lock = RunLock(tmp_path)
@@ -104,7 +105,7 @@ def test_a_fresh_run_into_a_finished_one_refuses_and_overwrite_replaces_it(tiny_
     assert summary["steps"] == 1
     assert not (cfg.output_dir / "checkpoints").exists() or not any((cfg.output_dir / "checkpoints").iterdir())
     assert [r["step"] for r in metrics(cfg.output_dir) if "loss" in r] == [1]
-    assert not (cfg.output_dir / run_folder.LOCK_FILE).exists()  # released at the end
+    assert not (cfg.output_dir / LOCK).exists()  # released at the end
 
 
 def test_resume_with_other_settings_names_the_difference(tiny_model_dir, tmp_path):

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from lorakit.data.collate import PadCollator
 from lorakit.data.dataset import build_splits
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.model.loader import load_tokenizer
 from lorakit.train import recipe
 from lorakit.train.trainer import NonFiniteError
@@ -80,7 +80,7 @@ def test_nan_loss_can_be_skipped(tiny_model_dir, tmp_path):
 
 
 def test_bf16_autocast_matches_fp32(tiny_model_dir):
-    from lorakit.train.hardware import cpu_has_bf16
+    from lorakit.hardware import cpu_has_bf16
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(0, 300, (2, 24))

@@ -25,7 +25,8 @@ from lorakit.data.records import DataError, Record
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
 from lorakit.data.shapes import Conversation, canonical_shape, detect_shape, to_content
 from lorakit.data.sources import SourceRecords, read_source
-from lorakit.data.templates import ChatTemplate
+from lorakit.labels import IGNORE_INDEX
+from lorakit.templates import ChatTemplate
 
 
 @dataclass
@@ -210,7 +211,7 @@ def encode_samples(
             report.answers_lost_end += int(item.lost_end)
         report.kept += 1
         report.tokens += len(item.input_ids)
-        report.loss_tokens += sum(1 for x in item.labels if x != -100)
+        report.loss_tokens += sum(1 for x in item.labels if x != IGNORE_INDEX)
         encoded.append(item)
     if require_samples and not encoded and samples:
         raise DataError(f"{split}: all {len(samples)} samples were dropped: " + "; ".join(report.lines()[1:]))

@@ -14,8 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import EMPTY_THINK, ChatTemplate
+from lorakit.templates import EMPTY_THINK, ChatTemplate, Conversation
 
 PROBE: Conversation = [
     {"role": "user", "content": "What is two plus two?"},

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate, TemplateError
+from lorakit.labels import IGNORE_INDEX
+from lorakit.templates import ChatTemplate, Conversation, TemplateError
 
-IGNORE_INDEX = -100
 
 
 class SampleDropped(Exception):

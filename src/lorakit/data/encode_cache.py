@@ -32,8 +32,7 @@ import transformers
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.encode import Encoded, SampleDropped, encode_conversation, encode_text
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate
+from lorakit.templates import ChatTemplate, Conversation
 
 # Bump whenever encode.py can produce different ids or labels for the same input.
 ENCODER_VERSION = 1

@@ -15,7 +15,7 @@ from lorakit.config import DataConfig
 from lorakit.data.dataset import build_splits
 from lorakit.data.encode import IGNORE_INDEX, Encoded
 from lorakit.data.report import DataReport
-from lorakit.data.templates import ChatTemplate
+from lorakit.templates import ChatTemplate
 
 KINDS = ("prompt", "answer", "total")
 

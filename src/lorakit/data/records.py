@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorakit.errors import LorakitError
 
-class DataError(ValueError):
+
+class DataError(LorakitError, ValueError):
     """Input data that cannot be used; the message names the file, the record and the fix."""
 
 

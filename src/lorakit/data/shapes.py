@@ -11,9 +11,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lorakit.data.records import DataError, Record
+from lorakit.templates import Conversation
 
-Message = dict[str, str]
-Conversation = list[Message]
 Content = Conversation | str  # a conversation, or plain text trained on everything
 
 SHAPES = ("alpaca", "dolly", "prompt_completion", "text", "messages")
@@ -217,18 +216,6 @@ def to_content(
 ) -> Content:
     """The conversation (or text) of one record of a known shape."""
     return _BUILDERS[canonical_shape(shape)](_View(record, columns or {}), system_prompt)
-
-
-def to_conversation(record: Record, shape: str, system_prompt: str | None) -> Conversation:
-    """One record as a conversation; ``shape`` may be 'auto' (detected from this record)."""
-    try:
-        resolved = detect_shape(record.fields) if shape == "auto" else shape
-    except DataError as err:
-        raise record.error(str(err)) from None
-    content = to_content(record, resolved, system_prompt)
-    if isinstance(content, str):
-        raise record.error("a 'text' sample is not a conversation; it cannot be used here")
-    return content
 
 
 def from_messages(record: Record, system_prompt: str | None) -> Conversation:

@@ -20,11 +20,16 @@ from lorakit.data.collate import PadCollator
 from lorakit.data.dataset import Sample
 from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
 from lorakit.data.sources import DataError
+from lorakit.errors import LorakitError
 from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
 from lorakit.eval.scorer import UserScorer
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import Session
-from lorakit.train.loss import output_head, project, selective_loss_supported
+from lorakit.model.loss import answer_token_losses
+
+
+class EvalError(LorakitError, ValueError):
+    """Nothing can be evaluated as asked; the message says why."""
 
 
 @dataclass
@@ -99,24 +104,6 @@ def _advance(progress: Progress | None, task: TaskID | None, steps: int) -> None
         progress.advance(task, steps)
 
 
-def _token_losses(session: Session, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of each answer token, and the row it belongs to.
-
-    Only answer positions are projected to the vocabulary where the model allows it (as in
-    training), so a batch of long samples never holds a full batch x length x vocab tensor.
-    """
-    targets = batch["labels"][:, 1:]
-    keep = targets != -100
-    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-    if selective_loss_supported(session.model):
-        hidden = session.model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1]
-        logits = project(output_head(session.model), hidden[keep])
-    else:
-        logits = session.model(**args).logits[:, :-1][keep]
-    losses = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none")
-    return losses, keep.nonzero()[:, 0]
-
-
 @torch.inference_mode()
 def answer_losses(
     session: Session, encoded: list[Encoded | None], batch_size: int, progress: Progress | None = None,
@@ -128,7 +115,7 @@ def answer_losses(
     results: list[tuple[float, int] | None] = [None] * len(encoded)
     for rows in _chunks(present, batch_size):
         batch = {k: v.to(session.model.device) for k, v in collate([encoded[i] for i in rows]).items()}
-        losses, row_of = _token_losses(session, batch)
+        losses, row_of = answer_token_losses(session.model, batch)
         sums = torch.zeros(len(rows), dtype=torch.float32, device=losses.device).index_add_(0, row_of, losses)
         counts = torch.bincount(row_of, minlength=len(rows))
         for row, index in enumerate(rows):
@@ -248,7 +235,7 @@ def compare(
     usable, skipped = _usable(samples)
     if not usable:
         reasons = "; ".join(f"{len(v)} {k}" for k, v in skipped.items()) or "no samples"
-        raise ValueError(f"no evaluation sample can be scored: {reasons}")
+        raise EvalError(f"no evaluation sample can be scored: {reasons}")
     encoded, excluded = _encode_all(session, usable, scoring)
     results = [SampleResult(i, s.origin, _last_user_turn(s), s.conversation[:-1], s.conversation[-1]["content"])
                for i, s in enumerate(usable)]

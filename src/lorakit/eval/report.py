@@ -15,9 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lorakit.eval.compare import Comparison, MetricRow, SampleResult, SideResult
+from lorakit.run import EVAL_JSON, EVAL_MARKDOWN
 
-JSON_FILE = "eval.json"
-MARKDOWN_FILE = "eval.md"
 _SCORES_0_100 = ("chrf", "bleu", "rouge_l")
 
 
@@ -131,7 +130,7 @@ def markdown(result: Comparison) -> str:
 
 def write_reports(folder: Path, result: Comparison) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / JSON_FILE, folder / MARKDOWN_FILE
+    json_path, md_path = folder / EVAL_JSON, folder / EVAL_MARKDOWN
     json_path.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     md_path.write_text(markdown(result), encoding="utf-8")
     return json_path, md_path
@@ -143,7 +142,7 @@ def _side(raw: dict[str, Any] | None) -> SideResult | None:
 
 def read_report(folder: Path) -> Comparison:
     """Read eval.json back (to show it again, or to compare runs)."""
-    raw = json.loads((folder / JSON_FILE).read_text(encoding="utf-8"))
+    raw = json.loads((folder / EVAL_JSON).read_text(encoding="utf-8"))
     metrics = [MetricRow(**{k: v for k, v in m.items() if k != "change"}) for m in raw["metrics"]]
     samples = [SampleResult(**{**s, "base": _side(s["base"]), "tuned": _side(s["tuned"])}) for s in raw["samples"]]
     return Comparison(metrics, samples, raw["examples"], raw["skipped"], raw["loss_excluded"], raw["settings"])

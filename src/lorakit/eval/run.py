@@ -1,4 +1,4 @@
-"""One evaluation from files to reports, shared by ``lorakit eval`` and ``lorakit train`` (eval.at_end)."""
+"""One evaluation from files to reports, shared by ``lorakit eval`` and ``lorakit train`` (eval.at_end, after training)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig, EvalConfig, GenerationConfig
 from lorakit.data.dataset import read_conversations
-from lorakit.data.templates import ChatTemplate
-from lorakit.eval.compare import Comparison, Scoring, compare
+from lorakit.eval.compare import Comparison, EvalError, Scoring, compare
 from lorakit.eval.report import write_reports
 from lorakit.eval.scorer import load_scorer
-from lorakit.infer.session import Session
+from lorakit.infer.session import Session, open_session
+from lorakit.run import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ def evaluate(
 ) -> Comparison:
     """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md."""
     if not files:
-        raise ValueError("no evaluation data: pass --data FILE or set data.eval")
+        raise EvalError("no evaluation data: pass --data FILE or set data.eval")
     # The scorer loads first: a typo in its name should fail before minutes of generation.
     scorer = load_scorer(settings.scorer) if settings.scorer else None
     samples = read_conversations(files, data.format, data.system_prompt, data.columns)
@@ -51,17 +50,14 @@ def evaluate(
     return result
 
 
-def evaluate_after_training(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    template: ChatTemplate,
-    data: DataConfig,
-    gen: GenerationConfig,
-    settings: EvalConfig,
-    out_dir: Path,
-    show_progress: bool = True,
-) -> dict[str, dict[str, float | None]]:
-    """Score the model still in memory on the validation split; return the table for summary.json."""
-    session = Session(model, tokenizer, template, has_adapter=True)
-    result = evaluate(session, data.eval, data, gen, settings, out_dir, show_progress=show_progress)
-    return {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
+def evaluate_at_end(run_dir: Path, show_progress: bool = True) -> Comparison:
+    """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its summary.json."""
+    run = RunFolder(run_dir)
+    cfg = run.read_config()
+    session = open_session(str(run_dir), cfg.model.cache_dir)
+    result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress)
+    summary = run.read_summary()
+    if summary is not None:
+        summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
+        run.write_summary(summary)
+    return result

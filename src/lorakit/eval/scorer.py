@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
 
-class ScorerError(ValueError):
+
+class ScorerError(LorakitError, ValueError):
     """The configured scorer cannot be loaded, or failed on a sample; the message says which."""
 
 

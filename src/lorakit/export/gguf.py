@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig, read_saved_config
+from lorakit.config import ModelConfig
 from lorakit.export.gguf_arch import (
     GgufExportError, TensorNames, check_config, convert_tensor, interleave_rope_rows, write_metadata,
 )
@@ -34,8 +34,8 @@ from lorakit.export.gguf_vocab import build_vocab, check_tokenizer, end_of_turn_
 from lorakit.export.merge import merged_model
 from lorakit.export.modelfile import write_modelfile
 from lorakit.hub import looks_like_hub_id
-from lorakit.infer.session import RUN_CONFIG, is_run_dir
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.run import RunFolder, is_run
 
 __all__ = ["FILE_TYPES", "K_QUANTS", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
 
@@ -179,8 +179,8 @@ def preflight(source: Path, qtype: str) -> str:
     Returns the model folder: the run's base, the folder itself, or a hub id's snapshot.
     """
     check_type(qtype)
-    if is_run_dir(source):
-        folder = resolve_model_folder(read_saved_config(source / RUN_CONFIG).model)
+    if is_run(source):
+        folder = resolve_model_folder(RunFolder(source).read_config().model)
         tokenizer_source = str(source)  # the run's tokenizer, carrying its template
     elif (source / "config.json").is_file() or (not source.exists() and looks_like_hub_id(str(source))):
         # A model folder, or a hub id resolved to its cached (or downloaded) snapshot like any base.
@@ -197,7 +197,7 @@ def preflight(source: Path, qtype: str) -> str:
 def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None) -> tuple[Path, Path]:
     """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths."""
     folder = preflight(source, qtype)
-    if is_run_dir(source):
+    if is_run(source):
         model, tokenizer, cfg = merged_model(source)
         system_prompt = system_prompt or cfg.data.system_prompt
     else:

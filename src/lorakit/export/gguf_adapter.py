@@ -26,14 +26,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from lorakit.config import read_saved_config
 from lorakit.export.gguf import FILE_TYPES, atomic_output, check_type, finish_writer, preflight, write_gguf
 from lorakit.export.gguf_arch import GgufExportError, TensorNames, check_config, row_transform
 from lorakit.export.merge import read_run
 from lorakit.export.modelfile import write_modelfile
-from lorakit.infer.session import RUN_CONFIG
 from lorakit.model.adapter import load_run_base
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.run import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def _check_adapter(config: dict, run_dir: Path) -> None:
 def _adapter_tensors(run_dir: Path, config: dict, model_cfg, dtype: gguf.GGMLQuantizationType, alpha: float):
     spec = check_config(model_cfg)
     names = TensorNames(spec, model_cfg.num_hidden_layers)
-    weights = load_file(run_dir / "adapter_model.safetensors")
+    weights = load_file(RunFolder(run_dir).adapter_weights)
     if any("lora_embedding" in key for key in weights):
         raise GgufExportError("the adapter has LoRA on embeddings, which a GGUF LoRA cannot carry; export merged")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -107,8 +106,9 @@ def export_adapter_gguf(
     read_run(run_dir)
     preflight(run_dir, qtype)
     check_type(qtype)
-    cfg = read_saved_config(run_dir / RUN_CONFIG)
-    config = json.loads((run_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    run = RunFolder(run_dir)
+    cfg = run.read_config()
+    config = json.loads(run.adapter_config.read_text(encoding="utf-8"))
     _check_adapter(config, run_dir)
     base_folder = resolve_model_folder(cfg.model)
     model_cfg = AutoConfig.from_pretrained(base_folder, local_files_only=True)

@@ -24,8 +24,10 @@ import gguf
 import torch
 from transformers import PretrainedConfig
 
+from lorakit.errors import LorakitError
 
-class GgufExportError(ValueError):
+
+class GgufExportError(LorakitError, ValueError):
     """The model cannot be exported to GGUF; the message says what is unsupported."""
 
 

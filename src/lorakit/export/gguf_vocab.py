@@ -23,8 +23,9 @@ import gguf
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.templates import resolve_template
-from lorakit.model.families import END_OF_TURN_TOKENS
+from lorakit.errors import LorakitError
+from lorakit.families import END_OF_TURN_TOKENS
+from lorakit.templates import resolve_template
 
 # Llama 3's split pattern, as its tokenizer.json and llama.cpp's "llama-bpe" both spell it.
 LLAMA3_SPLIT = (
@@ -40,7 +41,7 @@ _SPLITS = {LLAMA3_SPLIT: "llama-bpe", QWEN2_SPLIT: "qwen2", BLOOM_SPLIT: "bloom"
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
-class VocabExportError(ValueError):
+class VocabExportError(LorakitError, ValueError):
     """The tokenizer cannot be written so that llama.cpp splits text as training did."""
 
 

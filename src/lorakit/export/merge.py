@@ -20,26 +20,28 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import RunConfig, read_saved_config
-from lorakit.data.templates import resolve_template
-from lorakit.infer.session import RUN_CONFIG
+from lorakit.config import RunConfig
+from lorakit.errors import LorakitError
 from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.run import ADAPTER_CONFIG, CONFIG, RunFolder
+from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
 
 
-class MergeError(ValueError):
+class MergeError(LorakitError, ValueError):
     """The folder cannot be merged as asked; the message says why and what to give instead."""
 
 
 def read_run(run_dir: Path) -> RunConfig:
-    if not (run_dir / RUN_CONFIG).is_file():
-        raise MergeError(f"{run_dir} is not a run folder (no {RUN_CONFIG}); give a folder written by `lorakit train`")
-    if not (run_dir / "adapter_config.json").is_file():
-        raise MergeError(f"{run_dir} has no adapter_config.json: the run did not finish saving its adapter")
-    return read_saved_config(run_dir / RUN_CONFIG)
+    run = RunFolder(run_dir)
+    if not run.is_run():
+        raise MergeError(f"{run_dir} is not a run folder (no {CONFIG}); give a folder written by `lorakit train`")
+    if not run.has_adapter():
+        raise MergeError(f"{run_dir} has no {ADAPTER_CONFIG}: the run did not finish saving its adapter")
+    return run.read_config()
 
 
 def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:

@@ -18,15 +18,16 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.templates import resolve_template
+from lorakit.errors import LorakitError
 from lorakit.export.gguf_vocab import space_rule
+from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
 
 _SYSTEM, _USER, _ASSISTANT = "@@LORAKIT_SYSTEM@@", "@@LORAKIT_USER@@", "@@LORAKIT_ASSISTANT@@"
 
 
-class TemplateShapeError(ValueError):
+class TemplateShapeError(LorakitError, ValueError):
     """The chat template is not a fixed wrapper per role, so it has no faithful Go form here."""
 
 

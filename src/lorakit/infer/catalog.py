@@ -4,7 +4,9 @@ Several LoRA adapters share one copy of the base weights (peft's ``load_adapter`
 one is active is a property of the model object, so switching it and generating with it
 must happen under one lock, or two requests for different adapters would mix. Each adapter
 keeps the tokenizer and chat template of the run that trained it, so every name renders
-its prompts exactly as its training did.
+its prompts exactly as its training did. Every adapter is checked against the base before it
+loads (``check_same_base``): one trained on another base model, quantization or vocabulary is
+refused with the reason. ``chat``, ``generate``, ``eval`` and ``serve`` all open one of these.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import read_saved_config
-from lorakit.data.templates import ChatTemplate, resolve_template
-from lorakit.infer.session import RUN_CONFIG, is_run_dir, open_session
-from lorakit.model.loader import load_tokenizer
+from lorakit.config import ModelConfig
+from lorakit.errors import LorakitError
+from lorakit.model.adapter import check_same_base, folder_name, load_run_base, load_run_model
+from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.run import ADAPTER_CONFIG, RunFolder
+from lorakit.templates import ChatTemplate, resolve_template
 
 log = logging.getLogger(__name__)
 
 BASE = "base"
+OWN_ADAPTER = "default"  # peft's name for the adapter a run folder loads with
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,15 @@ class Choice:
     template: ChatTemplate
 
 
-class UnknownModel(KeyError):
+class CatalogError(LorakitError, ValueError):
+    """The adapters asked for cannot share this base, or are named wrongly; the message says why."""
+
+
+class NoAdapterError(CatalogError, FileNotFoundError):
+    """A folder given as an adapter holds none."""
+
+
+class UnknownModel(LorakitError, KeyError):
     """A name that is neither the base nor a loaded adapter."""
 
 
@@ -56,14 +69,20 @@ class Catalog:
             raise UnknownModel(name)
         return self.choices[name]
 
+    def activate(self, name: str) -> Choice:
+        """Make ``name`` the model that answers, for code that runs one thing at a time (no lock)."""
+        choice = self.get(name)
+        if choice.adapter is not None:
+            self.model.set_adapter(choice.adapter, inference_mode=True)
+        return choice
+
     @contextmanager
-    def use(self, name: str) -> Iterator[Choice]:
-        """Hold the model with ``name`` active; every generation runs inside one of these."""
+    def hold(self, name: str) -> Iterator[Choice]:
+        """Hold the model with ``name`` active; every generation of a shared catalog runs inside one of these."""
         choice = self.get(name)
         with self._lock:
             if choice.adapter is not None:
-                self.model.set_adapter(choice.adapter, inference_mode=True)
-                yield choice
+                yield self.activate(name)
             elif isinstance(self.model, PeftModel):
                 with self.model.disable_adapter():
                     yield choice
@@ -72,45 +91,75 @@ class Catalog:
 
 
 def parse_adapter_specs(specs: Sequence[str]) -> list[tuple[str, Path]]:
-    """``name=path`` strings from the command line."""
-    pairs = []
+    """``NAME=PATH`` strings from the command line, or a bare folder (named after it)."""
+    pairs: list[tuple[str, Path]] = []
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--adapter {spec!r} must look like NAME=PATH, e.g. --adapter support=runs/support")
-        pairs.append((name.strip(), Path(path.strip()).expanduser()))
+        if Path(spec).expanduser().is_dir():
+            path = Path(spec).expanduser()
+            pairs.append((folder_name(path, [n for n, _ in pairs]), path))
+            continue
+        name, sep, path_text = spec.partition("=")
+        if not sep or not name.strip() or not path_text.strip():
+            raise CatalogError(f"--adapter {spec!r} must look like NAME=PATH, e.g. --adapter support=runs/support, "
+                               "or be a run folder")
+        pairs.append((name.strip(), Path(path_text.strip()).expanduser()))
     return pairs
 
 
 def _tokenizer_for(path: Path, fallback: Choice) -> tuple[PreTrainedTokenizerBase, ChatTemplate]:
     """A run folder carries the tokenizer and template it was trained with; a bare adapter does not."""
-    if (path / "tokenizer_config.json").is_file():
+    run = RunFolder(path)
+    if run.has_tokenizer():
         tokenizer = load_tokenizer(str(path))
-        think = read_saved_config(path / RUN_CONFIG).data.think if is_run_dir(path) else "keep"
+        think = run.read_config().data.think if run.is_run() else "keep"
         return tokenizer, resolve_template(tokenizer, "auto", think)
     log.info("%s has no tokenizer; using the base's tokenizer and chat template for it", path)
     return fallback.tokenizer, fallback.template
 
 
+def _open_base(target: str, cache_dir: Path, use_adapter: bool) -> tuple[ModelConfig, PreTrainedModel, Choice, bool]:
+    """The model ``target`` names, its base's config, the base's choice, and whether a run's adapter is on it."""
+    run = RunFolder(Path(target))
+    if run.is_run():
+        run_cfg = run.read_config()
+        tokenizer = load_tokenizer(str(target))
+        # The run's template as trained: its saved Jinja, with the run's think-block choice.
+        template = resolve_template(tokenizer, "auto", run_cfg.data.think)
+        if use_adapter:
+            model = load_run_model(run.path, run_cfg.model, tokenizer)
+        else:
+            model = load_run_base(run_cfg.model, tokenizer)
+        return run_cfg.model, model, Choice(BASE, None, tokenizer, template), use_adapter
+    model_cfg = ModelConfig(name=target, cache_dir=cache_dir)
+    source = resolve_model_folder(model_cfg)
+    model = load_model(source, model_cfg.dtype)
+    tokenizer = load_tokenizer(source)  # a base model named on the command line: no remote code
+    return model_cfg, model, Choice(BASE, None, tokenizer, resolve_template(tokenizer, "auto")), False
+
+
 def open_catalog(
     target: str, cache_dir: Path, adapters: Sequence[tuple[str, Path]] = (), use_adapter: bool = True
 ) -> Catalog:
-    """``target`` as for ``open_session``; a run folder's own adapter is named after the folder."""
-    session = open_session(target, cache_dir, use_adapter=use_adapter)
-    model = session.model
-    base = Choice(BASE, None, session.tokenizer, session.template)
+    """``target`` is a run folder written by ``lorakit train`` or any model spec ``model.name`` takes.
+
+    A run folder's own adapter is named after the folder; ``adapters`` are more (name, folder)
+    pairs on the same base. ``use_adapter=False`` leaves the run's own adapter off (``--base``).
+    """
+    base_cfg, model, base, has_own = _open_base(target, cache_dir, use_adapter)
     choices = {BASE: base}
-    if session.has_adapter:
-        own = Path(target).resolve().name
-        choices[own] = Choice(own, "default", session.tokenizer, session.template)
+    if has_own:
+        own = folder_name(Path(target))
+        choices[own] = Choice(own, OWN_ADAPTER, base.tokenizer, base.template)
     for index, (name, path) in enumerate(adapters):
         if name in choices:
-            raise ValueError(f"the model name {name!r} is taken ({', '.join(choices)}); pick another name")
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(
-                f"{path} holds no adapter (no adapter_config.json); give a run folder written by "
+            raise CatalogError(f"the model name {name!r} is taken ({', '.join(choices)}); pick another name")
+        if not RunFolder(path).has_adapter():
+            raise NoAdapterError(
+                f"{path} holds no adapter (no {ADAPTER_CONFIG}); give a run folder written by "
                 "`lorakit train` or a folder saved by peft"
             )
+        # Each adapter renders with its own template, so only the base and the vocabulary must match.
+        check_same_base(Path(target), base_cfg, path, base.tokenizer, same_template=False)
         # peft keys modules by adapter name, so user names (which may hold dots) stay outside it.
         peft_name = f"adapter_{index}"
         if isinstance(model, PeftModel):
@@ -121,5 +170,6 @@ def open_catalog(
         choices[name] = Choice(name, peft_name, tokenizer, template)
         log.info("loaded adapter %s from %s", name, path)
     model.eval()
-    default = next((n for n in choices if n != BASE), BASE)
+    # --base asks for the base alone; otherwise the run's own adapter, else the first one given.
+    default = next((n for n in choices if n != BASE), BASE) if use_adapter else BASE
     return Catalog(model, choices, default)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import TextIO
 
 from lorakit.config import GenerationConfig
-from lorakit.data.shapes import Conversation
+from lorakit.templates import Conversation
 from lorakit.infer.catalog import Catalog
-from lorakit.infer.generate import context_length, prompt_ids
+from lorakit.infer.generate import GenerationError, context_length, prompt_ids
 from lorakit.infer.stream import TextStream
 
 HELP = (
@@ -54,7 +54,7 @@ def chat_loop(
     current = catalog.default
     budget = context_length(catalog.model, gen) - gen.max_new_tokens
     if budget <= 0:
-        raise ValueError(
+        raise GenerationError(
             f"max_new_tokens ({gen.max_new_tokens}) leaves no room for a prompt in a "
             f"{context_length(catalog.model, gen)}-token context; lower it"
         )
@@ -117,7 +117,7 @@ def chat_loop(
         started = time.perf_counter()
         stream = TextStream(
             catalog.model, choice.tokenizer, ids, gen, choice.template.end_token_ids,
-            hold=lambda name=current: catalog.use(name),
+            hold=lambda name=current: catalog.hold(name),
         )
         for piece in stream:
             print(piece, end="", file=stdout, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -9,11 +10,15 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig
-from lorakit.data.shapes import Conversation
-from lorakit.data.templates import ChatTemplate
+from lorakit.errors import LorakitError
+from lorakit.templates import ChatTemplate, Conversation
 
 # Models that do not say how long a sequence they were trained on get this many positions.
 FALLBACK_CONTEXT = 2048
+
+
+class GenerationError(LorakitError, ValueError):
+    """Prompts that cannot be answered as asked (they do not fit the context); the message says what to change."""
 
 
 @dataclass
@@ -127,3 +132,47 @@ def generate_batch(
 ) -> list[Answer]:
     prompts = [prompt_ids(tokenizer, template, c) for c in conversations]
     return generate_ids(model, tokenizer, prompts, gen, template.end_token_ids, progress)
+
+
+@dataclass
+class Answered:
+    """A batch of answers in prompt order, and how long generating them took."""
+
+    answers: list[Answer]
+    seconds: float
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(a.new_tokens for a in self.answers)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_fits(prompts: Sequence[list[int]], origins: Sequence[str], limit: int, max_new_tokens: int) -> None:
+    """Refuse, before generating anything, prompts whose answer could not fit the context."""
+    too_long = [f"{origin} ({len(p)} tokens)" for origin, p in zip(origins, prompts) if len(p) + max_new_tokens > limit]
+    if too_long:
+        raise GenerationError(
+            f"{len(too_long)} prompt(s) plus --max-new-tokens {max_new_tokens} exceed the {limit}-token "
+            f"context: {'; '.join(too_long[:5])}{' ...' if len(too_long) > 5 else ''}. "
+            "Shorten them or lower --max-new-tokens."
+        )
+
+
+def answer_all(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    template: ChatTemplate,
+    conversations: Sequence[Conversation],
+    origins: Sequence[str],
+    gen: GenerationConfig,
+    progress: Callable[[int], None] | None = None,
+) -> Answered:
+    """What ``lorakit generate`` does: check every prompt fits, then answer them all in batches, timed."""
+    prompts = [prompt_ids(tokenizer, template, c) for c in conversations]
+    check_fits(prompts, origins, context_length(model, gen), gen.max_new_tokens)
+    started = time.perf_counter()
+    answers = generate_ids(model, tokenizer, prompts, gen, template.end_token_ids, progress)
+    return Answered(answers, time.perf_counter() - started)

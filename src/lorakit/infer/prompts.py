@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lorakit.data.shapes import Conversation, from_messages
 from lorakit.data.records import DataError, Record
 from lorakit.data.sources import read_records
+from lorakit.infer.generate import Answer
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,21 @@ def _conversation(record: Record, system_prompt: str | None) -> Conversation:
     if not conv or conv[-1]["role"] != "user":
         raise DataError(f"{record.origin()}: the conversation must end with a user turn to be answered")
     return conv
+
+
+def one_prompt(text: str, system_prompt: str | None = None) -> Prompt:
+    """``--prompt TEXT``: one user turn, after the system prompt when there is one."""
+    turns: Conversation = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return Prompt("--prompt", turns + [{"role": "user", "content": text}])
+
+
+def write_answers(path: Path, prompts: Sequence[Prompt], answers: Sequence[Answer]) -> None:
+    """One JSON line per prompt: the conversation asked, its answer, token counts and where it came from."""
+    with path.open("w", encoding="utf-8") as fh:
+        for item, ans in zip(prompts, answers):
+            row = {"messages": item.conversation, "answer": ans.text, "prompt_tokens": ans.prompt_tokens,
+                   "new_tokens": ans.new_tokens, "finish_reason": ans.finish_reason, "source": item.origin}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def read_prompts(path: Path, system_prompt: str | None = None) -> list[Prompt]:

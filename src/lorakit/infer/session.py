@@ -1,12 +1,13 @@
-"""Load something to talk to: a finished run (base + adapter) or a base model alone.
+"""One choice inside a catalog: the model that answers, with its tokenizer and template.
 
-A run folder carries its resolved config and a tokenizer whose chat template is the one it
-was trained with, so inference renders conversations exactly as training did.
+``generate`` and ``eval`` answer with one model at a time; a session is the catalog they
+opened plus the name they answer with. A run folder carries its resolved config and a
+tokenizer whose chat template is the one it was trained with, so inference renders
+conversations exactly as training did.
 """
 
 from __future__ import annotations
 
-import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,29 +15,48 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig, read_saved_config
-from lorakit.data.templates import ChatTemplate, resolve_template
-from lorakit.model.adapter import adapter_names, load_run_base, load_run_model
-from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
-
-log = logging.getLogger(__name__)
-
-RUN_CONFIG = "lorakit.yaml"
+from lorakit.infer.catalog import BASE, Catalog, CatalogError, Choice, folder_name, open_catalog
+from lorakit.templates import ChatTemplate
 
 
 @dataclass
 class Session:
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    template: ChatTemplate
-    has_adapter: bool
-    adapters: tuple[str, ...] = ()  # names of the adapters loaded on the base, when more than one
+    catalog: Catalog
+    name: str
+
+    @property
+    def choice(self) -> Choice:
+        return self.catalog.get(self.name)
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.catalog.model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.choice.tokenizer
+
+    @property
+    def template(self) -> ChatTemplate:
+        return self.choice.template
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.choice.adapter is not None
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the adapters loaded on the base, when more than one is."""
+        names = tuple(n for n in self.catalog.names() if n != BASE)
+        return names if len(names) > 1 else ()
 
     def use(self, name: str) -> None:
         """Make adapter ``name`` the one that answers (several are loaded on one base)."""
-        if name not in self.adapters:
-            raise ValueError(f"no adapter {name!r}; loaded: {', '.join(self.adapters) or 'one, unnamed'}")
-        self.model.set_adapter(name)
+        if name == BASE or name not in self.catalog.choices:
+            loaded = ", ".join(self.adapters) or "one, unnamed"
+            raise CatalogError(f"no adapter {name!r}; loaded: {loaded}")
+        self.catalog.activate(name)
+        self.name = name
 
     def base_only(self) -> AbstractContextManager:
         """Temporarily switch the adapter off, to compare tuned against base on one loaded model."""
@@ -45,33 +65,26 @@ class Session:
         return nullcontext()
 
 
-def is_run_dir(target: str | Path) -> bool:
-    return (Path(target) / RUN_CONFIG).is_file()
+def open_session(target: str, cache_dir: Path, use_adapter: bool = True, others: list[str] | None = None,
+                 adapters: list[tuple[str, Path]] | None = None) -> Session:
+    """The catalog of ``target`` (see ``open_catalog``), answering with its default model.
 
-
-def open_session(target: str, cache_dir: Path, use_adapter: bool = True, others: list[str] | None = None) -> Session:
-    """``target`` is a run folder written by ``lorakit train`` or any model spec ``model.name`` takes.
-
-    ``others``: more run folders whose adapters load on the same base, to switch between.
+    ``others``: more run folders whose adapters load on the same base, named after their
+    folders; ``adapters``: (name, folder) pairs, as ``--adapter NAME=PATH`` gives them.
     """
-    if is_run_dir(target):
-        run_cfg = read_saved_config(Path(target) / RUN_CONFIG)
-        tokenizer = load_tokenizer(str(target))
-        # The run's template as trained: its saved Jinja, with the run's think-block choice.
-        template = resolve_template(tokenizer, "auto", run_cfg.data.think)
-        extra = [Path(o) for o in others or []]
-        if use_adapter:
-            model = load_run_model(Path(target), run_cfg.model, tokenizer, others=extra)
-        else:
-            model = load_run_base(run_cfg.model, tokenizer)
-        model.eval()
-        names = tuple(adapter_names([Path(target), *extra])) if extra and use_adapter else ()
-        return Session(model, tokenizer, template, has_adapter=use_adapter, adapters=names)
-    if others:
-        raise ValueError(f"--adapter needs a run folder as the first argument; {target} is a base model")
-    model_cfg = ModelConfig(name=target, cache_dir=cache_dir)
-    source = resolve_model_folder(model_cfg)
-    model = load_model(source, model_cfg.dtype)
-    model.eval()
-    tokenizer = load_tokenizer(source)  # a base model named on the command line: no remote code
-    return Session(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)
+    named = list(adapters or [])
+    for other in others or []:
+        taken = [folder_name(Path(target)), *(n for n, _ in named)]
+        named.append((folder_name(Path(other), taken), Path(other)))
+    catalog = open_catalog(target, cache_dir, named, use_adapter=use_adapter)
+    return Session(catalog, catalog.default)
+
+
+def session_of(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate,
+               has_adapter: bool = True) -> Session:
+    """A session on a model already in memory: its active adapter on (``has_adapter``), or the model alone."""
+    base = Choice(BASE, None, tokenizer, template)
+    if not has_adapter:
+        return Session(Catalog(model, {BASE: base}, BASE), BASE)
+    tuned = Choice("tuned", getattr(model, "active_adapter", None) or "default", tokenizer, template)
+    return Session(Catalog(model, {BASE: base, "tuned": tuned}, "tuned"), "tuned")

@@ -7,18 +7,26 @@ tokens were added, and the adapter peft saved.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig, read_saved_config
-from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.config import ModelConfig
+from lorakit.errors import LorakitError
+from lorakit.model.loader import EMBEDDED_ALIASES, load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import fit_embeddings
+from lorakit.run import RunFolder
 
 log = logging.getLogger(__name__)
+
+
+class AdapterError(LorakitError, ValueError):
+    """Adapters that cannot share one base; the message says why."""
 
 
 def load_run_base(
@@ -60,25 +68,58 @@ def load_run_model(
     return model
 
 
+def folder_name(path: Path, taken: Sequence[str] = (), peft_safe: bool = False) -> str:
+    """An adapter given as a folder is named after it, made unique: what ``--use`` and ``/adapter`` take.
+
+    ``peft_safe``: also usable as peft's own adapter name, which keys modules by it (no dots).
+    """
+    name = Path(path).resolve().name
+    name = (name.replace(".", "_") if peft_safe else name) or "adapter"
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}_{n}", n + 1
+    return unique
+
+
 def adapter_names(run_dirs: list[Path]) -> list[str]:
-    """Folder names, made unique: what ``/adapter NAME`` and ``--use NAME`` refer to."""
+    """Peft names for several runs' adapters on one base: their folder names, made unique."""
     names: list[str] = []
     for run_dir in run_dirs:
-        name = Path(run_dir).resolve().name.replace(".", "_") or "adapter"
-        unique, n = name, 2
-        while unique in names:
-            unique, n = f"{name}_{n}", n + 1
-        names.append(unique)
+        names.append(folder_name(run_dir, names, peft_safe=True))
     return names
 
 
-def check_same_base(first: Path, cfg: ModelConfig, other: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Adapters share a base only if they were trained on the same model, vocabulary and template."""
-    theirs = read_saved_config(Path(other) / "lorakit.yaml").model
-    if (theirs.name, theirs.quantization) != (cfg.name, cfg.quantization):
-        raise ValueError(f"{other} was trained on {theirs.name} but {first} on {cfg.name}; adapters on one base "
-                         "must come from runs on the same base model (and quantization)")
+def _same_model(theirs: str, cfg: ModelConfig) -> bool:
+    """Whether the base a bare peft adapter names is this one: the same spec, an alias of it, or its folder."""
+    if theirs == cfg.name or {theirs, cfg.name} <= EMBEDDED_ALIASES:
+        return True
+    ours = Path(resolve_model_folder(cfg, weights=False)).resolve()
+    return Path(theirs).expanduser().exists() and Path(theirs).expanduser().resolve() == ours
+
+
+def check_same_base(first: Path, cfg: ModelConfig, other: Path, tokenizer: PreTrainedTokenizerBase,
+                    same_template: bool = True) -> None:
+    """Adapters share a base only if they were trained on the same model (and quantization) and vocabulary.
+
+    A run folder says its base in its config; a bare peft adapter in ``base_model_name_or_path``.
+    ``same_template``: their chat templates must match too (a merge writes only one).
+    """
+    run = RunFolder(Path(other))
+    if run.is_run():
+        theirs = run.read_config().model
+        if (theirs.name, theirs.quantization) != (cfg.name, cfg.quantization):
+            raise AdapterError(f"{other} was trained on {theirs.name} but {first} on {cfg.name}; adapters on one "
+                               "base must come from runs on the same base model (and quantization)")
+    else:
+        named = json.loads(run.adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if named and not _same_model(named, cfg):
+            raise AdapterError(f"{other} is an adapter for {named}, but {first} is on {cfg.name}; adapters on one "
+                               "base must come from the same base model")
+    if not run.has_tokenizer():
+        return  # a bare adapter uses the base's tokenizer
     other_tokenizer = load_tokenizer(str(other))
-    if other_tokenizer.get_vocab() != tokenizer.get_vocab() or other_tokenizer.chat_template != tokenizer.chat_template:
-        raise ValueError(f"{other} and {first} were trained with different tokenizers or chat templates; "
-                         "they cannot share one base and one prompt format")
+    if other_tokenizer.get_vocab() != tokenizer.get_vocab() or (
+        same_template and other_tokenizer.chat_template != tokenizer.chat_template
+    ):
+        raise AdapterError(f"{other} and {first} were trained with different tokenizers or chat templates; "
+                           "they cannot share one base and one prompt format")

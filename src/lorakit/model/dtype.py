@@ -10,14 +10,15 @@ import logging
 
 import torch
 
-from lorakit.train.hardware import cpu_has_bf16, cpu_has_fp16
+from lorakit.errors import LorakitError
+from lorakit.hardware import cpu_has_bf16, cpu_has_fp16
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class DtypeError(ValueError):
+class DtypeError(LorakitError, ValueError):
     """The configured dtype cannot run on this machine; the message names what can."""
 
 

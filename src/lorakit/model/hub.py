@@ -15,6 +15,7 @@ import logging
 from fnmatch import fnmatch
 from pathlib import Path
 
+from lorakit.errors import LorakitError
 from lorakit.hub import HubRepo, cached_snapshot, check_download_allowed, download_snapshot, repo_files
 from lorakit.model.gguf_cache import ModelNotFoundError
 
@@ -30,7 +31,7 @@ _WEIGHTS = (
 )
 
 
-class RemoteCodeError(ValueError):
+class RemoteCodeError(LorakitError, ValueError):
     """The model needs code of its own to load, and the config does not allow running it."""
 
 

@@ -24,7 +24,7 @@ from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quanti
 
 log = logging.getLogger(__name__)
 
-_EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
@@ -33,7 +33,7 @@ def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
     ``weights=False``: a hub model's folder may lack the weights (only the tokenizer is needed yet).
     """
     name = cfg.name
-    if name in _EMBEDDED_ALIASES:
+    if name in EMBEDDED_ALIASES:
         return str(converted_folder(embedded_gguf(), cfg.cache_dir))
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
@@ -90,10 +90,3 @@ def load_model(
         kwargs.update(quantized)
         kwargs.setdefault("device_map", "cpu")  # bitsandbytes quantizes while placing the weights
     return _from_pretrained(AutoModelForCausalLM, source, trust_remote_code, **kwargs)
-
-
-def load_base(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    source = resolve_model_folder(cfg)
-    log.info("loading base model from %s", source)
-    trust = cfg.trust_remote_code
-    return load_model(source, cfg.dtype, cfg.quantization, trust), load_tokenizer(source, trust)

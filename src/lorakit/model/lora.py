@@ -19,14 +19,15 @@ from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
 from lorakit.config import LoraConfig
-from lorakit.model.families import FAMILIES, PRESETS, Family, model_type_of, recognise
+from lorakit.errors import LorakitError
+from lorakit.families import FAMILIES, PRESETS, Family, model_type_of, recognise
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import embedding_module_names
 
 log = logging.getLogger(__name__)
 
 
-class TargetModulesError(ValueError):
+class TargetModulesError(LorakitError, ValueError):
     """The configured LoRA targets match no module; the message lists the real names."""
 
 

@@ -21,16 +21,17 @@ import torch
 from transformers import BitsAndBytesConfig, PretrainedConfig, PreTrainedModel
 
 from lorakit.config import QuantizationConfig
+from lorakit.errors import LorakitError
 from lorakit.model.dtype import resolve_dtype
 
 log = logging.getLogger(__name__)
 
 
-class QuantizationUnavailableError(ImportError):
+class QuantizationUnavailableError(LorakitError, ImportError):
     """bitsandbytes is not installed; the message says how to install it."""
 
 
-class QuantizationMismatchError(ValueError):
+class QuantizationMismatchError(LorakitError, ValueError):
     """model.quantization asks for other settings than the checkpoint was quantized with."""
 
 
@@ -69,7 +70,7 @@ CPU_4BIT_ROW_BLOCK = 32
 CPU_4BIT_COLUMN_BLOCK = 64
 
 
-class QuantizationShapeError(ValueError):
+class QuantizationShapeError(LorakitError, ValueError):
     """Some layers have shapes the 4-bit CPU kernel of this machine cannot take; the message names them."""
 
 

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.data.shapes import Conversation
+from lorakit.templates import Conversation
 from lorakit.infer.catalog import Catalog, Choice
 from lorakit.infer.generate import Answer, context_length, prompt_ids
 from lorakit.infer.stream import TextStream
@@ -153,7 +153,7 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
                            "retry shortly", code="server_busy")
         try:
             stream = TextStream(catalog.model, choice.tokenizer, ids, request_gen, choice.template.end_token_ids,
-                                stops, hold=lambda: catalog.use(choice.name), strip_leading=chat)
+                                stops, hold=lambda: catalog.hold(choice.name), strip_leading=chat)
         except BaseException:
             slots.release()
             raise

@@ -15,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 
+from lorakit.errors import LorakitError
+
 MARKER = "lorakit-complete.json"
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
@@ -82,6 +84,10 @@ def rotate(folder: Path, keep: int, protect: Path | None = None) -> list[Path]:
     return removed
 
 
+class CheckpointError(LorakitError, FileNotFoundError):
+    """--resume names no usable checkpoint; the message says which to give."""
+
+
 def resolve_resume(resume: str | None, folder: Path) -> Path | None:
     """``--resume`` means the latest complete checkpoint; ``--resume PATH`` means that one."""
     if resume is None:
@@ -89,14 +95,14 @@ def resolve_resume(resume: str | None, folder: Path) -> Path | None:
     if resume in ("", "latest"):
         found = latest_complete(folder)
         if found is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {folder}; start without --resume")
+            raise CheckpointError(f"--resume: no complete checkpoint under {folder}; start without --resume")
         return found
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint (give a checkpoint folder, or --resume "
-                                f"alone for the latest complete one under {folder})")
+        raise CheckpointError(f"--resume {path}: no such checkpoint (give a checkpoint folder, or --resume "
+                              f"alone for the latest complete one under {folder})")
     if not is_complete(path):
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"--resume {path}: not a complete lorakit checkpoint (no {MARKER}); "
             "it was probably cut short by a kill. Use --resume alone to take the latest complete one."
         )

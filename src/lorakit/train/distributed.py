@@ -20,12 +20,19 @@ import torch
 import torch.distributed as dist
 
 from lorakit.config import DistributedConfig
+from lorakit.errors import LorakitError
 
 log = logging.getLogger(__name__)
 
 
-class LaunchError(RuntimeError):
+class DistributedError(LorakitError, ValueError):
+    """Several processes cannot run as asked on this machine; the message says what can."""
+
+
+class LaunchError(LorakitError, RuntimeError):
     """A worker of a multi-process run failed; the message names the rank and its exit."""
+
+    exit_code = 1  # the run itself failed (the rank printed why), as a one-process run's error would
 
 
 def launch(nproc: int, child_args: list[str]) -> None:
@@ -39,9 +46,9 @@ def launch(nproc: int, child_args: list[str]) -> None:
     from torch.distributed.run import get_args_parser, run
 
     if nproc < 1:
-        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+        raise DistributedError(f"--nproc must be at least 1, got {nproc}")
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise ValueError(f"--nproc {nproc} but this machine has {torch.cuda.device_count()} GPU(s); one process per GPU")
+        raise DistributedError(f"--nproc {nproc} but this machine has {torch.cuda.device_count()} GPU(s); one process per GPU")
     launcher_args = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module", "lorakit", *child_args]
     try:
         run(get_args_parser().parse_args(launcher_args))
@@ -85,12 +92,12 @@ def check_supported(cfg: DistributedConfig, on_gpu: bool) -> None:
     if cfg.strategy == "ddp":
         return
     if not on_gpu:
-        raise ValueError(
+        raise DistributedError(
             f"train.distributed.strategy={cfg.strategy} needs CUDA GPUs; on CPU use strategy ddp "
             "(LoRA's trainable weights are small, so plain data parallelism loses little)"
         )
     if cfg.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
-        raise ValueError(f"train.distributed.strategy={cfg.strategy} needs DeepSpeed: pip install 'lorakit[deepspeed]'")
+        raise DistributedError(f"train.distributed.strategy={cfg.strategy} needs DeepSpeed: pip install 'lorakit[deepspeed]'")
 
 
 def trainer_options(

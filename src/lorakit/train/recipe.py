@@ -16,26 +16,21 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
-from lorakit.config import RunConfig, save_config
+from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.dataset import build_splits
-from lorakit.data.templates import resolve_template
+from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
 from lorakit.model.tokens import add_tokens, fit_embeddings
+from lorakit.run import RunFolder, RunSummary, read_metrics
+from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
-from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
-from lorakit.train.plot import read_metrics
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "lorakit.yaml"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
 
 
 class TrainingInterrupted(Exception):
@@ -61,11 +56,13 @@ def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
 
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False) -> RunSummary:
     """Fine-tune as configured; return the run summary (also written to summary.json).
 
     ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
     ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
+    ``eval.at_end`` is not done here: ``lorakit train`` runs ``lorakit.eval.run.evaluate_at_end`` on
+    the finished folder (training does not depend on evaluation).
     ``overwrite``: a fresh run may delete the run already in the output folder.
     """
     # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
@@ -81,19 +78,19 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     # --- the run folder: ours alone while we train; a fresh run never writes over an old one
     out = cfg.resolved_output_dir()
     with run_folder.owned(out, main):
-        ckpt_dir = out / "checkpoints"
-        resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, ckpt_dir))
+        resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, RunFolder(out).checkpoints))
         if main and resume_from is None:
             run_folder.check_fresh(out, overwrite)
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
-            run_folder.check_resume(resume_from.parent.parent / CONFIG_FILE, cfg.model_dump(mode="json"))
+            run_folder.check_resume(RunFolder(resume_from.parent.parent).config_file, cfg.model_dump(mode="json"))
         return _train(cfg, out, resume_from, hooks or [], on_gpu, main)
 
 
 def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[TrainerCallback], on_gpu: bool,
-           main: bool) -> dict:
-    ckpt_dir = out / "checkpoints"
+           main: bool) -> RunSummary:
+    run = RunFolder(out)
+    ckpt_dir = run.checkpoints
     for partial in checkpoints.incomplete(ckpt_dir):
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
@@ -108,7 +105,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         for line in report.lines():
             log.info("data %s", line)
     if cfg.train.early_stopping_patience and not splits.eval:
-        raise ValueError("train.early_stopping_patience needs eval data (data.eval)")
+        raise ConfigError("train.early_stopping_patience needs eval data (data.eval)")
 
     source = resolve_model_folder(cfg.model)
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
@@ -135,13 +132,13 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     if resume_from is not None:
         trainer.resume_totals(resume_from)  # so the summary counts the steps before the resume too
     if resume_from is not None and main:
-        _trim_metrics(out / METRICS_FILE, int(resume_from.name.split("-")[-1]))
+        _trim_metrics(run.metrics_file, int(resume_from.name.split("-")[-1]))
         log.info("resuming from %s", resume_from)
     stopper = StopOnInterrupt()
     trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
     for callback in [
-        MetricsLog(out / METRICS_FILE, trainer.count, fresh=resume_from is None and main),
-        LossPlot(out / METRICS_FILE, out / PLOT_FILE),
+        MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main),
+        LossPlot(run.metrics_file, run.plot_file),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
         *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
@@ -152,7 +149,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     # --- train
     if main:
-        save_config(cfg, out / CONFIG_FILE)  # written first, so a killed run can be resumed and inspected
+        run.write_config(cfg)  # written first, so a killed run can be resumed and inspected
     started = time.monotonic()
     stopper.install()
     finished = False
@@ -175,7 +172,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     tokens, loss_tokens = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
     train_loss = trainer.whole_run_train_loss()
     if not main:
-        return {"steps": result.global_step, "train_loss": train_loss, "eval_loss": eval_loss}
+        return RunSummary(result.global_step, train_loss, eval_loss)
     # Speeds are this session's: the tokens trained since it started over its time.
     session_tokens = tokens - trainer.before_resume.tokens
     session_loss_tokens = loss_tokens - trainer.before_resume.loss_tokens
@@ -188,35 +185,29 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     tokenizer.save_pretrained(out)
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()
-    summary = {
-        "base_model": cfg.model.name,
-        "template": template.name,
-        "precision": precision,
-        "steps": result.global_step,
-        "train_loss": train_loss,
-        "eval_loss": eval_loss,
-        "eval_perplexity": math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
-        "best_checkpoint": trainer.state.best_model_checkpoint,
-        "skipped_steps": trainer.skipped_steps,
-        "resumed_from": str(resume_from) if resume_from else None,
-        "train_seconds": round(elapsed, 2),
-        "tokens_seen": tokens,
-        "loss_tokens_seen": loss_tokens,
-        "tokens_per_second": round(session_tokens / elapsed, 1) if elapsed > 0 else None,
-        "loss_tokens_per_second": round(session_loss_tokens / elapsed, 1) if elapsed > 0 else None,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "cuda_peak_reserved_bytes": cuda_peak,
-        "cuda_training_reserved_bytes": cuda_peak - reserved_before if cuda_peak is not None else None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "memory_footprint_bytes": model.get_memory_footprint(),
-        "data": [r.as_dict() for r in splits.reports],
-    }
-    if cfg.eval.at_end:  # base against tuned on the validation split: eval.json, eval.md
-        from lorakit.eval.run import evaluate_after_training
-
-        summary["eval"] = evaluate_after_training(
-            model, tokenizer, template, cfg.data, cfg.generation, cfg.eval, out, cfg.train.progress_bar
-        )
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = RunSummary(
+        base_model=cfg.model.name,
+        template=template.name,
+        precision=precision,
+        steps=result.global_step,
+        train_loss=train_loss,
+        eval_loss=eval_loss,
+        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
+        best_checkpoint=trainer.state.best_model_checkpoint,
+        skipped_steps=trainer.skipped_steps,
+        resumed_from=str(resume_from) if resume_from else None,
+        train_seconds=round(elapsed, 2),
+        tokens_seen=tokens,
+        loss_tokens_seen=loss_tokens,
+        tokens_per_second=round(session_tokens / elapsed, 1) if elapsed > 0 else None,
+        loss_tokens_per_second=round(session_loss_tokens / elapsed, 1) if elapsed > 0 else None,
+        peak_rss_bytes=peak_rss_bytes(),
+        cuda_peak_reserved_bytes=cuda_peak,
+        cuda_training_reserved_bytes=cuda_peak - reserved_before if cuda_peak is not None else None,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        memory_footprint_bytes=model.get_memory_footprint(),
+        data=[r.as_dict() for r in splits.reports],
+    )
+    run.write_summary(summary)
     return summary

@@ -29,11 +29,11 @@ from typing import Any
 
 import yaml
 
+from lorakit.errors import LorakitError
+from lorakit.run import LOCK, RUN_FILES, RunFolder
+
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".lorakit.lock"
-# What a run writes; any of them means the folder holds a run (finished, killed or failed).
-RUN_FILES = ("lorakit.yaml", "metrics.jsonl", "summary.json", "adapter_model.safetensors", "checkpoints")
 # Keys a resumed run may change: how long it goes on, how often it saves, evaluates and logs,
 # and what is done or shown around training. Everything else must match the checkpoint's run.
 RESUMABLE_KEYS = (
@@ -44,7 +44,7 @@ RESUMABLE_KEYS = (
 )
 
 
-class RunFolderError(ValueError):
+class RunFolderError(LorakitError, ValueError):
     """The run folder is taken, or holds a run this command may not touch; the message says what to do."""
 
 
@@ -77,7 +77,7 @@ class RunLock:
     """The exclusive lock on one run folder; :meth:`acquire` fails at once if another run holds it."""
 
     def __init__(self, folder: Path):
-        self.path = folder / LOCK_FILE
+        self.path = RunFolder(folder).lock_file
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -134,7 +134,7 @@ def holds_run(folder: Path) -> bool:
 def clear(folder: Path) -> None:
     """Delete the old run in ``folder`` (checkpoints, trackers' folders, everything but our lock)."""
     for path in folder.iterdir():
-        if path.name == LOCK_FILE:
+        if path.name == LOCK:
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -147,7 +147,7 @@ def check_fresh(folder: Path, overwrite: bool) -> None:
     if not holds_run(folder):
         return
     if not overwrite:
-        status = "a finished run" if (folder / "summary.json").is_file() else "a run that did not finish"
+        status = "a finished run" if RunFolder(folder).is_finished() else "a run that did not finish"
         raise RunFolderError(
             f"{folder} already holds {status}. To continue it, add --resume; to replace it (its adapter "
             "and checkpoints are deleted), add --overwrite; or set another output_dir"
@@ -158,7 +158,7 @@ def check_fresh(folder: Path, overwrite: bool) -> None:
 
 def holder(folder: Path) -> dict[str, Any] | None:
     """Who holds ``folder``'s lock now (PID, host, start), or None when no run does."""
-    path = folder / LOCK_FILE
+    path = RunFolder(folder).lock_file
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:

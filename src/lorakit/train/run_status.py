@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from lorakit.run import RunFolder
 from lorakit.train import checkpoints, run_folder
-from lorakit.train.plot import read_metrics
+
+# The summary's fields that ``runs show`` adds once the run has finished.
+SHOWN = ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
+         "tokens_per_second", "peak_rss_bytes", "precision", "best_checkpoint", "skipped_steps")
 
 
 def describe_run(folder: Path) -> dict:
-    if not (folder / "lorakit.yaml").is_file():
-        raise FileNotFoundError(f"{folder} is not a lorakit run folder (no lorakit.yaml)")
-    rows = read_metrics(folder / "metrics.jsonl")
+    run = RunFolder(folder).require()
+    rows = run.read_metrics()
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]
-    summary_path = folder / "summary.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
-    ckpts = checkpoints.checkpoints(folder / "checkpoints")
+    summary = run.read_summary()
+    ckpts = checkpoints.checkpoints(run.checkpoints)
     owner = run_folder.holder(folder)
     if owner is not None:  # a run holds the folder's lock: it is going on now
         status = f"running (PID {owner.get('pid')} on {owner.get('host', '?')})"
@@ -37,7 +38,6 @@ def describe_run(folder: Path) -> dict:
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
     }
     if summary:
-        for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
-                    "tokens_per_second", "peak_rss_bytes", "precision", "best_checkpoint", "skipped_steps"):
-            info[key] = summary.get(key)
+        for key in SHOWN:
+            info[key] = summary[key]
     return info

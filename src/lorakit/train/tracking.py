@@ -25,6 +25,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.integrations import SwanLabCallback, TensorBoardCallback, WandbCallback
 
+from lorakit.errors import LorakitError
+
 log = logging.getLogger(__name__)
 
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab"}
@@ -36,7 +38,7 @@ def _unless_env(var: str, value: str) -> str | None:
     return None if os.environ.get(var) else value
 
 
-class TrackerError(ValueError):
+class TrackerError(LorakitError, ValueError):
     """A tracker could not start its run (say, an online mode the user chose, with no login)."""
 
 
@@ -128,8 +130,8 @@ _TRACKERS = {"tensorboard": lambda run_dir: TensorBoardTracker(run_dir / "tensor
 def tracker_callbacks(names: list[str], run_dir: Path) -> list[TrainerCallback]:
     for name in names:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise ValueError(f"train.report_to includes {name!r} but it is not installed: "
-                             f"pip install {name}  (or: pip install 'lorakit[track]')")
+            raise TrackerError(f"train.report_to includes {name!r} but it is not installed: "
+                               f"pip install {name}  (or: pip install 'lorakit[track]')")
     return [_TRACKERS[name](run_dir) for name in names]
 
 

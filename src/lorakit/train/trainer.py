@@ -19,8 +19,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_pt_utils import nested_gather
 
 from lorakit.config import TrainConfig
+from lorakit.errors import LorakitError
+from lorakit.labels import loss_positions
+from lorakit.model.loss import answer_only_loss, output_head, selective_loss_supported
+from lorakit.run import RunFolder
 from lorakit.train import checkpoints, distributed
-from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
 from lorakit.train.microbatch import split_batch
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ _OPTIMIZERS = {
 }
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(LorakitError, RuntimeError):
     """Training produced NaN or inf; the message names the step."""
 
 
@@ -104,7 +107,7 @@ class LorakitTrainer(Trainer):
         if model.training:
             mask = inputs.get("attention_mask")
             self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+            self.count.loss_tokens += int(loss_positions(inputs["labels"]).sum())
             if self.selective_loss and not return_outputs:
                 head = output_head(self.accelerator.unwrap_model(model))
                 loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size,
@@ -192,7 +195,7 @@ def training_arguments(
     evaluate = has_eval and eval_every is not None
     keep_best = has_eval and save and cfg.keep_best and evaluate
     return TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
+        output_dir=str(RunFolder(output_dir).checkpoints),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,

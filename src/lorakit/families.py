@@ -158,10 +158,3 @@ def describe(family: Family) -> dict:
         "tied": family.tied,
         "quirks": list(family.quirks),
     }
-
-
-def family_named(name: str) -> Family:
-    for family in FAMILIES:
-        if family.name == name:
-            return family
-    raise KeyError(name)

@@ -17,10 +17,14 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.shapes import Conversation
-from lorakit.model.families import END_OF_TURN_TOKENS
+from lorakit.errors import LorakitError
+from lorakit.families import END_OF_TURN_TOKENS
 
 log = logging.getLogger(__name__)
+
+# What every stage speaks: data shapes produce conversations, templates render them, inference answers them.
+Message = dict[str, str]
+Conversation = list[Message]
 
 _LOOP = "{% for message in messages %}"
 NAMED_TEMPLATES: dict[str, tuple[str, str | None]] = {
@@ -59,7 +63,7 @@ NAMED_TEMPLATES: dict[str, tuple[str, str | None]] = {
     ),
 }
 
-# Tokens that close an assistant turn in the families we know (model/families.py); used to
+# Tokens that close an assistant turn in the families we know (families.py); used to
 # find the end of a turn in a model's own template and as stop tokens in generation.
 KNOWN_END_TOKENS = END_OF_TURN_TOKENS
 
@@ -72,7 +76,7 @@ THINK_CHOICES = ("keep", "strip_empty")
 TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
 
 
-class TemplateError(ValueError):
+class TemplateError(LorakitError, ValueError):
     """A template that cannot be used as asked; the message says what to change."""
 
 

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 from lorakit.config import LoraConfig
 from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.encode import encode_conversation
-from lorakit.data.templates import resolve_template
+from lorakit.templates import resolve_template
 from lorakit.model.lora import apply_lora
-from lorakit.train.loss import _chunk_ce, answer_only_loss, output_head
+from lorakit.model.loss import _chunk_ce, answer_only_loss, output_head
 from tests.conftest import make_tokenizer
 
 CONVERSATIONS = [

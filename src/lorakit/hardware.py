@@ -6,6 +6,12 @@ from pathlib import Path
 
 import torch
 
+from lorakit.errors import LorakitError
+
+
+class PrecisionError(LorakitError, ValueError):
+    """train.precision asks for what this machine cannot compute."""
+
 
 def _cpu_flags() -> str:
     cpuinfo = Path("/proc/cpuinfo")
@@ -38,9 +44,9 @@ def pick_precision(requested: str) -> str:
     """
     if requested != "auto":
         if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            raise ValueError("train.precision=bf16 but this GPU has no bf16; use fp16 or auto")
+            raise PrecisionError("train.precision=bf16 but this GPU has no bf16; use fp16 or auto")
         if requested == "fp16" and not torch.cuda.is_available():
-            raise ValueError("train.precision=fp16 needs a GPU; on CPU use bf16 (if supported) or fp32")
+            raise PrecisionError("train.precision=fp16 needs a GPU; on CPU use bf16 (if supported) or fp32")
         return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

@@ -17,7 +17,7 @@ from lorakit.data.encode import IGNORE_INDEX
 from lorakit.export.merge import merge_run
 from lorakit.infer.generate import generate_batch
 from lorakit.infer.session import open_session
-from lorakit.model.families import FAMILIES, family_named, recognise
+from lorakit.families import FAMILIES, recognise
 from lorakit.model.lora import TargetModulesError, adapted_module_names, apply_lora
 from lorakit.model.tokens import fit_embeddings
 from lorakit.train import recipe
@@ -55,7 +55,7 @@ def _prompt(answer_row: dict) -> list[dict]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_family_trains_reloads_merges_and_stops(case, tmp_path, caplog):
     arch, fmt, family_name, end, lead = CASES[case]
-    family = family_named(family_name)
+    family = next(f for f in FAMILIES if f.name == family_name)
     model_dir = make_tiny_model_dir(tmp_path / "model", family=fmt, arch=arch)
     think = "strip_empty" if case.endswith("-strip") else "keep"
     cfg = tiny_config(model_dir, tmp_path, "train.max_steps=3", "train.batch_size=4", "train.learning_rate=0.02",
@@ -185,7 +185,7 @@ def test_unknown_family_trains_all_linear_with_a_note(caplog):
 
 
 def test_every_family_end_token_is_a_known_end_of_turn_token():
-    from lorakit.data.templates import KNOWN_END_TOKENS
+    from lorakit.templates import KNOWN_END_TOKENS
 
     for family in FAMILIES:
         assert set(family.end_tokens) <= set(KNOWN_END_TOKENS)

@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from lorakit.labels import loss_positions
 
 
 def selective_loss_supported(model: torch.nn.Module) -> bool:
@@ -66,6 +66,14 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     return base.get_output_embeddings()
 
 
+def answer_positions(
+    hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The final hidden states that predict an answer token, those tokens, and the (batch, length - 1) mask."""
+    keep = loss_positions(labels)
+    return hidden[:, :-1][keep], labels[:, 1:][keep], keep
+
+
 def answer_only_loss(
     model: torch.nn.Module,
     head: torch.nn.Module,
@@ -84,10 +92,7 @@ def answer_only_loss(
     labels = inputs["labels"]
     forward_args = {k: v for k, v in inputs.items() if k != "labels"}
     out = model(**forward_args, use_cache=False, output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, :-1]
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    selected, wanted = hidden[keep], targets[keep]
+    selected, wanted, keep = answer_positions(out.hidden_states[-1], labels)
     with autocast if autocast is not None else nullcontext():
         total = _selected_ce(head, selected, wanted, chunk_size)
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
@@ -106,3 +111,21 @@ def _selected_ce(head: torch.nn.Module, selected: torch.Tensor, wanted: torch.Te
                 use_reentrant=False,
             )
     return total
+
+
+def answer_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of each answer token (no reduction), and the row each belongs to: for evaluation.
+
+    As in training, only answer positions are projected to the vocabulary where the model allows
+    it, so a batch of long samples never holds a full batch x length x vocab tensor.
+    """
+    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if selective_loss_supported(model):
+        hidden = model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        selected, wanted, keep = answer_positions(hidden, batch["labels"])
+        logits = project(output_head(model), selected)
+    else:
+        keep = loss_positions(batch["labels"])
+        logits, wanted = model(**args).logits[:, :-1][keep], batch["labels"][:, 1:][keep]
+    losses = torch.nn.functional.cross_entropy(logits.float(), wanted, reduction="none")
+    return losses, keep.nonzero()[:, 0]

@@ -1,0 +1,166 @@
+"""A run folder: what ``lorakit train`` writes, and the one module that knows its layout.
+
+Every other stage asks this module where a run keeps its config, adapter, tokenizer,
+metrics, checkpoints, summary and evaluation, whether a folder is a run at all, and reads
+them back through it (``summary.json`` as a typed :class:`RunSummary`)::
+
+    runs/demo/
+      lorakit.yaml                 the resolved config (written first: a killed run has it)
+      adapter_config.json          the adapter, in peft's layout
+      adapter_model.safetensors
+      tokenizer.json ...           the tokenizer, carrying the template it was trained with
+      metrics.jsonl, loss.png      one line per logging step and evaluation; the curves
+      checkpoints/                 resumable checkpoints
+      summary.json                 RunSummary: written last, so it means "finished"
+      eval.json, eval.md           lorakit eval (or eval.at_end)
+      .lorakit.lock                held while a run trains (train/run_folder.py)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lorakit.config import RunConfig, read_saved_config, save_config
+from lorakit.errors import LorakitError
+
+CONFIG = "lorakit.yaml"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+METRICS = "metrics.jsonl"
+PLOT = "loss.png"
+CHECKPOINTS = "checkpoints"
+SUMMARY = "summary.json"
+EVAL_JSON = "eval.json"
+EVAL_MARKDOWN = "eval.md"
+LOCK = ".lorakit.lock"
+# What a run writes; any of them means the folder holds a run (finished, killed or failed).
+RUN_FILES = (CONFIG, METRICS, SUMMARY, ADAPTER_WEIGHTS, CHECKPOINTS)
+
+
+class NotARunError(LorakitError, FileNotFoundError):
+    """A folder given as a run holds no run; the message says what to give."""
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports (``summary.json``); a worker rank of a multi-process run fills the first three."""
+
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    base_model: str | None = None
+    template: str | None = None
+    precision: str | None = None
+    eval_perplexity: float | None = None
+    best_checkpoint: str | None = None
+    skipped_steps: list[int] = field(default_factory=list)
+    resumed_from: str | None = None
+    train_seconds: float | None = None
+    tokens_seen: int = 0
+    loss_tokens_seen: int = 0
+    tokens_per_second: float | None = None  # this session's (since its start or resume)
+    loss_tokens_per_second: float | None = None
+    peak_rss_bytes: int | None = None
+    cuda_peak_reserved_bytes: int | None = None
+    cuda_training_reserved_bytes: int | None = None
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    memory_footprint_bytes: int = 0
+    data: list[dict[str, Any]] = field(default_factory=list)  # one DataReport.as_dict() per split
+    eval: dict[str, dict[str, float | None]] | None = None  # eval.at_end: metric -> {base, tuned}
+
+    def __getitem__(self, key: str) -> Any:
+        """``summary["steps"]``: read by the names summary.json uses, as code written against the file does."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def as_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        if raw["eval"] is None:
+            del raw["eval"]  # present only when the run evaluated at its end
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSummary:
+        """Keys this version does not know (or an older summary lacks) are left out or defaulted."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in raw.items() if k in known}
+        return cls(**{"steps": 0, "train_loss": None, "eval_loss": None, **values})
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (none when it is not there yet)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(json.loads(line))
+    return rows
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    # Where each file of the run lives (see the module docstring for what each holds).
+    config_file = property(lambda self: self.path / CONFIG)
+    adapter_config = property(lambda self: self.path / ADAPTER_CONFIG)
+    adapter_weights = property(lambda self: self.path / ADAPTER_WEIGHTS)
+    metrics_file = property(lambda self: self.path / METRICS)
+    plot_file = property(lambda self: self.path / PLOT)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    summary_file = property(lambda self: self.path / SUMMARY)
+    lock_file = property(lambda self: self.path / LOCK)
+
+    def is_run(self) -> bool:
+        """A run folder is one ``lorakit train`` wrote its config into."""
+        return self.config_file.is_file()
+
+    def has_adapter(self) -> bool:
+        return self.adapter_config.is_file()
+
+    def has_tokenizer(self) -> bool:
+        return (self.path / TOKENIZER_CONFIG).is_file()
+
+    def is_finished(self) -> bool:
+        return self.summary_file.is_file()
+
+    def require(self) -> RunFolder:
+        """This folder, refused with the reason when it is not a run."""
+        if not self.is_run():
+            raise NotARunError(f"{self.path} is not a lorakit run folder (no {CONFIG}); "
+                               "give a folder written by `lorakit train`")
+        return self
+
+    def read_config(self) -> RunConfig:
+        return read_saved_config(self.require().config_file)
+
+    def write_config(self, cfg: RunConfig) -> None:
+        save_config(cfg, self.config_file)
+
+    def read_summary(self) -> RunSummary | None:
+        """The summary of a finished run; None while it runs, or when it stopped before the end."""
+        if not self.is_finished():
+            return None
+        return RunSummary.from_dict(json.loads(self.summary_file.read_text(encoding="utf-8")))
+
+    def write_summary(self, summary: RunSummary) -> None:
+        self.summary_file.write_text(json.dumps(summary.as_dict(), indent=2), encoding="utf-8")
+
+    def read_metrics(self) -> list[dict]:
+        return read_metrics(self.metrics_file)
+
+
+def is_run(target: str | Path) -> bool:
+    return RunFolder(Path(target)).is_run()
+
+
+def open_run(target: str | Path) -> RunFolder:
+    """``target`` as a run folder; refused, saying why, when it is not one."""
+    return RunFolder(Path(target)).require()

@@ -1,0 +1,70 @@
+"""One error handler for every command: lorakit's own errors are one line, anything else keeps its traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from lorakit.cli import app
+from lorakit.errors import LorakitError
+
+
+def test_a_lorakit_error_is_one_line_and_exit_2(tmp_path):
+    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a lorakit run folder" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_adds_the_traceback_of_a_lorakit_error(tmp_path):
+    result = CliRunner().invoke(app, ["--debug", "runs", "show", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr and "describe_run" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_every_refusal_the_cli_catches_is_a_lorakit_error():
+    from lorakit.config import ConfigError
+    from lorakit.data.records import DataError
+    from lorakit.infer.catalog import CatalogError
+    from lorakit.model.gguf_cache import ModelNotFoundError
+    from lorakit.train.run_folder import RunFolderError
+
+    for error in (ConfigError, DataError, CatalogError, ModelNotFoundError, RunFolderError):
+        assert issubclass(error, LorakitError), error
+
+
+def test_an_unexpected_exception_is_not_turned_into_a_message(tmp_path, monkeypatch):
+    import lorakit.train.run_status as run_status
+
+    def broken(folder):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(run_status, "describe_run", broken)
+    result = CliRunner().invoke(app, ["runs", "show", str(tmp_path)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, RuntimeError) and "error:" not in result.output
+
+
+@pytest.mark.slow
+def test_an_unexpected_exception_prints_its_traceback(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        import lorakit.train.run_status as run_status
+        from lorakit.cli import main
+
+        def broken(folder):
+            raise RuntimeError("a bug, not bad input")
+
+        run_status.describe_run = broken
+        sys.argv = ["lorakit", "runs", "show", {str(tmp_path)!r}]
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "RuntimeError" in result.stderr and "a bug, not bad input" in result.stderr

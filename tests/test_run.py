@@ -1,0 +1,61 @@
+"""The run folder's one owner: a folder ``train`` wrote reads back through lorakit.run, typed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lorakit.run import NotARunError, RunFolder, RunSummary, is_run, open_run
+from lorakit.train import recipe
+from tests.conftest import make_tiny_model_dir
+from tests.train.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = tiny_config(make_tiny_model_dir(tmp / "model"), tmp, "train.max_steps=3", "train.batch_size=4", "train.logging_steps=1",
+                      "lora.rank=4", "train.save_steps=2")
+    return cfg, recipe.run(cfg)
+
+
+def test_a_folder_train_wrote_reads_back_as_a_run_summary(trained):
+    cfg, returned = trained
+    run = open_run(cfg.output_dir)
+    summary = run.read_summary()
+    assert isinstance(summary, RunSummary) and summary == returned
+    assert summary.steps == 3 and summary.base_model == str(cfg.model.name)
+    assert 0 < summary.loss_tokens_seen < summary.tokens_seen
+    assert 0 < summary.trainable_parameters < summary.total_parameters
+    assert summary.data[0]["kept"] == 16  # the data report, as DataReport.as_dict() wrote it
+    # The file is the summary's own dict: no key added or lost on the way.
+    assert json.loads(run.summary_file.read_text()) == summary.as_dict()
+    assert "eval" not in summary.as_dict()  # only a run with eval.at_end has that table
+
+
+def test_the_folder_answers_for_its_config_metrics_and_files(trained):
+    cfg, _ = trained
+    run = RunFolder(cfg.output_dir)
+    assert run.is_run() and is_run(str(cfg.output_dir)) and run.is_finished()
+    assert run.read_config() == cfg
+    assert [r["step"] for r in run.read_metrics() if "loss" in r] == [1, 2, 3]
+    assert run.has_adapter() and run.has_tokenizer() and run.adapter_weights.is_file()
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_a_folder_without_a_run_is_refused_with_the_reason(tmp_path):
+    assert not is_run(tmp_path) and RunFolder(tmp_path).read_summary() is None
+    with pytest.raises(NotARunError, match=r"not a lorakit run folder \(no lorakit.yaml\)"):
+        open_run(tmp_path)
+    with pytest.raises(FileNotFoundError):  # also what callers that predate NotARunError catch
+        RunFolder(tmp_path).read_config()
+
+
+def test_a_summary_from_another_version_still_reads():
+    old = {"steps": 7, "train_loss": 1.5, "eval_loss": None, "tokens_seen": 100, "a_key_from_later": 1}
+    summary = RunSummary.from_dict(old)
+    assert (summary.steps, summary.train_loss, summary["tokens_seen"]) == (7, 1.5, 100)
+    assert summary.skipped_steps == [] and summary.eval is None
+    with pytest.raises(KeyError):
+        summary["a_key_from_later"]
