@@ -17,8 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorakit.errors import LorakitError
+from lorakit.hub import looks_like_hub_id
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+# A data.template ending so is the user's own Jinja file (a path, relative to the config).
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
 
 
 class ConfigError(LorakitError, ValueError):
@@ -456,8 +459,7 @@ def _resolve_source(source: DataSource, base: Path) -> DataSource:
     path = Path(text).expanduser()
     if not path.is_absolute():
         local = base / path
-        looks_like_hub = text.count("/") == 1 and not path.suffix and not text.startswith(".")
-        if looks_like_hub and not local.exists() and not any(c in text for c in "*?["):
+        if looks_like_hub_id(text, file_like=False) and not local.exists():
             return source
         path = local
     return source.model_copy(update={"path": str(path.resolve())})
@@ -472,7 +474,7 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
     cfg.data.train = [_resolve_source(s, base) for s in cfg.data.train]
     cfg.data.eval = [_resolve_source(s, base) for s in cfg.data.eval]
-    if cfg.data.template.endswith((".jinja", ".jinja2", ".j2")):
+    if cfg.data.template.endswith(TEMPLATE_SUFFIXES):
         cfg.data.template = str(fix(Path(cfg.data.template)))
     if cfg.data.hub_cache is not None:
         cfg.data.hub_cache = fix(cfg.data.hub_cache)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lorakit.data.sources import DataError
+from lorakit.data.records import DataError
 from lorakit.infer.prompts import read_prompts
 from tests.conftest import write_jsonl
 

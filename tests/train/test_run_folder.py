@@ -135,7 +135,7 @@ def test_resume_from_a_missing_path_says_so(tiny_model_dir, tmp_path):
 
 
 def test_a_failed_run_leaves_no_empty_folder(tiny_model_dir, tmp_path):
-    from lorakit.data.sources import DataError
+    from lorakit.data.records import DataError
 
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT, f"data.train={tmp_path / 'missing.jsonl'}")
     with pytest.raises(DataError):

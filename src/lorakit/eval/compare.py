@@ -19,7 +19,7 @@ from lorakit.config import GenerationConfig
 from lorakit.data.collate import PadCollator
 from lorakit.data.dataset import Sample
 from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
-from lorakit.data.sources import DataError
+from lorakit.data.records import DataError
 from lorakit.errors import LorakitError
 from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
 from lorakit.eval.scorer import UserScorer
