@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lorakit.config import DataConfig, ModelConfig
-from lorakit.data.dataset import build_splits
+from lorakit.data.pipeline import build_splits
 from lorakit.data.readers import read_file
 from lorakit.data.shapes import to_content
 from lorakit.templates import resolve_template

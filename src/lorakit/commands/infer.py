@@ -156,7 +156,7 @@ def evaluate(
     from pydantic import ValidationError
 
     from lorakit.config import RunConfig
-    from lorakit.eval.report import print_comparison
+    from lorakit.eval.results import print_comparison
     from lorakit.eval.run import evaluate as run_eval
     from lorakit.infer.session import open_session
     from lorakit.run import RunFolder

@@ -18,7 +18,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator
-from lorakit.data.dataset import build_splits
+from lorakit.data.pipeline import build_splits
 from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
