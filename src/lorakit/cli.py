@@ -162,6 +162,10 @@ app.add_typer(runs_app, name="runs")
 _register(runs_app, look.runs_show, "show")
 _register(app, look.models)
 
+config_app = typer.Typer(no_args_is_help=True, help="The configuration's keys, defaults and what each does.")
+app.add_typer(config_app, name="config")
+_register(config_app, look.config_show, "show")
+
 
 def _optional_resume_value(argv: list[str]) -> list[str]:
     """Let ``--resume`` stand alone (meaning the latest checkpoint) as well as take a path."""

@@ -122,8 +122,8 @@ def serve(
     setup_logging(True)
     from pydantic import ValidationError
 
-    from lorakit.config import ServeConfig
     from lorakit.infer.catalog import open_catalog, parse_adapter_specs
+    from lorakit.serve.app import ServeConfig
     from lorakit.serve.app import serve as run_server
 
     gen = generation(max_new_tokens, temperature, 1.0, 0, 0.0, 1.0, None, context_length)

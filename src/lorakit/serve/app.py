@@ -26,21 +26,35 @@ from importlib import resources
 import anyio
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.templates import Conversation
+from lorakit.config import GenerationConfig
 from lorakit.infer.catalog import Catalog, Choice
 from lorakit.infer.generate import Answer, context_length, prompt_ids
 from lorakit.infer.stream import TextStream
 from lorakit.serve.errors import APIError, install_error_handlers
 from lorakit.serve.schemas import ChatRequest, CompletionRequest, _Sampling
+from lorakit.templates import Conversation
 
 log = logging.getLogger(__name__)
 
 _END = object()
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DISCONNECT_POLL_S = 0.1  # how often a waiting plain request checks that its client is still there
+
+
+class ServeConfig(BaseModel):
+    """Settings of ``lorakit serve``, given on its command line (a training config has no use for them)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    host: str = Field("127.0.0.1", description="Loopback by default: nothing outside this machine can reach it.")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="When set, requests need 'Authorization: Bearer <key>'.")
+    max_pending: int = Field(
+        16, gt=0, description="Requests running or waiting at once; more are refused with 429 rather than queued."
+    )
 
 
 def host_name(header: str) -> str:
