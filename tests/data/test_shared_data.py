@@ -50,6 +50,7 @@ def smol(embedded_cache):
     return tokenizer, resolve_template(tokenizer, "auto")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", shared_files())
 def test_shared_file_loads_renders_and_reports_its_quirks(name, smol):
     tokenizer, template = smol

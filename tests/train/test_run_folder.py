@@ -41,6 +41,7 @@ def test_a_second_lock_on_a_folder_names_the_holder(tmp_path):
     again.release()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over(tmp_path):
     lock_file = tmp_path / LOCK
     # Left by a killed run: the kernel dropped its flock, the file still names it.
@@ -63,6 +64,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_train_on_a_locked_folder_stops_at_once_naming_the_holder(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
     lock = RunLock(cfg.output_dir)
@@ -157,6 +159,7 @@ def test_runs_show_says_a_locked_run_is_running(tmp_path):
     assert describe_run(tmp_path)["status"] == "not started"
 
 
+@pytest.mark.slow
 def test_the_launcher_refuses_a_locked_or_occupied_folder_before_starting_workers(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
     args = [sys.executable, "-m", "lorakit", "train", "--nproc", "2", "--set", f"model.name={tiny_model_dir}",
