@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lorakit.run import LOCK
-from lorakit.train import checkpoints, recipe, run_folder
+from lorakit.train import checkpoints, recipe
 from lorakit.train.run_folder import RunFolderError, RunLock
 from tests.train.helpers import metrics, tiny_config
 
