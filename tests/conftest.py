@@ -214,6 +214,65 @@ def embedded_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("lorakit-cache")
 
 
+# --- the inner loop (`pytest -m "not slow"`) stays fast: a test that starts Python (the lorakit
+# command, torchrun) or loads the embedded model must say so with @pytest.mark.slow. The check
+# runs while a test sets up (its fixtures too) and runs, so an unmarked one fails, naming what it did.
+
+
+class _SlowGuard:
+    item: pytest.Item | None = None
+
+    @classmethod
+    def refuse(cls, what: str) -> None:
+        if cls.item is not None and cls.item.get_closest_marker("slow") is None:
+            cls.item = None  # one failure per test; the test's own teardown may start more
+            pytest.fail(f"this test {what}: mark it @pytest.mark.slow", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    _SlowGuard.item = item
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    _SlowGuard.item = None
+    yield
+
+
+def _guard_popen() -> None:
+    import subprocess
+    import sys
+
+    real = subprocess.Popen.__init__
+
+    def popen(self, args, *rest, **kwargs):
+        words = [args] if isinstance(args, (str, bytes, Path)) else list(args)
+        first = str(words[0]) if words else ""
+        if first == sys.executable or Path(first).name.startswith(("python", "lorakit", "torchrun")):
+            _SlowGuard.refuse(f"starts a subprocess ({' '.join(map(str, words))[:120]})")
+        real(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = popen
+
+
+def _guard_embedded() -> None:
+    from lorakit.model import loader
+
+    real = loader.embedded_gguf
+
+    def embedded():
+        _SlowGuard.refuse("loads the embedded model")
+        return real()
+
+    loader.embedded_gguf = embedded
+
+
+_guard_popen()
+_guard_embedded()
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU-only tests are collected everywhere and skipped, with the reason, where there is no GPU."""
     if torch.cuda.is_available():

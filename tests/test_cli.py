@@ -44,12 +44,14 @@ def trained_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_train_writes_peft_adapter(trained_run):
     config = json.loads((trained_run / "adapter_config.json").read_text())
     assert config["r"] == 4 and config["peft_type"] == "LORA"
     assert (trained_run / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_train_reports_config_errors(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("lora:\n  rnak: 4\n", encoding="utf-8")
@@ -58,6 +60,7 @@ def test_train_reports_config_errors(tmp_path):
     assert "did you mean lora.rank?" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_with_a_folder_or_binary_as_config_says_so(tmp_path):
     folder = lorakit("train", str(tmp_path))
     assert folder.returncode == 2 and "is a folder" in folder.stderr and "Traceback" not in folder.stderr
@@ -67,6 +70,7 @@ def test_train_with_a_folder_or_binary_as_config_says_so(tmp_path):
     assert result.returncode == 2 and "is not a text file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_generate_prompt_and_file(trained_run, tmp_path):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say the city of Maria."},
                                                    {"messages": [{"role": "user", "content": "Hi"}]}])
@@ -82,6 +86,7 @@ def test_generate_prompt_and_file(trained_run, tmp_path):
     assert alone.stdout.strip() == rows[0]["answer"]
 
 
+@pytest.mark.slow
 def test_chat_through_stdin(trained_run):
     result = lorakit("chat", str(trained_run), "--max-new-tokens", "5", stdin="Hello\n/reset\nAgain\n/exit\nnever\n")
     assert result.returncode == 0, result.stderr
@@ -89,12 +94,14 @@ def test_chat_through_stdin(trained_run):
     assert result.stdout.count(">>> ") == 4  # Hello, /reset, Again, /exit: "never" is not read
 
 
+@pytest.mark.slow
 def test_generate_on_missing_model_says_how_to_fix(tmp_path):
     result = lorakit("generate", str(tmp_path / "nothing-here"), "--prompt", "hi")
     assert result.returncode == 2
     assert "not found" in result.stderr
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_embedded_model_answers_and_chats(embedded_cache):
     result = lorakit("generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?",

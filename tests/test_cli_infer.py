@@ -32,6 +32,7 @@ def run(tmp_path_factory) -> tuple[Path, Path]:
     return run_dir, save_random_adapter(base_dir, root / "extra", seed=2)
 
 
+@pytest.mark.slow
 def test_generate_over_a_csv_with_sampling_options(run, tmp_path):
     run_dir, _ = run
     prompts = tmp_path / "p.csv"
@@ -55,6 +56,7 @@ def test_generate_over_a_csv_with_sampling_options(run, tmp_path):
     ]  # the same seed samples the same answers
 
 
+@pytest.mark.slow
 def test_generate_names_the_prompt_that_does_not_fit(run, tmp_path):
     run_dir, _ = run
     prompts = tmp_path / "p.jsonl"
@@ -66,6 +68,7 @@ def test_generate_names_the_prompt_that_does_not_fit(run, tmp_path):
     assert "line 1" not in result.stderr
 
 
+@pytest.mark.slow
 def test_chat_with_system_file_stats_and_adapters(run, tmp_path):
     run_dir, extra = run
     system = tmp_path / "system.txt"
@@ -84,6 +87,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_answers_on_loopback_with_an_api_key(run):
     run_dir, extra = run
     port = _free_port()

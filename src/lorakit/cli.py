@@ -108,7 +108,7 @@ def train(
         table.add_row("cuda_peak_reserved", f"{summary.cuda_peak_reserved_bytes / 2**30:.2f} GiB")
     out.print(table)
     if cfg.eval.at_end:  # base against tuned on the held-out data: eval.json, eval.md, summary.json's table
-        from lorakit.eval.report import print_comparison
+        from lorakit.eval.results import print_comparison
         from lorakit.eval.run import evaluate_at_end
 
         print_comparison(out, evaluate_at_end(cfg.resolved_output_dir(), cfg.train.progress_bar))
@@ -161,6 +161,10 @@ runs_app = typer.Typer(no_args_is_help=True, help="Look at training runs.")
 app.add_typer(runs_app, name="runs")
 _register(runs_app, look.runs_show, "show")
 _register(app, look.models)
+
+config_app = typer.Typer(no_args_is_help=True, help="The configuration's keys, defaults and what each does.")
+app.add_typer(config_app, name="config")
+_register(config_app, look.config_show, "show")
 
 
 def _optional_resume_value(argv: list[str]) -> list[str]:

@@ -9,16 +9,16 @@ classic way a fine-tune runs with settings nobody asked for.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorakit.errors import LorakitError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+# A data.template ending so is the user's own Jinja file (a path, relative to the config).
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
 
 
 class ConfigError(LorakitError, ValueError):
@@ -191,7 +191,7 @@ class DataConfig(_Section):
 class LoraConfig(_Section):
     rank: int = Field(16, gt=0, description="Higher: more capacity, more memory.")
     alpha: float = Field(32, gt=0, description="Scale of the update is alpha / rank.")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path while training.")
     target_modules: str | list[str] = Field(
         "all-linear",
         description="'all-linear', 'attention' or 'attention+mlp' (named per model family: lorakit models), "
@@ -224,23 +224,24 @@ class DistributedConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
     max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run the epochs.")
     batch_size: int = Field(8, gt=0, description="Samples per forward pass.")
     grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate, after warm-up.")
     warmup: float = Field(0.05, ge=0, description="Warm-up: a fraction of all steps if < 1, else steps.")
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    logging_steps: int = Field(5, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="How the learning rate moves after warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the trained weights.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this before each step.")
+    logging_steps: int = Field(5, gt=0, description="Log the train loss (metrics.jsonl) every N steps.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Autocast for the forward and backward. 'auto': bf16 on a GPU that has it (else fp16), fp32 on "
         "a CPU (measured: autocast is no faster there, even with native bf16).",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
-    progress_bar: bool = True
+    progress_bar: bool = Field(True, description="Draw a progress bar on the terminal.")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
         "adamw", description="The 8-bit and paged variants need bitsandbytes."
     )
@@ -337,29 +338,18 @@ class TrainConfig(_Section):
 
 
 class GenerationConfig(_Section):
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int = Field(256, gt=0, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0, description="0: greedy.")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the likeliest tokens up to this mass.")
     top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens; 0: no limit.")
     min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens below min_p x the top probability; 0: off.")
     repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages repeating tokens; 1: off.")
     seed: int | None = Field(
         None, ge=-(2**63), le=2**64 - 1, description="Seed for sampling, so a sampled answer can be reproduced."
     )
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Prompts answered per forward pass (left-padded).")
     context_length: int | None = Field(
         None, gt=8, description="Prompt plus answer, in tokens; None: the model's max_position_embeddings."
-    )
-
-
-class ServeConfig(_Section):
-    """Settings of ``lorakit serve``, given on its command line (a training config has no use for them)."""
-
-    host: str = Field("127.0.0.1", description="Loopback by default: nothing outside this machine can reach it.")
-    port: int = Field(8000, ge=0, le=65535)
-    api_key: str | None = Field(None, description="When set, requests need 'Authorization: Bearer <key>'.")
-    max_pending: int = Field(
-        16, gt=0, description="Requests running or waiting at once; more are refused with 429 rather than queued."
     )
 
 
@@ -378,9 +368,9 @@ class EvalConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str = "run"
+    name: str = Field("run", description="The run's name; default: the config file's stem.")
     output_dir: Path | None = Field(None, description="Default: runs/<name>.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the model's initialisation and the training order.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -399,131 +389,10 @@ class RunConfig(_Section):
         return self.output_dir if self.output_dir is not None else Path("runs") / self.name
 
 
-def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """Walk ``loc`` down the nested models and offer the closest real key."""
-    cls: Any = model_cls
-    for part in loc[:-1]:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        # An optional section (``QuantizationConfig | None``) suggests from the section's keys.
-        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
-        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not sections:
-            return ""
-        cls = sections[0]
-    prefix = ".".join(str(p) for p in loc[:-1])
-    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.5)
-    if close:
-        return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)"
-    return f" (known keys: {', '.join(cls.model_fields)})"
+def __getattr__(name: str) -> Any:
+    """``from lorakit.config import load_config``: config_file.py (which needs the classes above), imported on use."""
+    if name in ("load_config", "save_config", "read_saved_config", "apply_override"):
+        from lorakit import config_file
 
-
-def _validate(raw: dict[str, Any], source: str) -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                lines.append(f"  unknown key '{key}'{_suggest(RunConfig, tuple(e['loc']))}")
-            elif not key:  # a check across sections (a model validator): its message says it all
-                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
-            else:
-                lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
-
-
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in assignment:
-        raise ConfigError(f"override '{assignment}' must look like key=value, e.g. lora.rank=8")
-    key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{assignment}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-
-
-def _resolve_source(source: DataSource, base: Path) -> DataSource:
-    """Make a local path absolute; leave hub names alone (they have no folder to be relative to)."""
-    text = source.path
-    if text.startswith("hub:"):
-        return source
-    path = Path(text).expanduser()
-    if not path.is_absolute():
-        local = base / path
-        looks_like_hub = text.count("/") == 1 and not path.suffix and not text.startswith(".")
-        if looks_like_hub and not local.exists() and not any(c in text for c in "*?["):
-            return source
-        path = local
-    return source.model_copy(update={"path": str(path.resolve())})
-
-
-def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Data files are relative to the config file, so a config folder can be moved whole."""
-
-    def fix(p: Path) -> Path:
-        p = p.expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
-
-    cfg.data.train = [_resolve_source(s, base) for s in cfg.data.train]
-    cfg.data.eval = [_resolve_source(s, base) for s in cfg.data.eval]
-    if cfg.data.template.endswith((".jinja", ".jinja2", ".j2")):
-        cfg.data.template = str(fix(Path(cfg.data.template)))
-    if cfg.data.hub_cache is not None:
-        cfg.data.hub_cache = fix(cfg.data.hub_cache)
-    cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
-    name_path = Path(cfg.model.name).expanduser()
-    if not name_path.is_absolute() and (base / name_path).exists():
-        cfg.model.name = str((base / name_path).resolve())
-    if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
-        file, _, function = cfg.eval.scorer.rpartition(":")
-        cfg.eval.scorer = f"{fix(Path(file))}:{function}"
-    if cfg.output_dir is None:
-        cfg.output_dir = Path("runs") / cfg.name
-    return cfg
-
-
-def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (or start from defaults), apply overrides, validate, resolve paths."""
-    raw: dict[str, Any] = {}
-    base = Path.cwd()
-    source = "defaults"
-    if path is not None:
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        if path.is_dir():
-            raise ConfigError(f"{path} is a folder; give the YAML config file itself (e.g. {path / 'config.yaml'})")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); "
-                              "give a YAML config file") from None
-        except OSError as err:
-            raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings at the top level")
-        raw = loaded or {}
-        raw.setdefault("name", path.stem)
-        base = path.resolve().parent
-        source = str(path)
-    for assignment in overrides or []:
-        apply_override(raw, assignment)
-    return _resolve_paths(_validate(raw, source), base)
-
-
-def save_config(cfg: RunConfig, path: Path) -> None:
-    data = cfg.model_dump(mode="json")
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-
-
-def read_saved_config(path: Path) -> RunConfig:
-    """Read a config written by :func:`save_config` (paths already resolved)."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return _validate(raw, str(path))
+        return getattr(config_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

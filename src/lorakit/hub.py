@@ -37,10 +37,16 @@ class HubRepo:
         return " ".join([*parts, self.id])
 
 
-def looks_like_hub_id(name: str) -> bool:
-    """``owner/name``: one slash, neither end empty, not a relative or absolute path."""
+def looks_like_hub_id(name: str, file_like: bool = True) -> bool:
+    """``owner/name``: one slash, neither end empty, not a relative or absolute path, not a glob.
+
+    ``file_like=False``, for data sources: a name with a file suffix (``owner/data.jsonl``) is a
+    local file that is missing, not a repo. Model ids keep theirs (``Qwen/Qwen2.5-0.5B``).
+    """
     owner, _, repo = name.partition("/")
-    return name.count("/") == 1 and bool(owner) and bool(repo) and not name.startswith((".", "~"))
+    if name.count("/") != 1 or not owner or not repo or name.startswith((".", "~")) or any(c in name for c in "*?["):
+        return False
+    return file_like or not Path(name).suffix
 
 
 def cache_location(cache_dir: Path | None) -> str:

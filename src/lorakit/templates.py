@@ -17,6 +17,7 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from transformers import PreTrainedTokenizerBase
 
+from lorakit.config import TEMPLATE_SUFFIXES
 from lorakit.errors import LorakitError
 from lorakit.families import END_OF_TURN_TOKENS
 
@@ -71,9 +72,6 @@ KNOWN_END_TOKENS = END_OF_TURN_TOKENS
 # no reasoning; data.think=strip_empty removes it with the whitespace that follows.
 EMPTY_THINK = re.compile(r"<think>\s*</think>\s*")
 THINK_CHOICES = ("keep", "strip_empty")
-
-
-TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
 
 
 class TemplateError(LorakitError, ValueError):

@@ -8,8 +8,8 @@ from tokenizers import processors
 
 from lorakit.config import DataConfig
 from lorakit.data import doctor
-from lorakit.data.dataset import build_splits
 from lorakit.data.encode import IGNORE_INDEX
+from lorakit.data.pipeline import build_splits
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 

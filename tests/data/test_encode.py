@@ -87,6 +87,7 @@ def test_no_template_falls_back_to_alpaca(caplog):
     assert "no chat template" in caplog.text
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_masking_embedded_model_template(embedded_cache):
     from lorakit.model.loader import load_tokenizer, resolve_model_folder

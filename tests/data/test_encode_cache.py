@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lorakit.data import encode_cache
-from lorakit.data.dataset import encode_samples, read_conversations
-from lorakit.data.sources import DataError
+from lorakit.data.pipeline import encode_samples, read_conversations
+from lorakit.data.records import DataError
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 

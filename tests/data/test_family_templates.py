@@ -90,8 +90,8 @@ def test_unknown_think_choice_is_refused():
 def test_a_template_that_refuses_a_system_turn_names_the_sample(tmp_path):
     # Gemma's and Mistral's own templates raise on a system turn; the user needs the line and a way out.
     from lorakit.config import DataConfig
-    from lorakit.data.dataset import build_splits
-    from lorakit.data.sources import DataError
+    from lorakit.data.pipeline import build_splits
+    from lorakit.data.records import DataError
     from tests.conftest import write_jsonl
 
     tokenizer = make_tokenizer("gemma")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lorakit.config import DataConfig, ModelConfig
-from lorakit.data.dataset import build_splits
+from lorakit.data.pipeline import build_splits
 from lorakit.data.readers import read_file
 from lorakit.data.shapes import to_content
 from lorakit.templates import resolve_template
@@ -50,6 +50,7 @@ def smol(embedded_cache):
     return tokenizer, resolve_template(tokenizer, "auto")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", shared_files())
 def test_shared_file_loads_renders_and_reports_its_quirks(name, smol):
     tokenizer, template = smol

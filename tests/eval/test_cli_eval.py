@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     return out, data
 
 
+@pytest.mark.slow
 def test_eval_writes_reports_with_limit_and_scorer(tiny_run, tmp_path):
     run, data = tiny_run
     checks = tmp_path / "checks.py"
@@ -48,6 +49,7 @@ def test_eval_writes_reports_with_limit_and_scorer(tiny_run, tmp_path):
     assert (tmp_path / "o" / "eval.md").is_file() and not (run / "eval.json").exists()
 
 
+@pytest.mark.slow
 def test_eval_base_only_and_bad_scorer(tiny_run, tmp_path):
     run, data = tiny_run
     base = lorakit("eval", str(run), "--base", "--data", str(data), "--out", str(tmp_path))
@@ -65,12 +67,14 @@ def test_eval_base_only_and_bad_scorer(tiny_run, tmp_path):
     assert "checks_missing.py does not exist" in bad.stderr
 
 
+@pytest.mark.slow
 def test_train_refuses_eval_at_end_without_held_out_data(tmp_path):
     result = lorakit("train", "--set", "eval.at_end=true", "--set", f"data.train={tmp_path / 'x.jsonl'}")
     assert result.returncode == 2
     assert "eval.at_end needs held-out samples: set data.eval" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_checks_the_scorer_before_training(tmp_path):
     # The data does not even exist: the scorer is checked first, so nothing is trained for nothing.
     result = lorakit("train", "--set", "eval.at_end=true", "--set", f"data.train={tmp_path / 'x.jsonl'}",

@@ -12,11 +12,10 @@ from markdown_it import MarkdownIt
 from transformers import AutoModelForCausalLM
 
 from lorakit.config import EvalConfig, GenerationConfig, LoraConfig, load_config
-from lorakit.data.dataset import read_conversations
 from lorakit.data.encode import encode_conversation
-from lorakit.templates import resolve_template
+from lorakit.data.pipeline import read_conversations
 from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare
-from lorakit.eval.report import markdown, read_report, table_rows, write_reports
+from lorakit.eval.results import markdown, read_report, table_rows, write_reports
 from lorakit.eval.run import evaluate
 from lorakit.eval.scorer import load_scorer
 from lorakit.infer.generate import generate_batch
@@ -24,6 +23,7 @@ from lorakit.infer.session import Session, session_of
 from lorakit.model import loss as loss_module
 from lorakit.model.loader import load_tokenizer
 from lorakit.model.lora import apply_lora
+from lorakit.templates import resolve_template
 from tests.conftest import write_jsonl
 
 ROWS = [

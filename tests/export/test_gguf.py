@@ -155,6 +155,7 @@ def test_unsupported_configs_are_refused_before_loading(tmp_path, arch, change, 
     assert not (tmp_path / "x.gguf").exists()
 
 
+@pytest.mark.slow
 def test_unknown_architecture_and_k_quants_are_refused_with_the_way_out(tmp_path, monkeypatch):
     from transformers import GPTNeoXConfig
 
@@ -194,6 +195,7 @@ def test_run_with_unsupported_tokenizer_is_refused_before_merging(tiny_run, tmp_
         export_gguf(run, tmp_path / "x.gguf")
 
 
+@pytest.mark.slow
 def test_export_command(tiny_run, tmp_path):
     out = tmp_path / "cli" / "model.gguf"
     result = subprocess.run(

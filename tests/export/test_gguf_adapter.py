@@ -70,6 +70,7 @@ def test_adapters_a_gguf_lora_cannot_hold_are_refused_before_writing(tiny_llama,
     assert not any(tmp_path.glob("*.gguf"))
 
 
+@pytest.mark.slow
 def test_adapter_only_command(tiny_run, tmp_path):
     import subprocess
     import sys

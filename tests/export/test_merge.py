@@ -89,6 +89,7 @@ def test_new_tokens_and_pad_survive_merge(tiny_llama, tmp_path):
         assert (model(input_ids=ids).logits - expected).abs().max() < MERGE_ATOL
 
 
+@pytest.mark.slow
 def test_merge_command(tiny_run, tmp_path):
     out = tmp_path / "merged-cli"
     result = subprocess.run([sys.executable, "-m", "lorakit", "merge", str(tiny_run), "--out", str(out)],

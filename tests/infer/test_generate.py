@@ -123,6 +123,7 @@ def test_progress_counts_every_prompt_and_order_is_kept(tiny):
     assert [a.prompt_tokens for a in answers] == [len(p) for p in prompts]
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_batch_equals_one_by_one_on_the_embedded_model(embedded_cache: Path):
     session = open_session("smollm2-135m-instruct", embedded_cache)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lorakit.data.sources import DataError
+from lorakit.data.records import DataError
 from lorakit.infer.prompts import read_prompts
 from tests.conftest import write_jsonl
 
@@ -50,3 +50,15 @@ def test_bad_prompt_records_name_their_line(tmp_path):
     path = write_jsonl(tmp_path / "ends.jsonl", [{"messages": [{"role": "system", "content": "s"}]}])
     with pytest.raises(DataError, match="line 1: the conversation must end with a user turn"):
         read_prompts(path)
+
+
+def test_prompts_take_every_training_shape_and_data_columns(tmp_path):
+    path = write_jsonl(tmp_path / "mapped.jsonl", [
+        {"question": "Capital of France?", "answer": "Paris"},
+        {"instruction": "Summarize.", "context": "A long text.", "response": "Short."},
+    ])
+    items = read_prompts(path, columns={"prompt": "question", "completion": "answer"})
+    assert [i.conversation for i in items] == [
+        [{"role": "user", "content": "Capital of France?"}],  # the reference answer is what is asked for
+        [{"role": "user", "content": "Summarize.\n\nA long text."}],  # dolly, as training reads it
+    ]

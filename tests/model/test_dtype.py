@@ -47,6 +47,7 @@ def test_gpu_without_bf16(old_gpu):
     assert resolve_dtype("float16") is torch.float16
 
 
+@pytest.mark.slow
 def test_train_reports_dtype_the_cpu_lacks(tiny_model_dir, tmp_path):
     import subprocess
     import sys

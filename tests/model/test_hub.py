@@ -144,6 +144,7 @@ def test_base_model_by_hub_id_opens_for_chat_generate_eval_and_serve(hub, tmp_pa
     assert session.tokenizer.convert_tokens_to_ids("<|eot_id|>") in session.template.end_token_ids
 
 
+@pytest.mark.slow
 def test_generate_on_a_hub_id_shows_the_download_and_answers(hub):
     """The CLI hides transformers' progress bars unless verbose; the download's own still shows."""
     result = subprocess.run(
@@ -230,6 +231,7 @@ def test_remote_code_is_refused_before_the_weights_are_fetched(hub, tmp_path):
     assert hub.fetched() == ["config.json"]
 
 
+@pytest.mark.slow
 def test_remote_code_runs_when_allowed(hub, tmp_path):
     """In a subprocess: transformers imports the repo's code into HF_HOME/modules, read at its import."""
     hub.add_model("someone/custom", _custom_repo(tmp_path / "custom"))
@@ -297,6 +299,7 @@ def test_unknown_hub_dataset(hub):
         read_source(DataSource(path="nobody/nothing"), hub_download=True)
 
 
+@pytest.mark.slow
 def test_tokenizer_first_then_weights_and_bad_data_fails_before_the_weights(hub, tmp_path):
     folder = Path(resolve_model_folder(ModelConfig(name=LLAMA3), weights=False))
     assert "model.safetensors" not in hub.fetched() and "tokenizer.json" in hub.fetched()

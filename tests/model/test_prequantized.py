@@ -149,6 +149,7 @@ def test_a_prequantized_checkpoint_this_cpu_cannot_run_is_refused_naming_the_lay
         load_model(str(folder), "float32")
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_different_quantization_with_the_reason(prequantized, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     result = subprocess.run(

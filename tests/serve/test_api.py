@@ -14,10 +14,10 @@ from contextlib import ExitStack
 import httpx2 as httpx
 import pytest
 
-from lorakit.config import GenerationConfig, ServeConfig
+from lorakit.config import GenerationConfig
 from lorakit.infer.catalog import open_catalog
 from lorakit.infer.stream import TextStream
-from lorakit.serve.app import chat_prompt_ids, create_app
+from lorakit.serve.app import ServeConfig, chat_prompt_ids, create_app
 from tests.infer.runs import make_tiny_catalog, make_tiny_run, trainer_prompt_ids
 from tests.serve.server import running
 

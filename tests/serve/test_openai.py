@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from lorakit.config import GenerationConfig, ServeConfig
+from lorakit.config import GenerationConfig
 from lorakit.infer.catalog import open_catalog
-from lorakit.serve.app import chat_prompt_ids, create_app
+from lorakit.serve.app import ServeConfig, chat_prompt_ids, create_app
 from tests.conftest import needs_embedded
 from tests.infer.runs import trainer_prompt_ids
 from tests.serve.server import running

@@ -71,6 +71,7 @@ def two_process_run(tmp_path_factory) -> tuple[Path, Path, Path]:
     return tmp, config, tmp / "run2"
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
     tmp, _, run2 = two_process_run
     model_dir = tmp / "model"
@@ -99,6 +100,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
         assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= names
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_in_bf16(tmp_path):
     """The bf16 twin of the test above: autocast on both sides, bf16's tolerances (helpers.py)."""
     from tests.conftest import make_tiny_model_dir
@@ -120,6 +122,7 @@ def test_two_processes_match_one_process_in_bf16(tmp_path):
     assert_same_update(adapter(tmp_path / "run2"), adapter(cfg.output_dir), "bf16")
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_two_processes(two_process_run, tmp_path):
     _, config, run2 = two_process_run
     out = tmp_path / "resumed"
@@ -143,6 +146,7 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stop", "expected", "bound_s"), [
     # Dead: torchrun's agent sees the exit within its monitor interval and stops the other rank.
     (signal.SIGKILL, "rank 1 exited with -9", 60),
@@ -222,6 +226,7 @@ def test_unsupported_combinations_are_refused(settings, message):
         load_config(None, settings)
 
 
+@pytest.mark.slow
 def test_sharded_strategies_are_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp"):
         distributed.check_supported(DistributedConfig(strategy="deepspeed_zero2"), on_gpu=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -70,6 +71,7 @@ def test_same_seed_same_adapter(tiny_model_dir, tmp_path):
         assert (outs[0][key] == outs[1][key]).all(), key
 
 
+@pytest.mark.slow
 @needs_embedded
 def test_short_embedded_run_lowers_loss(tmp_path, embedded_cache):
     out = tmp_path / "run"

@@ -82,6 +82,7 @@ def assert_same_adapter(got: dict, expected: dict) -> None:
         assert torch.equal(got[key], expected[key]), key
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_exact(reference, tmp_path):
     model_dir, expected, expected_summary = reference
     config = write_config(tmp_path, model_dir)
@@ -115,6 +116,7 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path):
     assert not torn.exists()  # the torn leftover was cleaned once a newer checkpoint completed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stop", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["sigint", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(reference, tmp_path, stop, exit_code):
     model_dir, expected, expected_summary = reference

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lorakit.run import LOCK
-from lorakit.train import checkpoints, recipe, run_folder
+from lorakit.train import checkpoints, recipe
 from lorakit.train.run_folder import RunFolderError, RunLock
 from tests.train.helpers import metrics, tiny_config
 
@@ -41,6 +41,7 @@ def test_a_second_lock_on_a_folder_names_the_holder(tmp_path):
     again.release()
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over(tmp_path):
     lock_file = tmp_path / LOCK
     # Left by a killed run: the kernel dropped its flock, the file still names it.
@@ -63,6 +64,7 @@ def test_a_stale_lock_is_taken_over(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_train_on_a_locked_folder_stops_at_once_naming_the_holder(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
     lock = RunLock(cfg.output_dir)
@@ -135,7 +137,7 @@ def test_resume_from_a_missing_path_says_so(tiny_model_dir, tmp_path):
 
 
 def test_a_failed_run_leaves_no_empty_folder(tiny_model_dir, tmp_path):
-    from lorakit.data.sources import DataError
+    from lorakit.data.records import DataError
 
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT, f"data.train={tmp_path / 'missing.jsonl'}")
     with pytest.raises(DataError):
@@ -157,6 +159,7 @@ def test_runs_show_says_a_locked_run_is_running(tmp_path):
     assert describe_run(tmp_path)["status"] == "not started"
 
 
+@pytest.mark.slow
 def test_the_launcher_refuses_a_locked_or_occupied_folder_before_starting_workers(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
     args = [sys.executable, "-m", "lorakit", "train", "--nproc", "2", "--set", f"model.name={tiny_model_dir}",

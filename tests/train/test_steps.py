@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from lorakit.data.collate import PadCollator
-from lorakit.data.dataset import build_splits
-from lorakit.templates import resolve_template
+from lorakit.data.pipeline import build_splits
 from lorakit.model.loader import load_tokenizer
+from lorakit.templates import resolve_template
 from lorakit.train import recipe
 from lorakit.train.trainer import NonFiniteError
 from tests.train.helpers import LOSS_RTOL, ROWS, adapter, assert_same_update, metrics, tiny_config

@@ -144,6 +144,7 @@ def test_wandb_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
     assert any("train/final_eval_loss" in r for r in rows)  # logged after training, before the run was closed
 
 
+@pytest.mark.slow
 @needs("swanlab")
 def test_swanlab_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
     from swanlab.proto.swanlab.run.v1.run_pb2 import RunState
@@ -158,6 +159,7 @@ def test_swanlab_offline_logs_the_run_losses(tiny_model_dir, tmp_path, offline):
     assert [f.state for f in finish] == [RunState.RUN_STATE_FINISHED]  # closed by lorakit, not at exit
 
 
+@pytest.mark.slow
 @needs("swanlab")
 def test_ctrl_c_during_a_swanlab_run_still_reaches_lorakits_stop(tiny_model_dir, tmp_path, offline):
     """swanlab.init installs a SIGINT handler that ends its run; lorakit keeps its own in place so
@@ -180,6 +182,7 @@ def test_ctrl_c_during_a_swanlab_run_still_reaches_lorakits_stop(tiny_model_dir,
     assert len(seen) == 4 and all(isinstance(owner, StopOnInterrupt) for owner in seen)
 
 
+@pytest.mark.slow
 @needs("wandb")
 @needs("swanlab")
 def test_a_second_run_in_one_process_gets_its_own_tracker_runs(tiny_model_dir, tmp_path, offline):
@@ -191,6 +194,7 @@ def test_a_second_run_in_one_process_gets_its_own_tracker_runs(tiny_model_dir, t
         assert swanlab_scalars(swanlab_records(run_dir), "train/loss") == losses
 
 
+@pytest.mark.slow
 @needs("wandb")
 @needs("swanlab")
 def test_a_failed_run_closes_its_tracker_runs_marked_failed(tiny_model_dir, tmp_path, offline):

@@ -44,13 +44,16 @@ def generate(
     from lorakit.infer.generate import answer_all
     from lorakit.infer.prompts import one_prompt, read_prompts, write_answers
     from lorakit.infer.session import open_session
+    from lorakit.run import RunFolder
 
     gen = generation(max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed,
                      context_length, batch_size)
     system = system_prompt(system, system_file)
     if (prompt is None) == (file is None):
         fail("give exactly one of --prompt or --file")
-    items = read_prompts(file, system) if file is not None else [one_prompt(prompt, system)]
+    run = RunFolder(Path(target))
+    columns = run.read_config().data.columns if run.is_run() else {}  # prompts laid out as the training data
+    items = read_prompts(file, system, columns) if file is not None else [one_prompt(prompt, system)]
     session = open_session(target, cache_dir, use_adapter=not base, adapters=parse_adapter_specs(adapter))
     if use is not None:
         session.use(use)
@@ -119,8 +122,8 @@ def serve(
     setup_logging(True)
     from pydantic import ValidationError
 
-    from lorakit.config import ServeConfig
     from lorakit.infer.catalog import open_catalog, parse_adapter_specs
+    from lorakit.serve.app import ServeConfig
     from lorakit.serve.app import serve as run_server
 
     gen = generation(max_new_tokens, temperature, 1.0, 0, 0.0, 1.0, None, context_length)
@@ -153,7 +156,7 @@ def evaluate(
     from pydantic import ValidationError
 
     from lorakit.config import RunConfig
-    from lorakit.eval.report import print_comparison
+    from lorakit.eval.results import print_comparison
     from lorakit.eval.run import evaluate as run_eval
     from lorakit.infer.session import open_session
     from lorakit.run import RunFolder

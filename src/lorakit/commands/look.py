@@ -96,3 +96,24 @@ def models(
     out.print("lora.modules_to_save: [embeddings] trains both embeddings under the model's own names "
               "(tied ones as one shared matrix).", highlight=False)
     out.print("Any other model trains with all-linear and its tokenizer's own chat template.", highlight=False)
+
+
+def config_show(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
+) -> None:
+    """Every config key with its type, default and what it does, read from the schema itself."""
+    from lorakit.config_file import reference
+
+    keys = reference()
+    if markdown:
+        print("| key | type | default | what it does |\n|---|---|---|---|")
+        for k in keys:
+            cells = (f"`{k.name}`", k.type, f"`{k.default}`", k.description)
+            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        return
+    table = Table(title="lorakit config keys (YAML sections; --set section.key=value)")
+    for column in ("key", "type", "default", "what it does"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(k.name, k.type, k.default, k.description)
+    out.print(table)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
-from lorakit.data.dataset import build_splits
 from lorakit.data.encode import IGNORE_INDEX, Encoded
+from lorakit.data.pipeline import build_splits
 from lorakit.data.report import DataReport
 from lorakit.templates import ChatTemplate
 

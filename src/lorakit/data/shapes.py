@@ -218,6 +218,29 @@ def to_content(
     return _BUILDERS[canonical_shape(shape)](_View(record, columns or {}), system_prompt)
 
 
-def from_messages(record: Record, system_prompt: str | None) -> Conversation:
-    """A messages/conversations record as a conversation (used to read prompt files)."""
-    return _messages(_View(record, {}), system_prompt)
+# The fields that hold the answer a shape trains on; a file of prompts may leave them out.
+_ANSWER_FIELDS = ("output", "response", "completion")
+
+
+class _PromptView(_View):
+    """A record read for its prompt alone: its answer fields may be missing."""
+
+    def text(self, name: str, required: bool = True) -> str:
+        return super().text(name, required=required and name not in _ANSWER_FIELDS)
+
+
+def to_prompt(record: Record, system_prompt: str | None, columns: Mapping[str, str] | None = None) -> Conversation:
+    """The conversation a record asks to be answered, in any shape but text (detected from its own columns).
+
+    An answer the record carries (a reference, as in training data) is left out: it is what is asked for.
+    """
+    try:
+        shape = detect_shape(record.fields, columns)
+    except DataError as err:
+        raise record.error(str(err)) from None
+    if shape == "text":
+        raise record.error("expected a non-empty 'prompt', 'messages' or 'instruction' field; "
+                           "a 'text' record has no prompt to answer")
+    conversation = _BUILDERS[shape](_PromptView(record, columns or {}), system_prompt)
+    assert not isinstance(conversation, str)
+    return conversation[:-1] if conversation and conversation[-1]["role"] == "assistant" else conversation

@@ -15,6 +15,7 @@ from lorakit.config import DataSource
 from lorakit.data.hub import snapshot_folder, split_files
 from lorakit.data.readers import is_saved_dataset, read_file, read_saved_dataset
 from lorakit.data.records import DataError, Record
+from lorakit.hub import looks_like_hub_id
 
 __all__ = ["DataError", "Record", "SourceRecords", "read_records", "read_source"]
 
@@ -55,10 +56,6 @@ def _from_hub(source: DataSource, name: str, cache_dir: Path | None, download: b
     return _from_files(source, split_files(folder, source.split, name))
 
 
-def _looks_like_hub_name(text: str) -> bool:
-    return text.count("/") == 1 and not Path(text).suffix and not text.startswith((".", "/", "~"))
-
-
 def read_source(source: DataSource, hub_cache: Path | None = None, hub_download: bool = False) -> SourceRecords:
     """Read one configured source, whatever kind it is."""
     text = source.path
@@ -77,6 +74,6 @@ def read_source(source: DataSource, hub_cache: Path | None = None, hub_download:
                 f"dataset_dict.json in it); to read the files in it use a glob such as '{path}/*.jsonl'"
             )
         return SourceRecords(source, [str(path)], read_saved_dataset(path, source.split))
-    if not path.exists() and _looks_like_hub_name(text):
+    if not path.exists() and looks_like_hub_id(text, file_like=False):
         return _from_hub(source, text, hub_cache, hub_download)
     return _from_files(source, [path])

@@ -17,9 +17,9 @@ from rich.progress import Progress, TaskID
 
 from lorakit.config import GenerationConfig
 from lorakit.data.collate import PadCollator
-from lorakit.data.dataset import Sample
 from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
-from lorakit.data.sources import DataError
+from lorakit.data.pipeline import Sample
+from lorakit.data.records import DataError
 from lorakit.errors import LorakitError
 from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
 from lorakit.eval.scorer import UserScorer

@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorakit.config import DataConfig, EvalConfig, GenerationConfig
-from lorakit.data.dataset import read_conversations
+from lorakit.data.pipeline import read_conversations
 from lorakit.eval.compare import Comparison, EvalError, Scoring, compare
-from lorakit.eval.report import write_reports
+from lorakit.eval.results import write_reports
 from lorakit.eval.scorer import load_scorer
 from lorakit.infer.session import Session, open_session
 from lorakit.run import RunFolder

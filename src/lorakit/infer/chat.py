@@ -41,6 +41,18 @@ def fit_history(
     return system + turns, dropped
 
 
+def _switch(catalog: Catalog, wanted: str, current: str, say: Callable[[str], None]) -> str:
+    """``/adapter NAME``: the model to talk to from now on (``/adapter`` alone lists them)."""
+    if not wanted:
+        say(f"(models: {', '.join(catalog.names())}; talking to {current})")
+    elif wanted not in catalog.choices:
+        say(f"(no model named {wanted!r}; models: {', '.join(catalog.names())})")
+    else:
+        say(f"(now talking to {wanted}; the conversation so far is kept)")
+        return wanted
+    return current
+
+
 def chat_loop(
     catalog: Catalog,
     gen: GenerationConfig,
@@ -92,14 +104,7 @@ def chat_loop(
             say(f"(speed reports {'on' if stats else 'off'})")
             continue
         if text == "/adapter" or text.startswith("/adapter "):
-            wanted = text[len("/adapter") :].strip()
-            if not wanted:
-                say(f"(models: {', '.join(catalog.names())}; talking to {current})")
-            elif wanted not in catalog.choices:
-                say(f"(no model named {wanted!r}; models: {', '.join(catalog.names())})")
-            else:
-                current = wanted
-                say(f"(now talking to {current}; the conversation so far is kept)")
+            current = _switch(catalog, text[len("/adapter") :].strip(), current, say)
             continue
         history.append({"role": "user", "content": text})
         choice = catalog.get(current)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit.data.shapes import Conversation, from_messages
+from lorakit.data.shapes import to_prompt
 from lorakit.data.records import DataError, Record
 from lorakit.data.sources import read_records
 from lorakit.infer.generate import Answer
+from lorakit.templates import Conversation
 
 
 @dataclass(frozen=True)
@@ -19,30 +20,17 @@ class Prompt:
     conversation: Conversation
 
 
-def _conversation(record: Record, system_prompt: str | None) -> Conversation:
+def _conversation(record: Record, system_prompt: str | None, columns: Mapping[str, str]) -> Conversation:
     # An empty cell is an absent column: CSV rows have every column, used or not.
     fields = {k: v for k, v in record.fields.items() if v != ""}
-    for key in ("messages", "conversations"):
+    for key in (columns.get("messages", "messages"), columns.get("conversations", "conversations")):
         if isinstance(fields.get(key), str):
             # A CSV cell can only hold text: a message list arrives as JSON inside it.
             try:
                 fields[key] = json.loads(fields[key])
             except json.JSONDecodeError as err:
                 raise DataError(f"{record.origin()}: column '{key}' is not a JSON list of turns ({err.msg})") from None
-    if "messages" in fields or "conversations" in fields:
-        conv = from_messages(Record(fields, record.file, record.where), system_prompt)
-        if conv[-1]["role"] == "assistant":
-            conv = conv[:-1]  # a reference answer: the model is asked to write it
-    elif isinstance(fields.get("prompt"), str) and fields["prompt"].strip():
-        conv = [{"role": "user", "content": fields["prompt"]}]
-    elif isinstance(fields.get("instruction"), str) and fields["instruction"].strip():
-        extra = fields.get("input") or ""
-        text = f"{fields['instruction']}\n\n{extra}" if str(extra).strip() else fields["instruction"]
-        conv = [{"role": "user", "content": text}]
-    else:
-        raise DataError(f"{record.origin()}: expected a non-empty 'prompt', 'messages' or 'instruction' field")
-    if system_prompt and conv and conv[0]["role"] != "system":
-        conv.insert(0, {"role": "system", "content": system_prompt})
+    conv = to_prompt(Record(fields, record.file, record.where), system_prompt, columns)
     if not conv or conv[-1]["role"] != "user":
         raise DataError(f"{record.origin()}: the conversation must end with a user turn to be answered")
     return conv
@@ -63,9 +51,10 @@ def write_answers(path: Path, prompts: Sequence[Prompt], answers: Sequence[Answe
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def read_prompts(path: Path, system_prompt: str | None = None) -> list[Prompt]:
-    """Any file data.sources reads (JSONL, JSON, CSV, Parquet); records hold ``prompt``, ``messages``/``conversations``, or ``instruction``/``input``.
+def read_prompts(path: Path, system_prompt: str | None = None, columns: Mapping[str, str] | None = None) -> list[Prompt]:
+    """Any file data.sources reads (JSONL, JSON, CSV, Parquet), each record in any shape training reads but text.
 
-    A trailing assistant turn (a reference answer) is removed. In CSV, ``messages`` is a JSON list.
+    Shapes are the data stage's (``data.shapes``), detected per record, with ``columns`` mapping
+    names as ``data.columns`` does. A reference answer is left out. In CSV, ``messages`` is a JSON list.
     """
-    return [Prompt(r.origin(), _conversation(r, system_prompt)) for r in read_records(path)]
+    return [Prompt(r.origin(), _conversation(r, system_prompt, columns or {})) for r in read_records(path)]

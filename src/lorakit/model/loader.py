@@ -73,9 +73,12 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTo
 
 
 def load_model(
-    source: str, dtype: str, quantization: QuantizationConfig | None = None, trust_remote_code: bool = False
+    source: str, dtype: str, quantization: QuantizationConfig | None = None, trust_remote_code: bool = False,
+    sharded: bool = False,
 ) -> PreTrainedModel:
     """Load the base: in ``dtype`` (checked against the hardware), quantized when asked or saved so.
+
+    ``sharded``: fsdp or ZeRO-3 will shard the weights, so 4-bit ones are stored in the compute dtype.
 
     On a GPU accelerate places the layers (``device_map="auto"``); on a CPU everything stays put.
     """
@@ -83,7 +86,7 @@ def load_model(
     if torch.cuda.is_available():
         kwargs["device_map"] = "auto"
     config = _from_pretrained(AutoConfig, source, trust_remote_code)
-    quantized = quantized_loading(config, quantization, dtype)  # asked for, or saved quantized
+    quantized = quantized_loading(config, quantization, dtype, sharded)  # asked for, or saved quantized
     if quantized:
         if (quantization or checkpoint_quantization(config)).bits == 4 and cpu_4bit_kernel_repacks():
             check_4bit_cpu_shapes(config, source)

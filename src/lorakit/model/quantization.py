@@ -43,8 +43,12 @@ def require_bitsandbytes(what: str = "model.quantization") -> None:
         )
 
 
-def bnb_config(cfg: QuantizationConfig, model_dtype: str) -> BitsAndBytesConfig:
-    """The bitsandbytes settings for ``cfg``; compute dtype 'auto' follows model.dtype."""
+def bnb_config(cfg: QuantizationConfig, model_dtype: str, sharded: bool = False) -> BitsAndBytesConfig:
+    """The bitsandbytes settings for ``cfg``; compute dtype 'auto' follows model.dtype.
+
+    ``sharded`` (fsdp, ZeRO-3): the packed 4-bit weights are stored in the compute dtype rather
+    than uint8, because those strategies flatten and shard all weights of a unit in one dtype.
+    """
     require_bitsandbytes()
     compute = resolve_dtype(model_dtype if cfg.compute_dtype == "auto" else cfg.compute_dtype,
                             "model.quantization.compute_dtype")
@@ -55,6 +59,7 @@ def bnb_config(cfg: QuantizationConfig, model_dtype: str) -> BitsAndBytesConfig:
         bnb_4bit_quant_type=cfg.type,
         bnb_4bit_use_double_quant=cfg.double_quant,
         bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute if sharded else torch.uint8,
     )
 
 
@@ -144,7 +149,8 @@ def checkpoint_quantization(config: PretrainedConfig) -> QuantizationConfig | No
                               double_quant=bool(raw.get("bnb_4bit_use_double_quant", False)))
 
 
-def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None, model_dtype: str) -> dict:
+def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None, model_dtype: str,
+                      sharded: bool = False) -> dict:
     """The ``from_pretrained`` arguments for quantized loading; empty for a plain full-weight load.
 
     Full weights with ``asked``: bitsandbytes quantizes them while loading. A pre-quantized
@@ -153,7 +159,7 @@ def quantized_loading(config: PretrainedConfig, asked: QuantizationConfig | None
     """
     saved = checkpoint_quantization(config)
     if saved is None:
-        return {} if asked is None else {"quantization_config": bnb_config(asked, model_dtype)}
+        return {} if asked is None else {"quantization_config": bnb_config(asked, model_dtype, sharded)}
     require_bitsandbytes(f"this checkpoint (saved quantized by bitsandbytes, {_describe(saved)})")
     if asked is not None and _baked(asked) != _baked(saved):
         raise QuantizationMismatchError(

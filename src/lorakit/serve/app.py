@@ -26,21 +26,35 @@ from importlib import resources
 import anyio
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from lorakit.config import GenerationConfig, ServeConfig
-from lorakit.templates import Conversation
+from lorakit.config import GenerationConfig
 from lorakit.infer.catalog import Catalog, Choice
 from lorakit.infer.generate import Answer, context_length, prompt_ids
 from lorakit.infer.stream import TextStream
 from lorakit.serve.errors import APIError, install_error_handlers
 from lorakit.serve.schemas import ChatRequest, CompletionRequest, _Sampling
+from lorakit.templates import Conversation
 
 log = logging.getLogger(__name__)
 
 _END = object()
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DISCONNECT_POLL_S = 0.1  # how often a waiting plain request checks that its client is still there
+
+
+class ServeConfig(BaseModel):
+    """Settings of ``lorakit serve``, given on its command line (a training config has no use for them)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    host: str = Field("127.0.0.1", description="Loopback by default: nothing outside this machine can reach it.")
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: str | None = Field(None, description="When set, requests need 'Authorization: Bearer <key>'.")
+    max_pending: int = Field(
+        16, gt=0, description="Requests running or waiting at once; more are refused with 429 rather than queued."
+    )
 
 
 def host_name(header: str) -> str:
@@ -106,36 +120,42 @@ async def _read_unless_abandoned(job: _Job, request: Request) -> Answer:
     return outcome["answer"]
 
 
-def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -> FastAPI:
-    def loopback_only(host: str | None = Header(None)) -> None:
-        if settings.api_key is None and host_name(host or "") not in LOOPBACK_NAMES:
+class _Server:
+    """What every endpoint shares: the catalog, the default generation settings, and the places left."""
+
+    def __init__(self, catalog: Catalog, gen: GenerationConfig, settings: ServeConfig):
+        self.catalog, self.gen, self.settings = catalog, gen, settings
+        self.slots = threading.BoundedSemaphore(settings.max_pending)
+        self.limit = context_length(catalog.model, gen)
+        self.started = int(time.time())
+
+    def loopback_only(self, host: str | None = Header(None)) -> None:
+        if self.settings.api_key is None and host_name(host or "") not in LOOPBACK_NAMES:
             raise APIError(403, f"this server has no API key, so it answers only requests addressed to localhost, "
                            f"127.0.0.1 or [::1], not to {host!r}; start it with --api-key to serve other names",
                            code="host_not_allowed")
 
-    # The docs pages load scripts from a CDN: off.
-    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, dependencies=[Depends(loopback_only)])
-    install_error_handlers(app)
-    slots = threading.BoundedSemaphore(settings.max_pending)
-    limit = context_length(catalog.model, gen)
-    started = int(time.time())
-
-    def authorize(authorization: str | None = Header(None)) -> None:
-        if settings.api_key is None:
+    def authorize(self, authorization: str | None = Header(None)) -> None:
+        key = self.settings.api_key
+        if key is None:
             return
         scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), settings.api_key.encode()):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
             raise APIError(401, "incorrect or missing API key: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
-    def lookup(name: str) -> Choice:
-        if name not in catalog.choices:
-            raise APIError(404, f"the model '{name}' does not exist; this server has: {', '.join(catalog.names())}",
-                           "model", "model_not_found")
-        return catalog.choices[name]
+    def lookup(self, name: str) -> Choice:
+        if name not in self.catalog.choices:
+            raise APIError(404, f"the model '{name}' does not exist; this server has: "
+                           f"{', '.join(self.catalog.names())}", "model", "model_not_found")
+        return self.catalog.choices[name]
 
-    def plan(ids: list[int], req: _Sampling, requested: int | None) -> GenerationConfig:
+    def model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self.started, "owned_by": "lorakit"}
+
+    def plan(self, ids: list[int], req: _Sampling, requested: int | None) -> GenerationConfig:
         """The request's generation settings, refused with 400 when prompt plus answer cannot fit."""
+        limit = self.limit
         if requested is not None and len(ids) + requested > limit:
             raise APIError(400, f"this model's context is {limit} tokens; the request asks for "
                            f"{len(ids) + requested} ({len(ids)} in the prompt, {requested} for the answer). "
@@ -143,67 +163,24 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
         if len(ids) >= limit:
             raise APIError(400, f"this model's context is {limit} tokens; the prompt alone has {len(ids)}. "
                            "Shorten it.", "messages", "context_length_exceeded")
-        new_tokens = requested if requested is not None else min(gen.max_new_tokens, limit - len(ids))
-        values = {**gen.model_dump(), **req.generation_overrides(), "max_new_tokens": new_tokens}
+        new_tokens = requested if requested is not None else min(self.gen.max_new_tokens, limit - len(ids))
+        values = {**self.gen.model_dump(), **req.generation_overrides(), "max_new_tokens": new_tokens}
         return GenerationConfig(**values)
 
-    def admit(choice: Choice, ids: list[int], request_gen: GenerationConfig, stops: list[str], chat: bool) -> _Job:
-        if not slots.acquire(blocking=False):
-            raise APIError(429, f"the server is busy ({settings.max_pending} requests running or waiting); "
+    def admit(self, choice: Choice, ids: list[int], request_gen: GenerationConfig, stops: list[str],
+              chat: bool) -> _Job:
+        if not self.slots.acquire(blocking=False):
+            raise APIError(429, f"the server is busy ({self.settings.max_pending} requests running or waiting); "
                            "retry shortly", code="server_busy")
         try:
-            stream = TextStream(catalog.model, choice.tokenizer, ids, request_gen, choice.template.end_token_ids,
-                                stops, hold=lambda: catalog.hold(choice.name), strip_leading=chat)
+            stream = TextStream(self.catalog.model, choice.tokenizer, ids, request_gen, choice.template.end_token_ids,
+                                stops, hold=lambda: self.catalog.hold(choice.name), strip_leading=chat)
         except BaseException:
-            slots.release()
+            self.slots.release()
             raise
-        return _Job(stream, slots)
+        return _Job(stream, self.slots)
 
-    def streamed(job: _Job, chunk: Callable[[str | None, str | None], dict],
-                 usage_chunk: Callable[[dict], dict] | None) -> StreamingResponse:
-        async def events() -> AsyncIterator[str]:
-            pieces = iter(job.stream)
-            try:
-                yield _sse(chunk(None, None))
-                while (piece := await anyio.to_thread.run_sync(next, pieces, _END)) is not _END:
-                    yield _sse(chunk(piece, None))
-                answer = job.stream.answer
-                job.finish()  # the model is free: give the place back before the client hears the end
-                yield _sse(chunk("", answer.finish_reason))
-                if usage_chunk is not None:
-                    yield _sse(usage_chunk(_usage(answer)))
-                yield _sse("[DONE]")
-            except Exception as err:  # headers are sent: the error travels as an event
-                log.exception("streamed generation failed")
-                yield _sse(APIError(500, f"generation failed: {type(err).__name__}: {err}").body())
-            finally:
-                job.finish()
-
-        # The background task also covers a client that leaves before the first event.
-        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(job.finish),
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return resources.files("lorakit.serve").joinpath("page.html").read_text(encoding="utf-8")
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "models": catalog.names()}
-
-    def model_card(name: str) -> dict:
-        return {"id": name, "object": "model", "created": started, "owned_by": "lorakit"}
-
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    def models() -> dict:
-        return {"object": "list", "data": [model_card(n) for n in catalog.names()]}
-
-    @app.get("/v1/models/{name}", dependencies=[Depends(authorize)])
-    def model(name: str) -> dict:
-        lookup(name)
-        return model_card(name)
-
-    async def respond(job: _Job, req: _Sampling, request: Request, head: dict, objects: tuple[str, str],
+    async def respond(self, job: _Job, req: _Sampling, request: Request, head: dict, objects: tuple[str, str],
                       piece_fields: Callable[[str | None], dict], answer_fields: Callable[[Answer], dict]):
         """Stream the job as server-sent events, or wait for it and send one body.
 
@@ -217,7 +194,7 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
 
             include = req.stream_options is not None and req.stream_options.include_usage
             usage = (lambda u: {**head, "object": objects[0], "choices": [], "usage": u}) if include else None
-            return streamed(job, chunk, usage)
+            return _streamed(job, chunk, usage)
         try:
             answer = await _read_unless_abandoned(job, request)
         finally:
@@ -226,18 +203,68 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
                 "choices": [{"index": 0, **answer_fields(answer), "finish_reason": answer.finish_reason}],
                 "usage": _usage(answer)}
 
+
+def _streamed(job: _Job, chunk: Callable[[str | None, str | None], dict],
+              usage_chunk: Callable[[dict], dict] | None) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        pieces = iter(job.stream)
+        try:
+            yield _sse(chunk(None, None))
+            while (piece := await anyio.to_thread.run_sync(next, pieces, _END)) is not _END:
+                yield _sse(chunk(piece, None))
+            answer = job.stream.answer
+            job.finish()  # the model is free: give the place back before the client hears the end
+            yield _sse(chunk("", answer.finish_reason))
+            if usage_chunk is not None:
+                yield _sse(usage_chunk(_usage(answer)))
+            yield _sse("[DONE]")
+        except Exception as err:  # headers are sent: the error travels as an event
+            log.exception("streamed generation failed")
+            yield _sse(APIError(500, f"generation failed: {type(err).__name__}: {err}").body())
+        finally:
+            job.finish()
+
+    # The background task also covers a client that leaves before the first event.
+    return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(job.finish),
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -> FastAPI:
+    server = _Server(catalog, gen, settings)
+    # The docs pages load scripts from a CDN: off.
+    app = FastAPI(title="lorakit", docs_url=None, redoc_url=None, dependencies=[Depends(server.loopback_only)])
+    install_error_handlers(app)
+    authorized = [Depends(server.authorize)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return resources.files("lorakit.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "models": catalog.names()}
+
+    @app.get("/v1/models", dependencies=authorized)
+    def models() -> dict:
+        return {"object": "list", "data": [server.model_card(n) for n in catalog.names()]}
+
+    @app.get("/v1/models/{name}", dependencies=authorized)
+    def model(name: str) -> dict:
+        server.lookup(name)
+        return server.model_card(name)
+
     # The endpoints are async so a waiting request can see its client leave; the tokenizing
     # and admitting run on a worker thread, off the event loop.
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/chat/completions", dependencies=authorized)
     async def chat_completions(req: ChatRequest, request: Request):
         def start() -> _Job:
-            choice = lookup(req.model)
+            choice = server.lookup(req.model)
             ids = chat_prompt_ids(choice, req.conversation())
-            return admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=True)
+            return server.admit(choice, ids, server.plan(ids, req, req.requested_tokens()), req.stop, chat=True)
 
         job = await anyio.to_thread.run_sync(start)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-        return await respond(
+        return await server.respond(
             job, req, request, head, ("chat.completion.chunk", "chat.completion"),
             # The first chunk announces the role; the closing one has an empty delta.
             lambda piece: {"delta": {"role": "assistant", "content": ""} if piece is None
@@ -245,17 +272,17 @@ def create_app(catalog: Catalog, gen: GenerationConfig, settings: ServeConfig) -
             lambda answer: {"message": {"role": "assistant", "content": answer.text}},
         )
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions", dependencies=authorized)
     async def completions(req: CompletionRequest, request: Request):
         def start() -> _Job:
-            choice = lookup(req.model)
+            choice = server.lookup(req.model)
             # Raw text, as a language model reads it: the tokenizer's own special tokens, no template.
             ids = choice.tokenizer(req.prompt)["input_ids"]
-            return admit(choice, ids, plan(ids, req, req.requested_tokens()), req.stop, chat=False)
+            return server.admit(choice, ids, server.plan(ids, req, req.requested_tokens()), req.stop, chat=False)
 
         job = await anyio.to_thread.run_sync(start)
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
-        return await respond(
+        return await server.respond(
             job, req, request, head, ("text_completion", "text_completion"),
             lambda piece: {"text": piece or "", "logprobs": None},
             lambda answer: {"text": answer.text, "logprobs": None},

@@ -100,6 +100,11 @@ def check_supported(cfg: DistributedConfig, on_gpu: bool) -> None:
         raise DistributedError(f"train.distributed.strategy={cfg.strategy} needs DeepSpeed: pip install 'lorakit[deepspeed]'")
 
 
+def shards_weights(cfg: DistributedConfig) -> bool:
+    """fsdp and ZeRO-3 split the base weights themselves across ranks (ddp and ZeRO-2 keep a copy on each)."""
+    return cfg.strategy in ("fsdp", "deepspeed_zero3")
+
+
 def trainer_options(
     cfg: DistributedConfig, on_gpu: bool, activation_checkpointing: bool, quantized: bool = False
 ) -> dict[str, Any]:

@@ -18,10 +18,11 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 
 from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator
-from lorakit.data.dataset import build_splits
+from lorakit.data.pipeline import build_splits
 from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
+from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
 from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
@@ -108,14 +109,16 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         raise ConfigError("train.early_stopping_patience needs eval data (data.eval)")
 
     source = resolve_model_folder(cfg.model)
-    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
+    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
+                      sharded=distributed.shards_weights(cfg.train.distributed))
     fit_embeddings(base, tokenizer)
     model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision, "cuda" if on_gpu else "cpu")
 
-    args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval))
+    args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
+                              quantized=is_quantized(base))
     trainer = LorakitTrainer(
         model=model,
         args=args,

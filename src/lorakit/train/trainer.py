@@ -187,9 +187,12 @@ class LorakitTrainer(Trainer):
 
 
 def training_arguments(
-    cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool, has_eval: bool
+    cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool, has_eval: bool, quantized: bool = False
 ) -> TrainingArguments:
-    """Map lorakit's train section onto TrainingArguments; nothing else reaches the Trainer."""
+    """Map lorakit's train section onto TrainingArguments; nothing else reaches the Trainer.
+
+    ``quantized``: the base is 4/8-bit (QLoRA), which changes how fsdp and ZeRO-3 load and shard it.
+    """
     save = cfg.save_steps is not None
     eval_every = cfg.eval_steps or cfg.save_steps
     evaluate = has_eval and eval_every is not None
@@ -228,5 +231,5 @@ def training_arguments(
         disable_tqdm=True,  # lorakit draws its own progress bar
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        **distributed.trainer_options(cfg.distributed, on_gpu, cfg.gradient_checkpointing),
+        **distributed.trainer_options(cfg.distributed, on_gpu, cfg.gradient_checkpointing, quantized=quantized),
     )

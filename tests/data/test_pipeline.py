@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorakit.config import DataConfig
-from lorakit.data.dataset import build_splits, encode_samples, read_conversations
-from lorakit.data.sources import DataError
+from lorakit.data.pipeline import build_splits, encode_samples, read_conversations
+from lorakit.data.records import DataError
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 

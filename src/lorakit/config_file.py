@@ -1,0 +1,185 @@
+"""A config as the user writes it: a YAML file plus ``--set key=value`` overrides, validated and resolved.
+
+Validation errors name the key and, for a typo, the closest real key (``did you mean
+lora.rank?``); data paths are made relative to the config file. ``reference`` lists every
+key of the schema in ``config.py`` with its default and description, for ``lorakit config show``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticUndefined
+
+from lorakit.config import TEMPLATE_SUFFIXES, ConfigError, DataSource, RunConfig
+from lorakit.hub import looks_like_hub_id
+
+
+def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Walk ``loc`` down the nested models and offer the closest real key."""
+    cls: Any = model_cls
+    for part in loc[:-1]:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        # An optional section (``QuantizationConfig | None``) suggests from the section's keys.
+        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
+            return ""
+        cls = sections[0]
+    prefix = ".".join(str(p) for p in loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)"
+    return f" (known keys: {', '.join(cls.model_fields)})"
+
+
+def _validate(raw: dict[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                lines.append(f"  unknown key '{key}'{_suggest(RunConfig, tuple(e['loc']))}")
+            elif not key:  # a check across sections (a model validator): its message says it all
+                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            else:
+                lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
+        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key=value, e.g. lora.rank=8")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{assignment}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _resolve_source(source: DataSource, base: Path) -> DataSource:
+    """Make a local path absolute; leave hub names alone (they have no folder to be relative to)."""
+    text = source.path
+    if text.startswith("hub:"):
+        return source
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        local = base / path
+        if looks_like_hub_id(text, file_like=False) and not local.exists():
+            return source
+        path = local
+    return source.model_copy(update={"path": str(path.resolve())})
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Data files are relative to the config file, so a config folder can be moved whole."""
+
+    def fix(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    cfg.data.train = [_resolve_source(s, base) for s in cfg.data.train]
+    cfg.data.eval = [_resolve_source(s, base) for s in cfg.data.eval]
+    if cfg.data.template.endswith(TEMPLATE_SUFFIXES):
+        cfg.data.template = str(fix(Path(cfg.data.template)))
+    if cfg.data.hub_cache is not None:
+        cfg.data.hub_cache = fix(cfg.data.hub_cache)
+    cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
+    name_path = Path(cfg.model.name).expanduser()
+    if not name_path.is_absolute() and (base / name_path).exists():
+        cfg.model.name = str((base / name_path).resolve())
+    if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
+        file, _, function = cfg.eval.scorer.rpartition(":")
+        cfg.eval.scorer = f"{fix(Path(file))}:{function}"
+    if cfg.output_dir is None:
+        cfg.output_dir = Path("runs") / cfg.name
+    return cfg
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (or start from defaults), apply overrides, validate, resolve paths."""
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    source = "defaults"
+    if path is not None:
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; give the YAML config file itself (e.g. {path / 'config.yaml'})")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); "
+                              "give a YAML config file") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read the config file {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+        raw = loaded or {}
+        raw.setdefault("name", path.stem)
+        base = path.resolve().parent
+        source = str(path)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return _resolve_paths(_validate(raw, source), base)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    data = cfg.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+
+def read_saved_config(path: Path) -> RunConfig:
+    """Read a config written by :func:`save_config` (paths already resolved)."""
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return _validate(raw, str(path))
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting of the schema: its dotted name, its type, its default and what it does."""
+
+    name: str
+    type: str
+    default: str
+    description: str
+
+
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.removeprefix("<class '").removesuffix("'>")
+
+
+def _default(field: Any) -> str:
+    if field.default is not PydanticUndefined:
+        return "null" if field.default is None else str(field.default)
+    return str(field.default_factory()) if field.default_factory is not None else "(required)"
+
+
+def reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[Key]:
+    """Every key of ``model``, sections first-level-down in order, each with its default and description."""
+    keys: list[Key] = []
+    for name, field in model.model_fields.items():
+        options = (field.annotation, *get_args(field.annotation))
+        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if sections and sections[0] is not DataSource:
+            if field.description:  # an optional section (model.quantization) says what it is for
+                keys.append(Key(prefix + name, "section", _default(field), field.description))
+            keys += reference(sections[0], f"{prefix}{name}.")
+            continue
+        keys.append(Key(prefix + name, _type_name(field.annotation), _default(field), field.description or ""))
+    return keys
