@@ -22,6 +22,7 @@ from lorakit.config import TrainConfig
 from lorakit.train import checkpoints, distributed
 from lorakit.train.loss import answer_only_loss, output_head, selective_loss_supported
 from lorakit.train.microbatch import split_batch
+from lorakit.train.passes import PassRunner
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class LorakitTrainer(Trainer):
         selective_loss: bool = True,
         loss_chunk_size: int = 2048,
         micro_batch_tokens: int = 0,
+        pass_packing: bool | None = None,
+        eager_attention_tokens: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -69,6 +72,8 @@ class LorakitTrainer(Trainer):
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size
         self.micro_batch_tokens = micro_batch_tokens
+        self.passes = PassRunner(self.accelerator.unwrap_model(self.model), pass_packing, eager_attention_tokens,
+                                 autocast=self.args.bf16 or self.args.fp16)
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
@@ -123,11 +128,11 @@ class LorakitTrainer(Trainer):
         # DeepSpeed steps its optimizer inside every backward, so it gets the batch whole.
         if (self.micro_batch_tokens and num_items_in_batch is not None
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED):
-            passes = split_batch(inputs, self.micro_batch_tokens)
+            passes = split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
         loss = None
         for k, part in enumerate(passes):
             # Gradients of all passes are summed locally and reduced across ranks once, after the last.
-            with self.accelerator.no_sync(model) if k < len(passes) - 1 else nullcontext():
+            with self.accelerator.no_sync(model) if k < len(passes) - 1 else nullcontext(), self.passes.run(part):
                 part_loss = super().training_step(model, part, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
         if not torch.isfinite(loss).all():
