@@ -50,9 +50,9 @@ def test_plan_is_the_cheapest_split_within_the_budget(packed):
 
 def test_plan_weighs_a_pass_against_padding_and_attention():
     # Four short samples: one pass is cheaper than four (the fixed cost of a pass is ~75 positions).
-    assert plan([120, 100, 90, 118], budget=1024) == [[0, 3, 1, 2]]
+    assert plan([120, 100, 90, 118], budget=1024, packed=True) == [[0, 3, 1, 2]]
     # Long rows: attention's square makes two packed rows of ~600 cheaper than one of 1,200.
-    assert len(plan([600, 600], budget=2048)) == 2
+    assert len(plan([600, 600], budget=2048, packed=True)) == 2
     # Padded, a 500-token sample and three of ~100 do not share a pass: 1,200 padded positions.
     assert plan([500, 120, 100, 90], budget=2048, packed=False) == [[0], [1, 2, 3]]
 

@@ -60,8 +60,10 @@ def positions(lengths: list[int], packed: bool) -> int:
     return sum(lengths) if packed else len(lengths) * lengths[0]
 
 
-def plan(lengths: list[int], budget: int, packed: bool = True, cost: PassCost = PassCost()) -> list[list[int]]:
+def plan(lengths: list[int], budget: int, packed: bool = False, cost: PassCost = PassCost()) -> list[list[int]]:
     """Rows of each pass, longest first: the cheapest split whose passes hold ≤ budget positions.
+
+    ``packed``: each pass will be one row of its samples end to end; else rows padded to the longest.
 
     A row longer than the budget goes alone: samples are never cut here.
     """

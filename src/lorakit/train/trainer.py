@@ -105,6 +105,10 @@ class LorakitTrainer(Trainer):
         return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
 
     # --- counting and guarding each step
+    def split_passes(self, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The forward passes one batch runs as: packed rows, or padded ones (see microbatch)."""
+        return split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             mask = inputs.get("attention_mask")
@@ -128,7 +132,7 @@ class LorakitTrainer(Trainer):
         # DeepSpeed steps its optimizer inside every backward, so it gets the batch whole.
         if (self.micro_batch_tokens and num_items_in_batch is not None
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED):
-            passes = split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
+            passes = self.split_passes(inputs)
         loss = None
         for k, part in enumerate(passes):
             # Gradients of all passes are summed locally and reduced across ranks once, after the last.
