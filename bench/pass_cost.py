@@ -5,7 +5,7 @@
 
 For each row length T it times the forward and backward of one pass (one row of T tokens, half
 of them answer tokens, answer-only loss) with eager and with sdpa attention, best of --repeat,
-in CPU seconds, then fits seconds = fixed + per_token × T on the short rows and reports the
+in CPU seconds, after a warm-up round, then fits seconds = fixed + per_token × T on the short rows and reports the
 fixed cost and the attention term of the long ones in token positions (PassCost's units).
 """
 
@@ -18,24 +18,28 @@ import time
 import torch
 
 
-def one_pass(model, head, length: int) -> float:
+def one_pass(model, head, length: int, bf16: bool) -> float:
     from lorakit.train.loss import answer_only_loss
 
     ids = torch.randint(100, 40000, (1, length))
     labels = ids.clone()
     labels[:, : length // 2] = -100
     inputs = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(length)[None]}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # as the Trainer runs a pass
     started = time.process_time()
-    loss = answer_only_loss(model, head, inputs, None, autocast=torch.autocast("cpu", enabled=False))
+    with autocast:
+        loss = answer_only_loss(model, head, inputs, None, autocast=autocast)
     loss.backward()
-    return time.process_time() - started
+    seconds = time.process_time() - started
+    model.zero_grad(set_to_none=True)
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="32,64,128,256,512,1024,2048")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="measured rounds, after one warm-up round")
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM
 
@@ -52,13 +56,18 @@ def main() -> None:
     head = output_head(model)
     lengths = [int(x) for x in args.lengths.split(",")]
     seconds: dict[str, dict[int, float]] = {"eager": {}, "sdpa": {}}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        one_pass(model, head, 64)  # warm-up
+    bf16 = precision == "bf16"
+    # Rounds alternate, so drift in the machine's speed favours neither; the first round only warms
+    # up: a fresh process pays page faults for each new size of activations, which a training run
+    # pays once, not at every step (eager's L x L scores made it look 2x slower in a first round).
+    for round_no in range(args.repeat + 1):
+        if round_no == 1:
+            seconds = {"eager": {}, "sdpa": {}}
         for length in lengths:
-            for attention in seconds:
+            for attention in ("eager", "sdpa"):
                 base.set_attn_implementation(attention)
-                seconds[attention][length] = min(one_pass(model, head, length) for _ in range(args.repeat))
-                model.zero_grad(set_to_none=True)
+                took = one_pass(model, head, length, bf16)
+                seconds[attention][length] = min(seconds[attention].get(length, took), took)
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, {precision}; CPU seconds of one pass:")
     print("| T | eager | sdpa |\n|---|---|---|")
     for length in lengths:

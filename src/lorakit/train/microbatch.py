@@ -37,10 +37,11 @@ class PassCost:
     """The cost of one forward and backward pass, in units of one token position.
 
     Measured on SmolLM2-135M with LoRA r16 on all linear layers (bench/pass_cost.py, 2-core AMD
-    EPYC with AVX512-BF16, bf16 weights under autocast, eager attention): a pass of T tokens in one
-    row took 0.2 s + 2.7 ms × T up to T = 512, so the fixed cost is about 75 positions; rows of
-    1024 and 2048 tokens (sdpa) took 2.4 s and 6.7 s more than that line, about T² / 1,500.
-    In float32 the fixed cost is about 25 positions; the same split is within a few percent.
+    EPYC with AVX512-BF16, one thread, bf16 weights under autocast): a pass of T tokens in one row
+    took 0.2 s + 2.7 to 3.7 ms × T up to T = 512 over several runs, a fixed cost of 54 to 75
+    positions; rows of 1024 and 2048 tokens (sdpa) took 2.4 s and 6.7 s more than that line, about
+    T² / 1,500. In float32 the fixed cost is about 25 positions. Near the optimum the total cost is
+    flat, so these need not be exact.
     """
 
     fixed: float = 75.0
