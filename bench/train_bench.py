@@ -4,11 +4,16 @@ Each competitor trains in its own process (so peak RSS is its own), in alternati
 in one invocation. Every trained adapter is then scored by the same code: answer-only loss
 on held-out samples, so speed is never bought with quality.
 
-    python bench/train_bench.py                  # 64 alpaca samples, all competitors
-    python bench/train_bench.py --n 32 --only a,e
+    python bench/train_bench.py                  # 64 alpaca samples, all six competitors; a, e, h twice
+    python bench/train_bench.py --quick          # 16 samples, 1 round: a check that everything runs (~4 min)
+    python bench/train_bench.py --n 32 --only a,e,h
     python bench/train_bench.py --model random-1b    # on a GPU: a random 1.1B Llama in bf16, QLoRA too
 
-Writes bench/results/train-<host or GPU>-<time>.json and a bar chart PNG beside it.
+Every worker runs with the same OMP_NUM_THREADS (the physical cores unless set), and both wall
+and CPU seconds of training are recorded: on a shared machine the process's own CPU seconds
+move less with the neighbours' load. Prints a markdown table and the issue-16 goals (met, or
+missed by how much). Writes bench/results/train-<host or GPU>-<time>.json (CPU model, flags,
+torch version and threads inside) and a bar chart PNG beside it.
 """
 
 from __future__ import annotations
@@ -22,19 +27,24 @@ import sys
 import time
 from pathlib import Path
 
+from dtype_bench import CpuClock  # bench/ is on sys.path when this file runs as a script
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "alpaca_en.json"
 COMPETITORS = {
-    "a": "Trainer + peft, per-sample tokenization, dynamic padding (notebook recipe)",
+    "a": "Trainer + peft, per-sample tokenization, dynamic padding (notebook recipe), fp32",
+    "a-bf16": "the notebook recipe with bf16=True, use_cpu=True (bf16 autocast)",
     "b": "Trainer + peft, every sample padded to max_length",
     "c": "TRL SFTTrainer defaults (bf16 off: it refuses to start on CPU otherwise)",
     "d": "TRL tuned for this CPU: no activation checkpointing, best precision here",
     "d+pack": "TRL tuned, with padding-free packing",
     "e": "lorakit defaults",
+    "e-fp32": "lorakit with model.dtype=float32, train.precision=fp32",
+    "h": "hand-written peft loop: each batch packed into one row with position ids, bf16 autocast where native",
     "a-q4": "recipe (a) on a 4-bit base: bitsandbytes nf4 + prepare_model_for_kbit_training (QLoRA)",
     "e-q4": "lorakit with model.quantization.bits=4 (QLoRA)",
 }
-CPU_DEFAULT = "a,b,c,d,d+pack,e"
+CPU_DEFAULT = "a,a-bf16,d,e,e-fp32,h"
 GPU_DEFAULT = "a,c,d,d+pack,e,a-q4,e-q4"
 # Random Llama shapes (no download): 1b is TinyLlama's shape (1.1B parameters with this vocabulary);
 # tiny exercises the same path on a CPU in seconds.
@@ -98,9 +108,9 @@ def _precision_flags() -> dict:
     return {"bf16": pick_precision("auto") == "bf16"}
 
 
-def _device_flags() -> dict:
-    """The notebook recipes' usual flags: bf16 on a GPU; on a CPU, use_cpu and fp32."""
-    return {"bf16": True} if on_gpu() else {"use_cpu": True}
+def _device_flags(name: str = "") -> dict:
+    """The notebook recipes' usual flags: bf16 on a GPU; on a CPU, use_cpu and fp32 (or bf16 for a-bf16)."""
+    return {"bf16": True} if on_gpu() else {"use_cpu": True, "bf16": name.endswith("-bf16")}
 
 
 def work_recipe(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
@@ -124,12 +134,13 @@ def work_recipe(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     data = Dataset.from_list(rows).map(encode, remove_columns=["instruction", "input", "output"])
     args = TrainingArguments(output_dir=str(tmp), per_device_train_batch_size=BATCH, learning_rate=LR,
                              num_train_epochs=1, logging_steps=1, report_to="none", save_strategy="no",
-                             seed=SEED, disable_tqdm=True, **_device_flags())
+                             seed=SEED, disable_tqdm=True, **_device_flags(name))
     trainer = Trainer(model=model, args=args, train_dataset=data,
                       data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     out = trainer.train()
-    return {"wall_s": time.monotonic() - started, "train_loss": out.training_loss, "model": model, "tok": tok}
+    return {"wall_s": time.monotonic() - started, "cpu_s": time.process_time() - cpu, "train_loss": out.training_loss,
+            "model": model, "tok": tok}
 
 
 def work_trl(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
@@ -146,9 +157,51 @@ def work_trl(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
                      logging_steps=1, report_to="none", save_strategy="no", seed=SEED,
                      max_length=MAX_LEN, disable_tqdm=True, **extra)
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     out = trainer.train()
-    return {"wall_s": time.monotonic() - started, "train_loss": out.training_loss, "model": model, "tok": tok}
+    return {"wall_s": time.monotonic() - started, "cpu_s": time.process_time() - cpu, "train_loss": out.training_loss,
+            "model": model, "tok": tok}
+
+
+def work_hand_loop(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
+    """(h): the loop a practitioner writes by hand, with the known CPU tricks: packing, autocast."""
+    import random
+
+    import torch
+    from lorakit.data.encode import encode_conversation
+    from lorakit.templates import resolve_template
+    from lorakit.hardware import cpu_has_bf16
+    from transformers import get_linear_schedule_with_warmup
+
+    _, model, tok = _model_and_tokenizer(cache)
+    model = _lora(model)
+    template = resolve_template(tok, "auto")
+    encoded = [encode_conversation(tok, template, messages(r), MAX_LEN, truncation="cut") for r in rows]
+    random.Random(SEED).shuffle(encoded)
+    batches = [encoded[i : i + BATCH] for i in range(0, len(encoded), BATCH)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=LR)
+    schedule = get_linear_schedule_with_warmup(optimizer, 0, len(batches))
+    bf16 = cpu_has_bf16() or on_gpu()
+    model.train()
+    losses = []
+    started, cpu = time.monotonic(), time.process_time()
+    for batch in batches:
+        ids = torch.tensor([[t for e in batch for t in e.input_ids]])
+        # Each sample's first label would be predicted from the previous sample: ignored.
+        labels = torch.tensor([[-100 if i == 0 else x for e in batch for i, x in enumerate(e.labels)]])
+        positions = torch.tensor([[i for e in batch for i in range(len(e.input_ids))]])
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(input_ids=ids.to(model.device), labels=labels.to(model.device),
+                         position_ids=positions.to(model.device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return {"wall_s": time.monotonic() - started, "cpu_s": time.process_time() - cpu,
+            "train_loss": sum(losses) / len(losses), "model": model, "tok": tok}
 
 
 def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
@@ -163,13 +216,16 @@ def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
                              "train.progress_bar=false", "train.save_steps=null", f"seed={SEED}", *EXTRA,
                              *([f"model.name={MODEL_DIR[0]}"] if MODEL_DIR else []),
                              *(["model.dtype=auto"] if on_gpu() else []),
+                             *(["model.dtype=float32", "train.precision=fp32"] if name == "e-fp32" else []),
                              *(["model.quantization.bits=4"] if name.endswith("-q4") else [])])
-    summary = recipe.run(cfg)
+    clock = CpuClock()
+    summary = recipe.run(cfg, hooks=[clock])
     rss, cuda = _peak_rss_gb(), _peak_cuda_gb()  # before the held-out model is loaded for scoring
     from lorakit.infer.session import open_session
 
     session = open_session(str(tmp / "run"), cache)
-    return {"wall_s": summary["train_seconds"], "train_loss": summary["train_loss"], "model": session.model,
+    return {"wall_s": summary["train_seconds"], "cpu_s": clock.seconds, "train_loss": summary["train_loss"],
+            "precision": summary["precision"], "weights_dtype": summary["weights_dtype"], "model": session.model,
             "tok": session.tokenizer, "peak_rss_gb": rss, "peak_cuda_gb": cuda}
 
 
@@ -208,15 +264,15 @@ def token_counts(tok, rows: list[dict]) -> tuple[int, int]:
     return total, loss
 
 
-def worker(name: str, n: int, out: Path, cache: Path) -> None:
+def worker(name: str, n: int, held_out: int, out: Path, cache: Path) -> None:
     import tempfile
 
     import torch
 
     torch.manual_seed(SEED)
-    train, held = samples(n, 0), samples(64, 10_000)
-    fn = {"a": work_recipe, "b": work_recipe, "a-q4": work_recipe, "e": work_lorakit, "e-q4": work_lorakit}.get(
-        name, work_trl)
+    train, held = samples(n, 0), samples(held_out, 10_000)
+    fn = {"a": work_recipe, "a-bf16": work_recipe, "b": work_recipe, "a-q4": work_recipe, "e": work_lorakit,
+          "e-fp32": work_lorakit, "e-q4": work_lorakit, "h": work_hand_loop}.get(name, work_trl)
     with tempfile.TemporaryDirectory() as tmp:
         result = fn(name, train, Path(tmp), cache)
         tokens, loss_tokens = token_counts(result["tok"], train)
@@ -226,7 +282,9 @@ def worker(name: str, n: int, out: Path, cache: Path) -> None:
         body = sum(p.numel() for p in model.parameters()) - embed_w.numel() - (0 if head_w is embed_w else head)
         record = {
             "competitor": name, "description": COMPETITORS[name], "samples": n,
-            "wall_s": round(result["wall_s"], 2), "train_loss": result["train_loss"],
+            "wall_s": round(result["wall_s"], 2), "cpu_s": round(result["cpu_s"], 2),
+            "threads": torch.get_num_threads(), "train_loss": result["train_loss"],
+            **{k: result[k] for k in ("precision", "weights_dtype") if k in result},
             "tokens": tokens, "loss_tokens": loss_tokens,
             "tokens_per_s": tokens / result["wall_s"], "loss_tokens_per_s": loss_tokens / result["wall_s"],
             # The work every competitor must do, credited alike: forward (2N) and activation
@@ -243,18 +301,18 @@ def worker(name: str, n: int, out: Path, cache: Path) -> None:
 
 # ---------------------------------------------------------------- parent
 def matmul_peak() -> dict:
-    """This machine's fp32 (and bf16) matmul rate, measured now, for the FLOP/s shares."""
+    """This machine's fp32 and bf16 matmul rates now, on issue 16's shape (1024x576 by 576x1536)."""
     import torch
 
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
-        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+        a, b = torch.randn(1024, 576, dtype=dtype), torch.randn(576, 1536, dtype=dtype)
         a @ b
         started, reps = time.perf_counter(), 0
-        while time.perf_counter() - started < 2.0:
+        while time.perf_counter() - started < 1.0:
             a @ b
             reps += 1
-        rates[str(dtype).split(".")[-1]] = 2 * 1024**3 * reps / (time.perf_counter() - started)
+        rates[str(dtype).split(".")[-1]] = 2 * 1024 * 576 * 1536 * reps / (time.perf_counter() - started)
     if torch.cuda.is_available():
         a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
         a @ a
@@ -306,14 +364,17 @@ def chart(results: list[dict], path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, help="training samples (default: 64 on a CPU, 512 on a GPU)")
+    parser.add_argument("--n", type=int, help="training samples (default: 64 on a CPU, 512 on a GPU; --quick: 16)")
+    parser.add_argument("--held-out", type=int, default=64, help="held-out samples scored per adapter (--quick: 16)")
+    parser.add_argument("--quick", action="store_true", help="16 samples, 16 held out, one round: does it all run")
     parser.add_argument("--only", help=f"competitors (default: {CPU_DEFAULT} on a CPU, {GPU_DEFAULT} on a GPU)")
     parser.add_argument("--model", default="smollm2", choices=["smollm2", *RANDOM_MODELS])
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/lorakit").expanduser())
     parser.add_argument("--rounds", type=int, default=2, help="runs per competitor; the best is reported")
-    parser.add_argument("--once", default="b,c,d+pack",
-                        help="competitors run in the first round only: the slow ones no goal compares against")
+    parser.add_argument("--once", default="a-bf16,b,c,d,d+pack,e-fp32",
+                        help="competitors run in the first round only: those no goal is set against (the goals "
+                        "compare e with a and h), so the whole run stays under 20 minutes")
     parser.add_argument("--lorakit-set", action="append", default=[], help="extra KEY=VALUE for (e)")
     parser.add_argument("--worker")
     parser.add_argument("--out", type=Path)
@@ -321,16 +382,25 @@ def main() -> None:
     EXTRA.extend(args.lorakit_set)
     MODEL_DIR.extend([args.model_dir] if args.model_dir else [])
     if args.worker:
-        worker(args.worker, args.n, args.out, args.cache)
+        worker(args.worker, args.n, args.held_out, args.out, args.cache)
         return
     if not SHARED.is_file():
         sys.exit(f"benchmark data not found: {SHARED} (the team's shared/data folder)")
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
+    import os
     import tempfile
 
     import torch
 
+    from lorakit.hardware import physical_cores
+    from train_report import machine, print_report
+
+    # Every worker and the matmul probe compute on the same number of threads.
+    os.environ.setdefault("OMP_NUM_THREADS", str(physical_cores()))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.quick:
+        args.n, args.held_out, args.rounds = args.n or 16, 16, 1
+    results_dir = HERE / "results"
+    results_dir.mkdir(exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     args.n = args.n or (512 if gpu else 64)
     names = (args.only or (GPU_DEFAULT if gpu else CPU_DEFAULT)).split(",")
@@ -341,6 +411,7 @@ def main() -> None:
         model_args = ["--model-dir", str(build_random_model(args.model, Path(scratch.name) / args.model, args.cache))]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     peaks = []
+    began = time.monotonic()
     for round_no in range(args.rounds):
         # Alternate the order, and measure the machine in every round: a shared VM's speed
         # drifts by tens of percent over minutes, and each competitor keeps its best round.
@@ -353,7 +424,8 @@ def main() -> None:
             print(f"[{name}] round {round_no + 1}: {COMPETITORS[name]} ...", flush=True)
             extra = [f"--lorakit-set={kv}" for kv in args.lorakit_set]
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--n", str(args.n), "--out", str(out),
-                                   "--cache", str(args.cache), *extra, *model_args], capture_output=True, text=True)
+                                   "--held-out", str(args.held_out), "--cache", str(args.cache), *extra, *model_args],
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:])
                 runs[name].append({"competitor": name, "description": COMPETITORS[name], "error": proc.stderr[-500:]})
@@ -369,31 +441,23 @@ def main() -> None:
             continue
         best = dict(min(good, key=lambda r: r["wall_s"]))
         best["rounds_wall_s"] = [r["wall_s"] for r in good]
-        # The share of what this device's matmuls reach: fp32 on a CPU, bf16 on a GPU.
-        best["flop_share_of_peak"] = best["useful_flop_per_s"] / peak["bfloat16_cuda" if gpu else "float32"]
+        best["rounds_cpu_s"] = [r["cpu_s"] for r in good]
+        for key in ("float32", "bfloat16") + (("bfloat16_cuda",) if gpu else ()):
+            best[f"share_of_{key}_matmul"] = best["useful_flop_per_s"] / peak[key]
         results.append(best)
-    ok = [r for r in results if "error" not in r]
-    ref = next((r for r in ok if r["competitor"] == "e"), None)
-    mem = "peak_cuda_gb" if gpu else "peak_rss_gb"  # on a GPU the memory that limits is the GPU's
-    header = (f"{'':7} {'best s':>7} {'loss tok/s':>10} {'tok/s':>7} {'CUDA GB' if gpu else 'RSS GB':>7} "
-              f"{'train':>6} {'eval':>6} {'%peak':>6}")
-    print(header + ("   e vs it: speed   memory" if ref else ""))
-    for r in ok:
-        line = (f"{r['competitor']:7} {r['wall_s']:7.1f} {r['loss_tokens_per_s']:10.1f} {r['tokens_per_s']:7.1f} "
-                f"{r[mem]:7.2f} {r['train_loss']:6.3f} {r['eval_loss']:6.3f} "
-                f"{100 * r['flop_share_of_peak']:5.1f}%")
-        if ref:
-            line += f"   {ref['loss_tokens_per_s'] / r['loss_tokens_per_s']:5.2f}x {ref[mem] / r[mem]:5.2f}x"
-        print(line + "   rounds: " + ", ".join(f"{w:.0f}s" for w in r["rounds_wall_s"]))
+    where = machine(gpu)
+    report = print_report(results, peak, where, args.n, args.rounds, time.monotonic() - began, gpu)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    where = (gpu or platform.node()).replace(" ", "-").replace("/", "-")
-    base = results_dir / f"train-{where}-{args.model}-{stamp}"
-    base.with_suffix(".json").write_text(json.dumps({"matmul_peak_flop_per_s": peak, "rounds": args.rounds, "gpu": gpu, "model": args.model,
-                                                     "samples": args.n, "cpu": platform.processor(),
-                                                     "lorakit_overrides": args.lorakit_set,
-                                                     "results": results}, indent=2), encoding="utf-8")
+    host = (gpu or platform.node()).replace(" ", "-").replace("/", "-")
+    base = results_dir / f"train-{host}-{args.model}-{stamp}"
+    base.with_suffix(".json").write_text(json.dumps({
+        "machine": where, "matmul_peak_flop_per_s": peak, "rounds": args.rounds, "gpu": gpu, "model": args.model,
+        "samples": args.n, "held_out": args.held_out, "lorakit_overrides": args.lorakit_set,
+        "minutes": round((time.monotonic() - began) / 60, 1), "goals": report, "results": results,
+    }, indent=2), encoding="utf-8")
+    ok = [r for r in results if "error" not in r]
     if ok:
-        chart(ok, base.with_suffix(".png"), f"LoRA fine-tuning of {args.model} on alpaca, {gpu or 'this CPU'}")
+        chart(ok, base.with_suffix(".png"), f"LoRA fine-tuning of {args.model} on alpaca, {gpu or where['cpu']}")
     print(f"wrote {base}.json and .png")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,11 @@ from transformers import (
 )
 
 from lorakit.templates import NAMED_TEMPLATES
+
+# precision and model.dtype 'auto' follow a speed probe of the CPU they run on; the tests pin the
+# answer to float32, so their results never depend on the machine (tests/train/test_hardware.py
+# tests the probe with injected timings).
+os.environ.setdefault("LORAKIT_CPU_PRECISION", "fp32")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -60,9 +60,9 @@ class ModelConfig(_Section):
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
-        description="Weights' dtype when loading. 'auto': bfloat16 (float16 before Ampere) on a GPU, float32 on "
-        "a CPU; bfloat16 halves a CPU's memory for the same speed where the CPU has native bf16 "
-        "(AVX512-BF16/AMX). A dtype the hardware cannot compute is refused with the reason.",
+        description="Weights' dtype when loading. 'auto': bfloat16 (float16 before Ampere) on a GPU; on a CPU "
+        "bfloat16 where train.precision's probe measured bf16 faster, else float32 (LoRA's own parameters stay "
+        "float32 either way). A dtype the hardware cannot compute is refused with the reason.",
     )
     quantization: QuantizationConfig | None = Field(
         None, description="Quantized loading for QLoRA (needs the 'qlora' extra: bitsandbytes). None: full weights."
@@ -237,8 +237,8 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, gt=0, description="Log the train loss (metrics.jsonl) every N steps.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
-        description="Autocast for the forward and backward. 'auto': bf16 on a GPU that has it (else fp16), fp32 on "
-        "a CPU (measured: autocast is no faster there, even with native bf16).",
+        description="Autocast for the forward and backward. 'auto': bf16 on a GPU that has it (else fp16); on a CPU "
+        "bf16 where a one-off matmul probe (cached in ~/.cache/lorakit) measured it faster than fp32, else fp32.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
     progress_bar: bool = Field(True, description="Draw a progress bar on the terminal.")
@@ -274,10 +274,22 @@ class TrainConfig(_Section):
     )
     micro_batch_tokens: int | None = Field(
         None, ge=0,
-        description="Run each batch as forward passes of at most this many token positions, each padded only "
-        "to its own longest sample (same gradient, less padding computed, lower peak memory); 0: never split; "
-        "None: 1024 on CPU, never on GPU (where wide batches are cheap). Not with packing (a packed batch is "
-        "one unpadded row, never split).",
+        description="Run each batch as forward passes of at most this many token positions, their boundaries "
+        "chosen by a cost model (a fixed cost per pass, one per position, attention's square); same gradient, no "
+        "padding computed, lower peak memory. 0: never split; None: 1024 on CPU, never on GPU (where wide batches "
+        "are cheap). Not with packing (a packed batch is one unpadded row, never split).",
+    )
+    pass_packing: bool | None = Field(
+        None,
+        description="Each pass of micro_batch_tokens packs its samples into one row with position ids (no padding; "
+        "attention stays within each sample); false: rows padded to the pass's longest. None: packed where the "
+        "model reads sample boundaries from position ids (transformers' own architectures).",
+    )
+    eager_attention_tokens: int | None = Field(
+        None, ge=0,
+        description="Passes whose rows are at most this long use eager attention, longer ones the model's own "
+        "(sdpa): on a CPU eager's forward and backward are faster for short rows, sdpa's for long ones. None: 512 "
+        "on CPU (measured: bench/pass_cost.py), 0 on GPU; 0: always the model's own.",
     )
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."

@@ -1,7 +1,20 @@
-"""What the machine computes natively, so 'auto' precision picks what is fastest here."""
+"""What the machine computes fastest, so 'auto' precision and dtype pick it here.
+
+CPU flags say whether bf16 exists, not whether it is fast for LoRA's shapes: on a Xeon with
+AMX a whole bf16 training step was no faster than float32, while on an AMD EPYC with
+AVX512-BF16 (where MKL's float32 matmul runs at a quarter of oneDNN's bf16 one) it was 1.8x
+faster. So on a CPU with native bf16 a probe times one LoRA layer's forward and backward
+both ways, once per machine, and keeps the answer in the user cache.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -11,6 +24,20 @@ from lorakit.errors import LorakitError
 
 class PrecisionError(LorakitError, ValueError):
     """train.precision asks for what this machine cannot compute."""
+
+
+log = logging.getLogger(__name__)
+
+# LORAKIT_CPU_PRECISION=fp32 or bf16 skips the probe (the tests pin it, so they never depend on
+# the machine they run on).
+PRECISION_ENV = "LORAKIT_CPU_PRECISION"
+PROBE_VERSION = 2  # 2: one thread, CPU seconds
+# bf16 must beat float32 by this much: the probe's layer is one piece of a step, and the rest of
+# the step (norms, softmax, the optimizer) does not speed up.
+BF16_MARGIN = 1.25
+# The probe's shapes: a pass of 256 tokens through a 576 -> 1536 projection with a rank-16 LoRA
+# (SmolLM2's MLP), the size of the layers lorakit's passes are made of on a CPU.
+_TOKENS, _IN, _OUT, _RANK = 256, 576, 1536, 16
 
 
 def _cpu_flags() -> str:
@@ -33,14 +60,118 @@ def cpu_has_fp16() -> bool:
     return "avx512_fp16" in flags or "amx_fp16" in flags
 
 
+def cpu_name() -> str:
+    for line in _cpu_flags().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_flag_list() -> list[str]:
+    for line in _cpu_flags().splitlines():
+        if line.startswith("flags"):
+            return line.split(":", 1)[1].split()
+    return []
+
+
+@dataclass(frozen=True)
+class CpuSpeed:
+    """CPU seconds of one LoRA layer's forward and backward each way, on ``threads`` threads."""
+
+    fp32_s: float
+    bf16_s: float
+    threads: int
+
+    @property
+    def bf16_faster(self) -> bool:
+        return self.bf16_s * BF16_MARGIN < self.fp32_s
+
+
+def _layer_step(dtype: torch.dtype) -> float:
+    """CPU seconds of one forward-and-backward pass through a LoRA'd linear layer."""
+    weight = torch.randn(_OUT, _IN, dtype=dtype) / _IN**0.5
+    lora_a = torch.randn(_RANK, _IN, requires_grad=True)
+    lora_b = torch.randn(_OUT, _RANK, requires_grad=True)
+    x = torch.randn(_TOKENS, _IN, dtype=dtype, requires_grad=True)
+    started = time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = x @ weight.T + (x @ lora_a.T) @ lora_b.T
+    out.float().sum().backward()
+    return time.process_time() - started
+
+
+def probe_cpu(rounds: int = 8) -> CpuSpeed:
+    """The layer in float32 and in bf16 (bf16 weights, bf16 autocast), best of ``rounds``: ~0.5 s.
+
+    On one thread and in CPU seconds, alternating: the ratio is the core's, and neither the load
+    of other processes on a shared machine nor its drift over the probe favours one side.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = {torch.float32: float("inf"), torch.bfloat16: float("inf")}
+        for _ in range(rounds):  # the first round warms the kernels up
+            for dtype in best:
+                best[dtype] = min(best[dtype], _layer_step(dtype))
+    finally:
+        torch.set_num_threads(threads)
+    return CpuSpeed(fp32_s=best[torch.float32], bf16_s=best[torch.bfloat16], threads=1)
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return root / "lorakit" / "cpu-probe.json"
+
+
+def _machine_key() -> str:
+    """The probe's answer holds for this CPU model and flags and this torch."""
+    parts = [cpu_name(), " ".join(sorted(cpu_flag_list())), torch.__version__, str(PROBE_VERSION)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def cpu_speed(probe=probe_cpu, cache: Path | None = None) -> CpuSpeed:
+    """This machine's probe result, measured on first use and read from the cache after."""
+    cache = cache or _cache_file()
+    key = _machine_key()
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict):
+        try:
+            return CpuSpeed(**known[key])
+        except TypeError:
+            pass  # written by another layout: measure again
+    speed = probe()
+    log.info("CPU probe (%s, %d thread): one LoRA layer step %.2f ms float32, %.2f ms bf16",
+             cpu_name(), speed.threads, 1e3 * speed.fp32_s, 1e3 * speed.bf16_s)
+    known[key] = asdict(speed)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=2), encoding="utf-8")
+    except OSError as err:  # a read-only home: measure again next time, train now
+        log.warning("could not cache the CPU probe in %s: %s", cache, err)
+    return speed
+
+
+def cpu_prefers_bf16() -> bool:
+    """Whether this CPU trains faster with bf16 weights under bf16 autocast than in float32."""
+    pinned = os.environ.get(PRECISION_ENV)
+    if pinned:
+        if pinned not in ("fp32", "bf16"):
+            raise ValueError(f"{PRECISION_ENV}={pinned!r}: use fp32 or bf16 (or unset it to measure)")
+        return pinned == "bf16"
+    if not cpu_has_bf16():
+        return False  # emulated bf16 is tens of times slower; nothing to measure
+    return cpu_speed().bf16_faster
+
+
 def pick_precision(requested: str) -> str:
     """Resolve 'auto' to fp32, bf16 or fp16 for the device this process trains on.
 
-    On a CPU 'auto' is fp32 even where bf16 is native (AVX512-BF16, AMX). Measured with
-    bench/dtype_bench.py on a Xeon with AMX (SmolLM2, 24 alpaca samples, lorakit's padding-free
-    passes): bf16 autocast over float32 weights took 1.20x the CPU time of plain fp32 and 10% more
-    memory; over bf16 weights it matched them without autocast (0.98x). LoRA's passes are too
-    small for bf16's faster matmuls to pay for autocast's casts.
+    On a CPU 'auto' is bf16 where the probe measured it faster (see ``cpu_prefers_bf16``), else fp32.
     """
     if requested != "auto":
         if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
@@ -50,7 +181,33 @@ def pick_precision(requested: str) -> str:
         return requested
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"
+
+
+def physical_cores() -> int:
+    """Cores, not hardware threads: one compute thread per core is the fastest for matmuls."""
+    cores = set()
+    for cpu in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            cores.add(((cpu / "physical_package_id").read_text().strip(), (cpu / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(len(cores) or available, available))
+
+
+def set_compute_threads() -> int:
+    """Intra-op threads = physical cores unless OMP_NUM_THREADS says otherwise; no tokenizer threads.
+
+    The Rust tokenizers' thread pool would compete with torch's threads during steps; data is
+    tokenized before training starts, so it is not needed then.
+    """
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("OMP_NUM_THREADS") and not torch.cuda.is_available():
+        # Processes on one machine (lorakit train --nproc N) share its cores.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+        torch.set_num_threads(max(1, physical_cores() // local))
+    return torch.get_num_threads()
 
 
 def peak_rss_bytes() -> int:

@@ -55,6 +55,7 @@ class RunSummary:
     base_model: str | None = None
     template: str | None = None
     precision: str | None = None
+    weights_dtype: str | None = None  # the frozen base's dtype as trained ("float32", "bfloat16")
     eval_perplexity: float | None = None
     best_checkpoint: str | None = None
     skipped_steps: list[int] = field(default_factory=list)

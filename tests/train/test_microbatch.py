@@ -2,33 +2,66 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 import torch
 
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
 from lorakit.train import recipe
-from lorakit.train.microbatch import plan, split_batch
+from lorakit.train.microbatch import PassCost, plan, positions, split_batch
 from tests.train.helpers import LOSS_RTOL, ROWS, adapter, assert_same_update, metrics, tiny_config
 
 
-def test_plan_respects_the_budget_and_keeps_padding_low():
-    lengths = [500, 120, 100, 90, 118, 600]
-    passes = plan(lengths, budget=512)
-    assert sorted(r for p in passes for r in p) == list(range(6))
-    assert passes[0] == [5] and passes[1] == [0]  # longer than the budget, or too long to share: alone
-    for rows in passes:
-        width = max(lengths[r] for r in rows)
-        assert len(rows) == 1 or len(rows) * width <= 512
-        assert sum(width - lengths[r] for r in rows) <= 0.1 * len(rows) * width
-    assert [1, 4, 2] in passes  # 120, 118 and 100 share a pass: 22 of 360 positions padded
+def _cheapest_by_brute_force(lengths: list[int], budget: int, packed: bool, cost: PassCost) -> float:
+    """Every way to cut the sorted lengths into contiguous passes (2^(n-1) of them)."""
+    sizes = sorted(lengths, reverse=True)
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=len(sizes) - 1):
+        groups, start = [], 0
+        for i, cut in enumerate(cuts, start=1):
+            if cut:
+                groups.append(sizes[start:i])
+                start = i
+        groups.append(sizes[start:])
+        if all(len(g) == 1 or positions(g, packed) <= budget for g in groups):
+            best = min(best, sum(cost.of(g, packed) for g in groups))
+    return best
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_plan_is_the_cheapest_split_within_the_budget(packed):
+    cost = PassCost()
+    rng = random.Random(0)
+    for _ in range(40):
+        lengths = [rng.choice([rng.randint(5, 60), rng.randint(100, 700)]) for _ in range(rng.randint(1, 9))]
+        budget = rng.choice([64, 256, 512, 1024])
+        passes = plan(lengths, budget, packed, cost)
+        assert sorted(r for p in passes for r in p) == list(range(len(lengths)))
+        groups = [[lengths[r] for r in rows] for rows in passes]
+        for group in groups:
+            assert group == sorted(group, reverse=True)
+            assert len(group) == 1 or positions(group, packed) <= budget  # a row over the budget goes alone
+        total = sum(cost.of(g, packed) for g in groups)
+        assert total == pytest.approx(_cheapest_by_brute_force(lengths, budget, packed, cost))
+
+
+def test_plan_weighs_a_pass_against_padding_and_attention():
+    # Four short samples: one pass is cheaper than four (the fixed cost of a pass is ~75 positions).
+    assert plan([120, 100, 90, 118], budget=1024, packed=True) == [[0, 3, 1, 2]]
+    # Long rows: attention's square makes two packed rows of ~600 cheaper than one of 1,200.
+    assert len(plan([600, 600], budget=2048, packed=True)) == 2
+    # Padded, a 500-token sample and three of ~100 do not share a pass: 1,200 padded positions.
+    assert plan([500, 120, 100, 90], budget=2048, packed=False) == [[0], [1, 2, 3]]
 
 
 def test_split_batch_trims_each_pass_to_its_own_longest():
     items = [Encoded([1] * n, [-100] * (n // 2) + [2] * (n - n // 2)) for n in (7, 30, 29, 3)]
     batch = PadCollator(0)(items)
     passes = split_batch(batch, budget=64)
-    assert [p["input_ids"].shape for p in passes] == [torch.Size([2, 30]), torch.Size([1, 7]), torch.Size([1, 3])]
+    assert [p["input_ids"].shape for p in passes] == [torch.Size([2, 30]), torch.Size([2, 7])]
     for p in passes:
         assert set(p) == {"input_ids", "labels", "attention_mask"}
     assert sum(int(p["attention_mask"].sum()) for p in passes) == int(batch["attention_mask"].sum())
@@ -37,20 +70,45 @@ def test_split_batch_trims_each_pass_to_its_own_longest():
     packed = {"input_ids": torch.ones(1, 9, dtype=torch.long), "labels": torch.ones(1, 9, dtype=torch.long),
               "position_ids": torch.arange(9)[None]}
     assert split_batch(packed, budget=4) == [packed]
+    assert split_batch(packed, budget=4, packed=True) == [packed]
 
 
+def test_packed_passes_are_rows_whose_positions_restart_per_sample():
+    items = [Encoded(list(range(10, 10 + n)), [-100] * (n // 2) + list(range(n - n // 2))) for n in (7, 30, 29, 3)]
+    batch = PadCollator(0)(items)
+    passes = split_batch(batch, budget=40, packed=True)
+    assert [p["input_ids"].shape for p in passes] == [torch.Size([1, 30]), torch.Size([1, 39])]
+    assert all(set(p) == {"input_ids", "labels", "position_ids"} for p in passes)
+    second = passes[1]
+    # Samples 29, 7 and 3 long, in that order: their own tokens, positions from 0 for each.
+    assert second["input_ids"][0].tolist() == items[2].input_ids + items[0].input_ids + items[3].input_ids
+    assert second["position_ids"][0].tolist() == [*range(29), *range(7), *range(3)]
+    # A sample's first label is never a target (nothing precedes it), packed or not.
+    assert second["labels"][0, [0, 29, 36]].tolist() == [-100, -100, -100]
+    targets = sum(int((p["labels"][:, 1:] != -100).sum()) for p in passes)
+    assert targets == int((batch["labels"][:, 1:] != -100).sum())
+
+
+# (pass_packing, micro_batch_tokens, passes per step): a pass per sample, padded or packed; then
+# all four samples packed into one row, where attention must stay within each sample.
+SPLITS = [pytest.param("false", 16, 4, id="padded"), pytest.param("true", 16, 4, id="packed"),
+          pytest.param("true", 4096, 1, id="one-packed-row")]
+
+
+@pytest.mark.parametrize(("packing", "budget", "per_step"), SPLITS)
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_split_step_equals_the_whole_batch(tiny_model_dir, tmp_path, precision):
+def test_split_step_equals_the_whole_batch(tiny_model_dir, tmp_path, precision, packing, budget, per_step):
     common = ("train.max_steps=2", "train.logging_steps=1", "train.learning_rate=0.01", "train.warmup=0",
               "train.scheduler=constant", "train.save_steps=null", "train.batch_size=4", "data.shuffle=false",
               f"train.precision={precision}")
     whole = tiny_config(tiny_model_dir, tmp_path / "whole", "train.micro_batch_tokens=0", *common, rows=ROWS * 2)
-    split = tiny_config(tiny_model_dir, tmp_path / "split", "train.micro_batch_tokens=16", *common, rows=ROWS * 2)
+    split = tiny_config(tiny_model_dir, tmp_path / "split", f"train.micro_batch_tokens={budget}", *common,
+                        f"train.pass_packing={packing}", rows=ROWS * 2)
     seen: list[int] = []
     original = split_batch
 
-    def spy(inputs, budget):
-        passes = original(inputs, budget)
+    def spy(*args):
+        passes = original(*args)
         seen.append(len(passes))
         return passes
 
@@ -61,7 +119,7 @@ def test_split_step_equals_the_whole_batch(tiny_model_dir, tmp_path, precision):
         a, b = recipe.run(whole), recipe.run(split)
     finally:
         trainer_module.split_batch = original
-    assert seen == [4, 4]  # four samples of different lengths over a 16-token budget: one pass each
+    assert seen == [per_step, per_step]  # 16 tokens: four samples of different lengths, one pass each
     assert a["tokens_seen"] == b["tokens_seen"] and a["loss_tokens_seen"] == b["loss_tokens_seen"]
     for x, y in zip(metrics(whole.output_dir), metrics(split.output_dir)):
         if "loss" in x:

@@ -11,7 +11,7 @@ import logging
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.hardware import cpu_has_bf16, cpu_has_fp16
+from lorakit.hardware import cpu_has_bf16, cpu_has_fp16, cpu_prefers_bf16
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,16 @@ def _gpu_name() -> str:
 def resolve_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
     """Map a config dtype name to a torch dtype for the device this process uses.
 
-    'auto' is bfloat16 on a GPU that has it, float16 on an older GPU, float32 on a CPU. On a CPU
-    with native bf16, bf16 weights trained no faster than float32 ones (bench/dtype_bench.py: 1.00x
-    the CPU time, 12% less peak memory on SmolLM2), and without native bf16 they are emulated and
-    far slower; so 'auto' keeps float32, and ``bfloat16`` is there to ask for to halve the memory.
+    'auto' is bfloat16 on a GPU that has it, float16 on an older GPU. On a CPU it is bfloat16 where
+    this CPU's probe measured bf16 faster (``cpu_prefers_bf16``; the frozen weights then need no cast
+    per step under bf16 autocast, and take half the memory), else float32: without native bf16 it
+    is emulated and far slower.
     """
     on_gpu = torch.cuda.is_available()
     if name == "auto":
         if on_gpu:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
     if name not in DTYPES:
         raise DtypeError(f"{key}={name!r} is not a dtype; choose auto, float32, bfloat16 or float16")
     if name == "bfloat16":

@@ -19,7 +19,7 @@ from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback
 from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.pipeline import build_splits
-from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
+from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision, set_compute_threads
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
@@ -28,6 +28,7 @@ from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
+from lorakit.train.passes import CPU_EAGER_TOKENS
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -54,6 +55,13 @@ def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
     if configured is not None:
         return configured
     return 0 if on_gpu else 1024
+
+
+def _eager_attention_tokens(configured: int | None, on_gpu: bool) -> int:
+    """Eager attention is the faster one on a CPU for short rows; a GPU keeps the model's own."""
+    if configured is not None:
+        return configured
+    return 0 if on_gpu else CPU_EAGER_TOKENS
 
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
@@ -95,6 +103,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     for partial in checkpoints.incomplete(ckpt_dir):
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
+    threads = set_compute_threads()
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads (and, for a
     # hub model, before its weights are downloaded)
@@ -115,7 +124,8 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
-    log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision, "cuda" if on_gpu else "cpu")
+    log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision,
+             "cuda" if on_gpu else f"cpu, {threads} threads")
 
     args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
                               quantized=is_quantized(base))
@@ -130,6 +140,8 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         selective_loss=cfg.train.selective_loss,
         loss_chunk_size=cfg.train.loss_chunk_size,
         micro_batch_tokens=_micro_batch_tokens(cfg.train.micro_batch_tokens, on_gpu),
+        pass_packing=cfg.train.pass_packing,
+        eager_attention_tokens=_eager_attention_tokens(cfg.train.eager_attention_tokens, on_gpu),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:
@@ -162,6 +174,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         finally:
             stopper.uninstall()
         elapsed = time.monotonic() - started
+        trainer.passes.restore()  # evaluation, generation and saving see the model as it was loaded
         if stopper.interrupted:
             raise TrainingInterrupted(stopper.signal, trainer.state.global_step, ckpt_dir)
         # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
@@ -192,6 +205,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         base_model=cfg.model.name,
         template=template.name,
         precision=precision,
+        weights_dtype=str(base.dtype).removeprefix("torch."),
         steps=result.global_step,
         train_loss=train_loss,
         eval_loss=eval_loss,

@@ -25,6 +25,7 @@ from lorakit.model.loss import answer_only_loss, output_head, selective_loss_sup
 from lorakit.run import RunFolder
 from lorakit.train import checkpoints, distributed
 from lorakit.train.microbatch import split_batch
+from lorakit.train.passes import PassRunner
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class LorakitTrainer(Trainer):
         selective_loss: bool = True,
         loss_chunk_size: int = 2048,
         micro_batch_tokens: int = 0,
+        pass_packing: bool | None = None,
+        eager_attention_tokens: int = 0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -72,6 +75,8 @@ class LorakitTrainer(Trainer):
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size
         self.micro_batch_tokens = micro_batch_tokens
+        self.passes = PassRunner(self.accelerator.unwrap_model(self.model), pass_packing, eager_attention_tokens,
+                                 autocast=self.args.bf16 or self.args.fp16)
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
@@ -103,6 +108,10 @@ class LorakitTrainer(Trainer):
         return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
 
     # --- counting and guarding each step
+    def split_passes(self, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The forward passes one batch runs as: packed rows, or padded ones (see microbatch)."""
+        return split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             mask = inputs.get("attention_mask")
@@ -126,11 +135,11 @@ class LorakitTrainer(Trainer):
         # DeepSpeed steps its optimizer inside every backward, so it gets the batch whole.
         if (self.micro_batch_tokens and num_items_in_batch is not None
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED):
-            passes = split_batch(inputs, self.micro_batch_tokens)
+            passes = self.split_passes(inputs)
         loss = None
         for k, part in enumerate(passes):
             # Gradients of all passes are summed locally and reduced across ranks once, after the last.
-            with self.accelerator.no_sync(model) if k < len(passes) - 1 else nullcontext():
+            with self.accelerator.no_sync(model) if k < len(passes) - 1 else nullcontext(), self.passes.run(part):
                 part_loss = super().training_step(model, part, num_items_in_batch)
             loss = part_loss if loss is None else loss + part_loss
         if not torch.isfinite(loss).all():

@@ -1,0 +1,86 @@
+"""How each forward pass runs: packed or padded, eager or sdpa attention, no wasted casts.
+
+``microbatch.split_batch`` decides which samples share a pass; this decides how the model
+computes it. Each choice here changes the speed, never the result (tests/train/test_passes.py):
+
+- Attention per pass length. On a CPU, torch's sdpa kernel has a slow backward for short rows
+  (12 ms per layer for 110 tokens measured on a Xeon), while eager attention's cost grows with
+  the square of the row: eager up to ``eager_tokens`` positions a row, the model's own beyond.
+- peft casts each adapter's input to the adapter's float32 before its matmul. Under autocast
+  the matmul casts it straight back to bf16, so the first cast only copies: it is turned off
+  while a pass runs under autocast (exactly the same values reach the matmul).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+# bench/pass_cost.py on a 2-core AMD EPYC, bf16, one row: eager 0-8% faster than sdpa up to 512
+# positions (steady state), 1.5x slower at 1024. Issue 16's profile of padded passes on a Xeon had
+# sdpa's CPU backward at 20% of a step; eager has none of it.
+CPU_EAGER_TOKENS = 512
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reads_packed_positions(model: torch.nn.Module) -> bool:
+    """Whether the model keeps attention within each sample of a packed row from its position ids.
+
+    transformers' own architectures build their masks with ``masking_utils``, which finds the
+    boundaries where the position ids restart; models with their own attention code may not.
+    """
+    base = _base(model)
+    return bool(getattr(base, "_supports_attention_backend", False)) and _can_switch_attention(base)
+
+
+def _can_switch_attention(base: torch.nn.Module) -> bool:
+    check = getattr(type(base), "_can_set_attn_implementation", None)
+    return bool(check and check() and hasattr(base, "set_attn_implementation"))
+
+
+def row_length(inputs: dict[str, torch.Tensor]) -> int:
+    return inputs["input_ids"].shape[-1]
+
+
+class PassRunner:
+    """Runs passes of one model; built once per trainer."""
+
+    def __init__(self, model: torch.nn.Module, packing: bool | None, eager_tokens: int, autocast: bool):
+        self.base = _base(model)
+        self.packed = reads_packed_positions(model) if packing is None else packing
+        config = getattr(self.base, "config", None)
+        self.own_attention = getattr(config, "_attn_implementation", None)
+        # Only a model that can change its attention between passes, and only away from sdpa:
+        # a model set up with flash attention or eager keeps it.
+        switchable = self.own_attention == "sdpa" and _can_switch_attention(self.base)
+        self.eager_tokens = eager_tokens if switchable else 0
+        self.adapters = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if autocast else []
+
+    def attention_for(self, inputs: dict[str, torch.Tensor]) -> str | None:
+        if self.own_attention is None:
+            return None
+        return "eager" if row_length(inputs) <= self.eager_tokens else self.own_attention
+
+    @contextmanager
+    def run(self, inputs: dict[str, torch.Tensor]):
+        wanted = self.attention_for(inputs)
+        if wanted is not None and wanted != self.base.config._attn_implementation:
+            self.base.set_attn_implementation(wanted)
+        casting = [m.cast_input_dtype_enabled for m in self.adapters]
+        for m in self.adapters:
+            m.cast_input_dtype_enabled = False
+        try:
+            yield
+        finally:
+            for m, cast in zip(self.adapters, casting):
+                m.cast_input_dtype_enabled = cast
+
+    def restore(self) -> None:
+        """The model's own attention again (for evaluation, generation and saving)."""
+        if self.own_attention is not None and self.base.config._attn_implementation != self.own_attention:
+            self.base.set_attn_implementation(self.own_attention)

@@ -1,0 +1,85 @@
+"""precision and model.dtype 'auto' on a CPU follow a measured probe, cached per machine.
+
+The probe itself is injected here (its timings are the machine's, never asserted); what is
+tested is what its answer decides, that it is measured once per machine key, and the pin.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorakit.model.dtype import resolve_dtype
+from lorakit import hardware
+from lorakit.hardware import PRECISION_ENV, CpuSpeed, cpu_speed, pick_precision
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    return monkeypatch
+
+
+def test_bf16_wins_only_by_a_margin():
+    assert CpuSpeed(fp32_s=0.030, bf16_s=0.010, threads=2).bf16_faster
+    assert not CpuSpeed(fp32_s=0.030, bf16_s=0.026, threads=2).bf16_faster  # faster, but not enough to pay
+    assert not CpuSpeed(fp32_s=0.010, bf16_s=0.030, threads=2).bf16_faster
+
+
+@pytest.mark.parametrize(("speed", "precision", "dtype"), [
+    (CpuSpeed(0.030, 0.010, 2), "bf16", torch.bfloat16),
+    (CpuSpeed(0.010, 0.030, 2), "fp32", torch.float32),
+])
+def test_auto_follows_the_probe(cpu, speed, precision, dtype):
+    cpu.setattr(hardware, "cpu_has_bf16", lambda: True)
+    cpu.setattr(hardware, "cpu_speed", lambda: speed)
+    assert pick_precision("auto") == precision
+    assert resolve_dtype("auto") is dtype
+    assert pick_precision("fp32") == "fp32" and resolve_dtype("float32") is torch.float32  # asked for: kept
+
+
+def test_no_native_bf16_is_fp32_without_probing(cpu):
+    cpu.setattr(hardware, "cpu_has_bf16", lambda: False)
+    cpu.setattr(hardware, "cpu_speed", lambda: pytest.fail("probed a CPU without bf16"))
+    assert pick_precision("auto") == "fp32" and resolve_dtype("auto") is torch.float32
+
+
+def test_the_pin_skips_the_probe(cpu):
+    cpu.setattr(hardware, "cpu_speed", lambda: pytest.fail("probed despite the pin"))
+    cpu.setattr(hardware, "cpu_has_bf16", lambda: True)
+    cpu.setenv(PRECISION_ENV, "bf16")
+    assert pick_precision("auto") == "bf16"
+    cpu.setenv(PRECISION_ENV, "fp32")
+    assert resolve_dtype("auto") is torch.float32
+    cpu.setenv(PRECISION_ENV, "fast")
+    with pytest.raises(ValueError, match="LORAKIT_CPU_PRECISION='fast': use fp32 or bf16"):
+        pick_precision("auto")
+
+
+def test_measured_once_per_machine_and_torch(tmp_path, monkeypatch):
+    cache = tmp_path / "cpu-probe.json"
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return CpuSpeed(0.03, 0.01, 2)
+
+    assert cpu_speed(probe, cache) == CpuSpeed(0.03, 0.01, 2)
+    assert cpu_speed(probe, cache) == CpuSpeed(0.03, 0.01, 2)
+    assert len(calls) == 1  # the second answer came from the cache
+    monkeypatch.setattr(torch, "__version__", "9.9.9")  # another torch: its kernels may differ
+    cpu_speed(probe, cache)
+    assert len(calls) == 2 and len(json.loads(cache.read_text())) == 2
+    cache.write_text("not json")  # a damaged cache is measured again, not an error
+    assert cpu_speed(probe, cache).bf16_faster and len(calls) == 3
+
+
+@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="only a CPU with native bf16 is probed")
+def test_the_probe_times_both_ways():
+    threads = torch.get_num_threads()
+    speed = hardware.probe_cpu()
+    assert speed.fp32_s > 0 and speed.bf16_s > 0 and speed.threads == 1
+    assert torch.get_num_threads() == threads  # the probe's one thread is given back
