@@ -382,7 +382,7 @@ def evaluate(
         gen = type(run_cfg.generation).model_validate({**run_cfg.generation.model_dump(), **gen_overrides})
         session = open_session(target, cache_dir, use_adapter=not base)
         result = run_eval(session, files, run_cfg.data, gen, settings,
-                          output or (Path(target) if is_run else Path.cwd()), console=err)
+                          output or (Path(target) if is_run else Path.cwd()), console=err, method=run_cfg.method)
     except (DataError, ScorerError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     print_comparison(out, result)
@@ -470,6 +470,7 @@ def data_inspect(
     _setup_logging(False)
     from lorakit.config import DataSource
     from lorakit.data.inspection import inspect_data
+    from lorakit.data.pair_dataset import holds_pairs
     from lorakit.data.sources import DataError
     from lorakit.data.templates import resolve_template
     from lorakit.data.view import print_inspection
@@ -488,8 +489,9 @@ def data_inspect(
     try:
         tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
         template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
+        pairs = cfg.method != "sft" or holds_pairs(cfg.data.train, cfg.data)
         result = inspect_data(
-            cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit
+            cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit, pairs=pairs
         )
     except (DataError, ModelNotFoundError, ValueError) as e:
         _fail(str(e))

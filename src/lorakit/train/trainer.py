@@ -100,11 +100,18 @@ class LorakitTrainer(Trainer):
         return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
 
     # --- counting and guarding each step
+    def count_tokens(self, inputs: dict[str, torch.Tensor]) -> None:
+        mask = inputs.get("attention_mask")
+        self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+
+    def split_passes(self, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The forward passes one batch runs as (a loss that pairs rows splits otherwise)."""
+        return split_batch(inputs, self.micro_batch_tokens)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            mask = inputs.get("attention_mask")
-            self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            self.count.loss_tokens += int((inputs["labels"][:, 1:] != -100).sum())
+            self.count_tokens(inputs)
             if self.selective_loss and not return_outputs:
                 head = output_head(self.accelerator.unwrap_model(model))
                 loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size,
@@ -123,7 +130,7 @@ class LorakitTrainer(Trainer):
         # DeepSpeed steps its optimizer inside every backward, so it gets the batch whole.
         if (self.micro_batch_tokens and num_items_in_batch is not None
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED):
-            passes = split_batch(inputs, self.micro_batch_tokens)
+            passes = self.split_passes(inputs)
         loss = None
         for k, part in enumerate(passes):
             # Gradients of all passes are summed locally and reduced across ranks once, after the last.
