@@ -110,3 +110,18 @@ def test_pairs_are_told_apart_from_sft_data(tmp_path):
     with pytest.raises(DataError, match=r"s.jsonl, line 1: a preference run .* needs pairs"):
         build_pair_splits(DataConfig(train=[str(sft)], cache_dir=None), make_tokenizer("chatml"),
                           resolve_template(make_tokenizer("chatml"), "auto"))
+
+
+def test_inspection_shows_both_sides_and_the_findings(tmp_path):
+    from lorakit.data.inspection import inspect_data
+
+    tokenizer = make_tokenizer("chatml")
+    rows = [SHAPES["strings"], {"prompt": "Hi", "chosen": "Hello.", "rejected": "Hello."}]
+    data = DataConfig(train=[str(write_jsonl(tmp_path / "pairs.jsonl", rows))], cache_dir=None)
+    result = inspect_data(data, tokenizer, resolve_template(tokenizer, "auto"), model_name="tiny", samples=1,
+                          pairs=True)
+    assert [s.split for s in result.samples] == ["train chosen", "train rejected"]
+    trained = ["".join(seg.text for seg in s.segments if seg.trained) for s in result.samples]
+    assert trained == [CHOSEN + "<|im_end|>", REJECTED + "<|im_end|>"]
+    assert [f.code for f in result.reports[0].findings if f.code == "identical_answers"] == ["identical_answers"]
+    assert result.lengths[0].stats["answer"]["max"] > 0
