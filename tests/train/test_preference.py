@@ -187,3 +187,24 @@ def test_accumulated_and_split_steps_equal_one_large_batch(tiny_model_dir, tmp_p
     for name, (other_losses, other_weights) in found.items():
         assert other_losses == pytest.approx(losses, rel=LOSS_RTOL[precision]), name
         assert_same_update(weights, other_weights, precision)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (["method=dpo", "data.format=alpaca"], "data.format=alpaca is not such a shape"),
+    (["data.format=preference"], "train them with method: dpo or orpo"),
+    (["method=orpo", "train.packing=true"], "train.packing and train.group_by_length do not apply"),
+    (["method=dpo", "preference.loss=hinge"], "preference.loss"),
+])
+def test_preference_settings_that_cannot_work_are_refused(settings, message):
+    from lorakit.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, settings)
+    assert load_config(None, ["method=orpo", "preference.lambda=0.3"]).preference.orpo_lambda == 0.3
+
+
+def test_a_missing_starting_adapter_is_named(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, "method=dpo", f"model.adapter={tmp_path / 'nothing'}",
+                      "data.cache_dir=null", rows=PAIRS)
+    with pytest.raises(FileNotFoundError, match=r"nothing is not a finished lorakit run \(no adapter_config.json"):
+        recipe.run(cfg)

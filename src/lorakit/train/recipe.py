@@ -29,7 +29,7 @@ from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision
 from lorakit.train.plot import read_metrics
-from lorakit.train.preference import PairCollator, PreferenceTrainer, start_from_adapter
+from lorakit.train.preference import PairCollator, PreferenceTrainer, check_start_adapter, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -118,6 +118,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code)
     fit_embeddings(base, tokenizer)
     if cfg.model.adapter is not None:  # continue a run's adapter (for dpo it is also the reference)
+        check_start_adapter(cfg.model.adapter)
         check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
         model = start_from_adapter(base, cfg.model.adapter, with_reference=cfg.method == "dpo")
     else:
