@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorakit.errors import LorakitError
 
@@ -74,6 +74,12 @@ class ModelConfig(_Section):
     pad_token: str | None = Field(
         None, description="Pad token to use (added as a special token when new); default: the tokenizer's, else EOS."
     )
+    adapter: Path | None = Field(
+        None,
+        description="Start from this run's adapter (e.g. runs/sft) instead of a fresh one; it must be on the same "
+        "base. For method: dpo it is also the frozen reference. Its own LoRA settings apply, not the lora section. "
+        "Relative to where the command runs, as output_dir is.",
+    )
     cache_dir: Path = Field(
         Path("~/.cache/lorakit"),
         description="Where converted GGUF models are cached so the second load takes a second.",
@@ -118,8 +124,11 @@ class DataConfig(_Section):
     )
     shuffle: bool = Field(True, description="Shuffle the samples (seeded) before holding out and training.")
     seed: int = Field(42, description="Seed of the shuffle, the held-out choice and fractional weights.")
-    format: Literal["auto", "alpaca", "dolly", "prompt_completion", "text", "messages", "sharegpt"] = Field(
-        "auto", description="Sample shape; 'auto' detects it from each source's columns."
+    format: Literal[
+        "auto", "alpaca", "dolly", "prompt_completion", "text", "messages", "sharegpt", "preference"
+    ] = Field(
+        "auto", description="Sample shape; 'auto' detects it from each source's columns ('preference': pairs of "
+        "answers, for method dpo and orpo)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -379,10 +388,29 @@ class EvalConfig(_Section):
     )
 
 
+class PreferenceConfig(_Section):
+    """How method dpo and orpo weigh the chosen answer against the rejected one."""
+
+    beta: float = Field(0.1, gt=0, description="DPO: how far the tuned model may move from the reference; higher: "
+                        "closer to it.")
+    loss: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (the DPO paper's) or ipo (squared distance to 1/(2 beta), on "
+        "per-token mean log-probs).",
+    )
+    orpo_lambda: float = Field(
+        0.1, gt=0, validation_alias=AliasChoices("lambda", "orpo_lambda"),
+        description="ORPO (written 'lambda'): weight of the odds-ratio term beside the SFT loss on the chosen answer.",
+    )
+
+
 class RunConfig(_Section):
     name: str = Field("run", description="The run's name; default: the config file's stem.")
     output_dir: Path | None = Field(None, description="Default: runs/<name>.")
     seed: int = Field(42, description="Seed of the model's initialisation and the training order.")
+    method: Literal["sft", "dpo", "orpo"] = Field(
+        "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data)."
+    )
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -395,6 +423,18 @@ class RunConfig(_Section):
         # Checked here, not after training, so a missing file list costs no training time.
         if self.eval.at_end and not self.data.eval:
             raise ValueError("eval.at_end needs held-out samples: set data.eval to one or more files")
+        return self
+
+    @model_validator(mode="after")
+    def _pairs_for_preference(self) -> RunConfig:
+        if self.method == "sft" and self.data.format == "preference":
+            raise ValueError("data.format=preference holds pairs of answers: train them with method: dpo or orpo")
+        if self.method != "sft" and self.data.format not in ("auto", "preference"):
+            raise ValueError(f"method: {self.method} trains on pairs of answers (prompt, chosen, rejected); "
+                             f"data.format={self.data.format} is not such a shape: use auto or preference")
+        if self.method != "sft" and (self.train.packing or self.train.group_by_length):
+            raise ValueError(f"method: {self.method} keeps each pair's two answers in one batch: train.packing and "
+                             "train.group_by_length do not apply; set them to false")
         return self
 
     def resolved_output_dir(self) -> Path:

@@ -97,6 +97,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     if cfg.data.hub_cache is not None:
         cfg.data.hub_cache = fix(cfg.data.hub_cache)
     cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
+    if cfg.model.adapter is not None:  # a run folder, like output_dir relative to where the command runs
+        cfg.model.adapter = cfg.model.adapter.expanduser().resolve()
     name_path = Path(cfg.model.name).expanduser()
     if not name_path.is_absolute() and (base / name_path).exists():
         cfg.model.name = str((base / name_path).resolve())

@@ -179,5 +179,5 @@ def evaluate(
         fail(str(e))
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
-                      output or (Path(target) if is_run else Path.cwd()), console=err)
+                      output or (Path(target) if is_run else Path.cwd()), console=err, method=run_cfg.method)
     print_comparison(out, result)

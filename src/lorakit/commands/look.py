@@ -28,6 +28,7 @@ def data_inspect(
     setup_logging(False)
     from lorakit.config import DataSource
     from lorakit.data.inspection import inspect_data
+    from lorakit.data.pair_dataset import holds_pairs
     from lorakit.data.view import print_inspection
     from lorakit.model.loader import load_tokenizer, resolve_model_folder
     from lorakit.templates import resolve_template
@@ -40,7 +41,9 @@ def data_inspect(
         cfg.data.train = [DataSource(path=str(local.resolve()) if local.exists() else target)]
     tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
-    result = inspect_data(cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit)
+    pairs = cfg.method != "sft" or holds_pairs(cfg.data.train, cfg.data)
+    result = inspect_data(cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit,
+                          pairs=pairs)
     if json_out:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
     else:

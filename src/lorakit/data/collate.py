@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from lorakit.data.encode import IGNORE_INDEX, Encoded
+from lorakit.data.pairs import EncodedPair
 
 
 def _items(batch: Sequence[Encoded | dict]) -> list[Encoded]:
@@ -60,3 +61,13 @@ class PackCollator:
             "labels": torch.tensor([labels]),
             "position_ids": torch.tensor([positions]),
         }
+
+
+class PairCollator:
+    """B pairs as one padded batch of 2B rows: the chosen sides, then the rejected ones."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad = PadCollator(pad_token_id)
+
+    def __call__(self, batch: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        return self.pad([p.chosen for p in batch] + [p.rejected for p in batch])

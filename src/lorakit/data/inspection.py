@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.encode import IGNORE_INDEX, Encoded
+from lorakit.data.pair_dataset import build_pair_splits
 from lorakit.data.pipeline import build_splits
 from lorakit.data.report import DataReport
 from lorakit.templates import ChatTemplate
@@ -125,13 +126,23 @@ def inspect_data(
     model_name: str,
     samples: int = 2,
     limit: int | None = None,
+    pairs: bool = False,
 ) -> Inspection:
-    splits = build_splits(cfg, tokenizer, template, limit=limit, require_samples=False)
+    """``pairs``: the data is pairs of answers (method dpo, orpo); each side is shown and counted."""
+    if pairs:
+        found = build_pair_splits(cfg, tokenizer, template, limit=limit, require_samples=False)
+        train = [side for p in found.train for side in (p.chosen, p.rejected)]
+        evals = [side for p in found.eval for side in (p.chosen, p.rejected)]
+        names, reports = ("train chosen", "train rejected"), found.reports
+    else:
+        splits = build_splits(cfg, tokenizer, template, limit=limit, require_samples=False)
+        train, evals, names, reports = splits.train, splits.eval, ("train",), splits.reports
     end_tokens = sorted(tokenizer.convert_ids_to_tokens(sorted(template.end_token_ids)))
     shown = [
-        RenderedSample("train", item.origin, segments_of(tokenizer, item)) for item in splits.train[:samples]
+        RenderedSample(names[k % len(names)], item.origin, segments_of(tokenizer, item))
+        for k, item in enumerate(train[: samples * len(names)])
     ]
-    lengths = [lengths_of("train", splits.train)] + ([lengths_of("eval", splits.eval)] if splits.eval else [])
+    lengths = [lengths_of("train", train)] + ([lengths_of("eval", evals)] if evals else [])
     return Inspection(
-        model_name, template.name, end_tokens, cfg.max_length, cfg.train_on, splits.reports, lengths, shown
+        model_name, template.name, end_tokens, cfg.max_length, cfg.train_on, reports, lengths, shown
     )

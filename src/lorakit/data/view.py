@@ -59,5 +59,6 @@ def print_inspection(console: Console, result: Inspection, plain: bool) -> None:
         legend = f"trained text is in {OPEN} {CLOSE}" if plain else "trained text is green, masked text dim"
         say(f"samples as the model sees them ({legend}):", "bold")
     for sample in result.samples:
-        say(f"--- {sample.origin}", "bold")
+        side = sample.split.removeprefix("train").strip()  # a pair's side: chosen or rejected
+        say(f"--- {sample.origin}{f' ({side})' if side else ''}", "bold")
         console.print(_sample_text(sample, plain), soft_wrap=True)

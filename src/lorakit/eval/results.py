@@ -18,12 +18,13 @@ from lorakit.eval.compare import Comparison, MetricRow, SampleResult, SideResult
 from lorakit.run import EVAL_JSON, EVAL_MARKDOWN
 
 _SCORES_0_100 = ("chrf", "bleu", "rouge_l")
+_PERCENTS = ("exact_match", "preference_accuracy")
 
 
 def _value(key: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if key == "exact_match":
+    if key in _PERCENTS:
         return f"{value:.1f}%"
     return f"{value:.1f}" if key in _SCORES_0_100 else f"{value:.4f}"
 
@@ -32,7 +33,7 @@ def _change(row: MetricRow) -> str:
     change = row.change
     if change is None:
         return ""
-    if row.key == "exact_match":
+    if row.key in _PERCENTS:
         return f"{change:+.1f} pts"
     return f"{change:+.1f}" if row.key in _SCORES_0_100 else f"{change:+.4f}"
 

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorakit.config import DataConfig, EvalConfig, GenerationConfig
+from lorakit.data.pair_dataset import holds_pairs
 from lorakit.data.pipeline import read_conversations
+from lorakit.eval import preference
 from lorakit.eval.compare import Comparison, EvalError, Scoring, compare
 from lorakit.eval.results import write_reports
 from lorakit.eval.scorer import load_scorer
@@ -28,21 +30,34 @@ def evaluate(
     out_dir: Path,
     console: Console | None = None,
     show_progress: bool = True,
+    method: str = "sft",
 ) -> Comparison:
-    """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md."""
+    """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md.
+
+    Files of pairs (a dpo or orpo run's, or any with chosen/rejected) also get preference accuracy;
+    their generations are scored against the chosen answer.
+    """
     if not files:
         raise EvalError("no evaluation data: pass --data FILE or set data.eval")
     # The scorer loads first: a typo in its name should fail before minutes of generation.
     scorer = load_scorer(settings.scorer) if settings.scorer else None
-    samples = read_conversations(files, data.format, data.system_prompt, data.columns)
+    pairs = None
+    if method != "sft" or holds_pairs(files, data):
+        pairs, unusable = preference.read_eval_pairs(files, data)
+        samples = preference.as_samples(pairs)
+    else:
+        samples = read_conversations(files, data.format, data.system_prompt, data.columns)
     if settings.limit is not None and settings.limit < len(samples):
         log.info("eval: scoring the first %d of %d samples (limit)", settings.limit, len(samples))
         samples = samples[: settings.limit]
+        pairs = pairs[: settings.limit] if pairs is not None else None
     scoring = Scoring(data.max_length, data.train_on, scorer, settings.examples)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=True,
                   disable=not show_progress) as progress:
         result = compare(session, samples, gen, scoring, progress)
+    if pairs is not None:
+        preference.add_preference(result, session, pairs, unusable, data, gen.batch_size)
     result.settings["data"] = [str(f) for f in files]
     result.settings["limit"] = settings.limit
     json_path, md_path = write_reports(out_dir, result)
@@ -55,7 +70,8 @@ def evaluate_at_end(run_dir: Path, show_progress: bool = True) -> Comparison:
     run = RunFolder(run_dir)
     cfg = run.read_config()
     session = open_session(str(run_dir), cfg.model.cache_dir)
-    result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress)
+    result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress,
+                      method=cfg.method)
     summary = run.read_summary()
     if summary is not None:
         summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}

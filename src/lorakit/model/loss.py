@@ -14,9 +14,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lorakit.labels import loss_positions
+from lorakit.labels import IGNORE_INDEX, loss_positions
 
 
 def selective_loss_supported(model: torch.nn.Module) -> bool:
@@ -129,3 +130,36 @@ def answer_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
         logits, wanted = model(**args).logits[:, :-1][keep], batch["labels"][:, 1:][keep]
     losses = torch.nn.functional.cross_entropy(logits.float(), wanted, reduction="none")
     return losses, keep.nonzero()[:, 0]
+
+
+def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -F.cross_entropy(project(head, hidden), targets, reduction="none")
+
+
+def sequence_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int = 2048, selective: bool = True,
+    autocast: AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    rows = keep.nonzero()[:, 0]
+    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if selective:
+        hidden = model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1][keep]
+        wanted = targets[keep]
+        head = output_head(model)
+        with autocast if autocast is not None else nullcontext():
+            parts = [
+                # Past the first chunk, recomputed in backward: one chunk of logits is alive at a time.
+                _chunk_logps(head, hidden[s : s + chunk_size], wanted[s : s + chunk_size]) if s == 0 else
+                checkpoint(_chunk_logps, head, hidden[s : s + chunk_size], wanted[s : s + chunk_size],
+                           use_reentrant=False)
+                for s in range(0, hidden.shape[0], chunk_size)
+            ]
+        token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    else:  # logits the model post-processes (soft-capping): its own, whole
+        logits = model(**args).logits[:, :-1].float()
+        token_logps = -F.cross_entropy(logits[keep], targets[keep], reduction="none")
+    sums = token_logps.new_zeros(keep.shape[0]).index_add(0, rows, token_logps)
+    return sums, keep.sum(dim=1)

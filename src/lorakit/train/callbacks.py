@@ -25,9 +25,10 @@ class MetricsLog(TrainerCallback):
     leaves a readable record of how far it got. A resumed run appends to the same file.
     """
 
-    def __init__(self, path: Path, count: TokenCount, fresh: bool = True):
+    def __init__(self, path: Path, count: TokenCount, fresh: bool = True, perplexity: bool = True):
         self.path = path
         self.count = count
+        self.perplexity = perplexity  # of a cross-entropy eval loss; a preference loss has none
         self.started = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         if fresh:
@@ -43,7 +44,7 @@ class MetricsLog(TrainerCallback):
             return
         row = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(time.monotonic() - self.started, 3)}
         row.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
-        if "eval_loss" in row:
+        if "eval_loss" in row and self.perplexity:
             row["eval_perplexity"] = math.exp(min(row["eval_loss"], 50.0))
         if "loss" in row:
             row["tokens_seen"] = tokens

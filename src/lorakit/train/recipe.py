@@ -17,10 +17,12 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
-from lorakit.data.collate import PackCollator, PadCollator
+from lorakit.data.collate import PackCollator, PadCollator, PairCollator
+from lorakit.data.pair_dataset import build_pair_splits
 from lorakit.data.pipeline import build_splits
 from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision, set_compute_threads
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.model.adapter import check_same_base
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
@@ -29,6 +31,7 @@ from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.passes import CPU_EAGER_TOKENS
+from lorakit.train.preference import PreferenceTrainer, check_start_adapter, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -110,7 +113,8 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
-    splits = build_splits(cfg.data, tokenizer, template)
+    # SFT trains on samples; dpo and orpo on pairs of answers, encoded and masked the same way.
+    splits = (build_splits if cfg.method == "sft" else build_pair_splits)(cfg.data, tokenizer, template)
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
@@ -121,7 +125,12 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
                       sharded=distributed.shards_weights(cfg.train.distributed))
     fit_embeddings(base, tokenizer)
-    model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
+    if cfg.model.adapter is not None:  # continue a run's adapter (for dpo it is also the reference)
+        check_start_adapter(cfg.model.adapter)
+        check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
+        model = start_from_adapter(base, cfg.model.adapter, with_reference=cfg.method == "dpo")
+    else:
+        model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision,
@@ -129,12 +138,20 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
                               quantized=is_quantized(base))
-    trainer = LorakitTrainer(
+    if cfg.method == "sft":
+        trainer_class, method_args = LorakitTrainer, {}
+        train_data = [{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train]
+        collator = PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id)
+    else:
+        trainer_class, method_args = PreferenceTrainer, {"method": cfg.method, "preference": cfg.preference}
+        train_data, collator = splits.train, PairCollator(tokenizer.pad_token_id)
+    trainer = trainer_class(
         model=model,
         args=args,
-        train_dataset=[{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train],
+        train_dataset=train_data,
         eval_dataset=splits.eval or None,
-        data_collator=PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id),
+        data_collator=collator,
+        **method_args,
         on_nonfinite=cfg.train.on_nonfinite,
         keep_checkpoints=cfg.train.save_total_limit,
         selective_loss=cfg.train.selective_loss,
@@ -152,7 +169,8 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     stopper = StopOnInterrupt()
     trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
     for callback in [
-        MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main),
+        MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main,
+                   perplexity=cfg.method == "sft"),
         LossPlot(run.metrics_file, run.plot_file),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
@@ -196,20 +214,22 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
     # carrying the template we trained with (so chat and serving render exactly the same
     # text), and the resolved config.
-    model.save_pretrained(out)
+    model.save_pretrained(out, selected_adapters=[model.active_adapter])  # not a dpo run's frozen reference
     tokenizer.chat_template = template.jinja
     tokenizer.save_pretrained(out)
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()
     summary = RunSummary(
         base_model=cfg.model.name,
+        method=cfg.method,
         template=template.name,
         precision=precision,
         weights_dtype=str(base.dtype).removeprefix("torch."),
         steps=result.global_step,
         train_loss=train_loss,
         eval_loss=eval_loss,
-        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 else None,
+        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and cfg.method == "sft"
+        else None,
         best_checkpoint=trainer.state.best_model_checkpoint,
         skipped_steps=trainer.skipped_steps,
         resumed_from=str(resume_from) if resume_from else None,

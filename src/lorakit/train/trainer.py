@@ -108,15 +108,19 @@ class LorakitTrainer(Trainer):
         return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
 
     # --- counting and guarding each step
+    def count_tokens(self, inputs: dict[str, torch.Tensor]) -> None:
+        mask = inputs.get("attention_mask")
+        self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self.count.loss_tokens += int(loss_positions(inputs["labels"]).sum())
+
     def split_passes(self, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """The forward passes one batch runs as: packed rows, or padded ones (see microbatch)."""
+        """The forward passes one batch runs as: packed rows, or padded ones (see microbatch); a loss that
+        pairs rows splits otherwise."""
         return split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
-            mask = inputs.get("attention_mask")
-            self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-            self.count.loss_tokens += int(loss_positions(inputs["labels"]).sum())
+            self.count_tokens(inputs)
             if self.selective_loss and not return_outputs:
                 head = output_head(self.accelerator.unwrap_model(model))
                 loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size,
