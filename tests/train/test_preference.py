@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from lorakit.config import LoraConfig, PreferenceConfig
+from lorakit.config import LoraConfig, PreferenceConfig, load_config, save_config
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.data.collate import PairCollator
 from lorakit.data.pairs import EncodedPair
@@ -130,6 +130,8 @@ def test_a_starting_adapter_is_the_frozen_reference(tiny_model_dir, tmp_path):
     _, pairs = encoded_pairs()
     batch = PairCollator(0)(pairs)
     lora_model(tiny_model_dir).save_pretrained(tmp_path / "sft")
+    # a finished run's folder: the adapter and the config naming its base
+    save_config(load_config(None, [f"model.name={tiny_model_dir}"]), tmp_path / "sft" / "lorakit.yaml")
     model = start_from_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "sft", True).train()
     with torch.no_grad():  # training has moved the tuned copy away from where it started
         for name, p in model.named_parameters():
