@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -70,9 +71,15 @@ def run_on_one_thread(cfg: RunConfig) -> dict:
 
     from lorakit.train import recipe
 
-    threads = torch.get_num_threads()
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    # OMP_NUM_THREADS as the subprocesses have it: without it the recipe sets threads to the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     try:
         return recipe.run(cfg)
     finally:
         torch.set_num_threads(threads)
+        if omp is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = omp

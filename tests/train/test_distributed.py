@@ -182,7 +182,9 @@ def test_a_dead_or_hung_rank_fails_the_whole_run_in_bounded_time(tiny_model_dir,
             os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers, started by this test
     assert took < bound_s, took
     assert proc.returncode == 1, stderr[-4000:]
-    assert f"multi-process training failed: {expected}" in stderr, stderr[-4000:]
+    # the failed rank is named; the other may be listed too, when it failed first in a collective
+    failure = next((line for line in stderr.splitlines() if "multi-process training failed: " in line), "")
+    assert expected in failure, stderr[-4000:]
     if stop == signal.SIGSTOP:
         assert "Timed out" in stderr or "timed out" in stderr, stderr[-4000:]  # rank 0's own error is shown
     for pid in workers:  # no worker left behind
