@@ -27,6 +27,7 @@ from lorakit.data.pairs import (
 from lorakit.data.records import DataError
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
 from lorakit.data.sources import read_source
+from lorakit.labels import IGNORE_INDEX
 from lorakit.templates import ChatTemplate
 
 TOO_LONG = "chosen or rejected longer than max_length (both sides must fit)"
@@ -124,7 +125,7 @@ def encode_pairs(
         report.kept += 1
         for side in (chosen, rejected):
             report.tokens += len(side.input_ids)
-            report.loss_tokens += sum(1 for x in side.labels if x != -100)
+            report.loss_tokens += sum(1 for x in side.labels if x != IGNORE_INDEX)
         encoded.append(EncodedPair(chosen, rejected, pair.origin))
     if long:
         report.findings.append(Finding(
