@@ -1,4 +1,4 @@
-"""The cost of one training pass against its length: where microbatch.PassCost and passes.CPU_EAGER_TOKENS come from.
+"""The cost of one training pass against its length: where microbatch.PassCost comes from (the eager-attention crossover is now probed per machine: hardware.probe_attention).
 
     OMP_NUM_THREADS=2 python bench/pass_cost.py            # SmolLM2, LoRA r16 all-linear, this CPU's precision
     python bench/pass_cost.py --precision fp32 --lengths 64,256,512

@@ -30,6 +30,8 @@ from lorakit.templates import NAMED_TEMPLATES
 # answer to float32, so their results never depend on the machine (tests/train/test_hardware.py
 # tests the probe with injected timings).
 os.environ.setdefault("LORAKIT_CPU_PRECISION", "fp32")
+# The same for the length up to which a CPU pass uses eager attention (its own probe).
+os.environ.setdefault("LORAKIT_CPU_EAGER_TOKENS", "256")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -172,6 +174,22 @@ def make_tiny_model_dir(folder: Path, family: str = "chatml", seed: int = 0, arc
     AutoModelForCausalLM.from_config(arch_config(arch, tokenizer, **sizes)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def tiny_lora_model(model_dir: Path, dtype: torch.dtype = torch.float32, attention: str | None = None, **lora):
+    """A tiny model with LoRA r=8 (dropout 0 unless given) in training mode, for comparing ways of
+    computing a step: seeded, and with B drawn at random, since B's zero start would leave every A
+    without a gradient."""
+    from lorakit.config import LoraConfig
+    from lorakit.model.lora import apply_lora
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attention)
+    torch.manual_seed(1)  # the same LoRA A (and B) whatever the dtype
+    model = apply_lora(base, LoraConfig(rank=8, **{"dropout": 0, **lora}))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(std=0.05)
+    return model.train()
 
 
 def make_prequantized_dir(folder: Path, family: str = "chatml", seed: int = 0, bits: int = 4, **sizes) -> Path:

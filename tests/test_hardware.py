@@ -83,3 +83,41 @@ def test_the_probe_times_both_ways():
     speed = hardware.probe_cpu()
     assert speed.fp32_s > 0 and speed.bf16_s > 0 and speed.threads == 1
     assert torch.get_num_threads() == threads  # the probe's one thread is given back
+
+
+def test_eager_attention_up_to_the_first_length_where_sdpa_wins():
+    lengths = (64, 128, 256, 512)
+    assert hardware.AttentionSpeed(lengths, (1, 2, 5, 9), (2, 3, 4, 5)).eager_up_to == 128
+    assert hardware.AttentionSpeed(lengths, (1, 2, 3, 4), (2, 3, 4, 5)).eager_up_to == 512
+    assert hardware.AttentionSpeed(lengths, (3, 2, 1, 1), (2, 3, 4, 5)).eager_up_to == 0  # sdpa from the start
+    # A win past a loss does not count: the crossover is where eager first stops winning.
+    assert hardware.AttentionSpeed(lengths, (1, 4, 1, 9), (2, 3, 4, 5)).eager_up_to == 64
+
+
+def test_attention_probe_cached_per_dtype_and_pinned_by_env(tmp_path, monkeypatch):
+    cache, calls = tmp_path / "cpu-probe.json", []
+    monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
+
+    def probe(dtype):
+        calls.append(dtype)
+        return hardware.AttentionSpeed((64, 128), (1, 9), (2, 3)) if dtype == torch.bfloat16 else \
+            hardware.AttentionSpeed((64, 128), (3, 9), (2, 3))
+
+    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
+    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
+    assert hardware.cpu_eager_attention_tokens(torch.float32, probe, cache) == 0
+    assert calls == [torch.bfloat16, torch.float32]  # each dtype measured once, then read back
+    cpu_speed(lambda: CpuSpeed(0.03, 0.01, 1), cache)  # the precision probe shares the file
+    assert len(json.loads(cache.read_text())) == 3
+    monkeypatch.setenv(hardware.EAGER_ENV, "300")
+    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, lambda d: pytest.fail("probed"), cache) == 300
+    monkeypatch.setenv(hardware.EAGER_ENV, "many")
+    with pytest.raises(ValueError, match="LORAKIT_CPU_EAGER_TOKENS='many'"):
+        hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache)
+
+
+def test_the_attention_probe_times_both_kernels():
+    threads = torch.get_num_threads()
+    speed = hardware.probe_attention(torch.float32, rounds=1)
+    assert len(speed.eager_s) == len(speed.sdpa_s) == len(speed.lengths) and min(speed.eager_s + speed.sdpa_s) > 0
+    assert torch.get_num_threads() == threads

@@ -296,9 +296,20 @@ class TrainConfig(_Section):
     )
     eager_attention_tokens: int | None = Field(
         None, ge=0,
-        description="Passes whose rows are at most this long use eager attention, longer ones the model's own "
-        "(sdpa): on a CPU eager's forward and backward are faster for short rows, sdpa's for long ones. None: 512 "
-        "on CPU (measured: bench/pass_cost.py), 0 on GPU; 0: always the model's own.",
+        description="Samples of a packed row (or padded rows) at most this long use eager attention, longer ones "
+        "the model's own (sdpa): on a CPU eager's forward and backward are faster for short ones, sdpa's for long "
+        "ones. None: on CPU the crossover a probe measures once per machine (hardware.py), 0 on GPU; 0: always sdpa.",
+    )
+    per_sample_attention: bool | None = Field(
+        None,
+        description="A packed row's attention computed per sample (each sample's own causal attention) instead of "
+        "as the row's square with all but each sample's block masked; the same result. None: on CPU, for the "
+        "families with plain causal attention (llama, mistral, qwen2/3, phi3, ...); false: the model's own.",
+    )
+    fused_lora: bool | None = Field(
+        None,
+        description="Each plain LoRA linear (dropout 0, no DoRA, unquantized base) as one fused autograd op; the "
+        "same products, fewer per-layer operations. None: on CPU, off on GPU (not yet measured there).",
     )
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."

@@ -5,6 +5,11 @@ AMX a whole bf16 training step was no faster than float32, while on an AMD EPYC 
 AVX512-BF16 (where MKL's float32 matmul runs at a quarter of oneDNN's bf16 one) it was 1.8x
 faster. So on a CPU with native bf16 a probe times one LoRA layer's forward and backward
 both ways, once per machine, and keeps the answer in the user cache.
+
+The same holds for attention: up to some length eager attention's forward and backward beat
+torch's sdpa kernel on a CPU, beyond it sdpa wins, and where that crossover lies differs by
+machine (about 512 positions on an AMD EPYC with AVX512-BF16, about 140 on a Xeon with AMX). A
+second probe finds it, once per machine and dtype.
 """
 
 from __future__ import annotations
@@ -120,6 +125,69 @@ def probe_cpu(rounds: int = 8) -> CpuSpeed:
     return CpuSpeed(fp32_s=best[torch.float32], bf16_s=best[torch.bfloat16], threads=1)
 
 
+# LORAKIT_CPU_EAGER_TOKENS=N skips the attention probe (the tests pin it too).
+EAGER_ENV = "LORAKIT_CPU_EAGER_TOKENS"
+# The attention probe's sample lengths and a small model's heads (SmolLM2: 9 heads, 3 key/value
+# heads of 64): the crossover moves with the length far more than with the head count.
+_ATTENTION_LENGTHS = (32, 64, 96, 128, 192, 256, 384, 512)
+_HEADS, _KV_HEADS, _HEAD_DIM = 9, 3, 64
+
+
+@dataclass(frozen=True)
+class AttentionSpeed:
+    """CPU seconds of one causal attention's forward and backward at each length, eager and sdpa."""
+
+    lengths: tuple[int, ...]
+    eager_s: tuple[float, ...]
+    sdpa_s: tuple[float, ...]
+
+    @property
+    def eager_up_to(self) -> int:
+        """The longest measured length up to which eager won at every length (0: sdpa everywhere)."""
+        best = 0
+        for length, eager, sdpa in zip(self.lengths, self.eager_s, self.sdpa_s):
+            if eager >= sdpa:
+                break
+            best = length
+        return best
+
+
+def _attention_step(length: int, eager: bool, dtype: torch.dtype) -> float:
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    q = torch.randn(1, _HEADS, length, _HEAD_DIM, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(1, _KV_HEADS, length, _HEAD_DIM, dtype=dtype, requires_grad=True) for _ in range(2))
+    mask = torch.zeros(length, length, dtype=dtype).masked_fill(
+        torch.ones(length, length, dtype=torch.bool).triu(1), torch.finfo(dtype).min)[None, None]
+    module = SimpleNamespace(num_key_value_groups=_HEADS // _KV_HEADS, training=True)
+    started = time.process_time()
+    if eager:
+        out, _ = eager_attention_forward(module, q, k, v, mask, scaling=_HEAD_DIM**-0.5)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    out.float().sum().backward()
+    return time.process_time() - started
+
+
+def probe_attention(dtype: torch.dtype, rounds: int = 3) -> AttentionSpeed:
+    """Eager against sdpa at each probe length, best of ``rounds``, one thread: about 0.3 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        eager = [float("inf")] * len(_ATTENTION_LENGTHS)
+        sdpa = list(eager)
+        for _ in range(rounds):
+            for i, length in enumerate(_ATTENTION_LENGTHS):
+                eager[i] = min(eager[i], _attention_step(length, True, dtype))
+                sdpa[i] = min(sdpa[i], _attention_step(length, False, dtype))
+    finally:
+        torch.set_num_threads(threads)
+    return AttentionSpeed(_ATTENTION_LENGTHS, tuple(eager), tuple(sdpa))
+
+
 def _cache_file() -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
     return root / "lorakit" / "cpu-probe.json"
@@ -131,29 +199,52 @@ def _machine_key() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def cpu_speed(probe=probe_cpu, cache: Path | None = None) -> CpuSpeed:
-    """This machine's probe result, measured on first use and read from the cache after."""
+def _cached(name: str, probe, kind, cache: Path | None = None):
+    """This machine's answer to probe ``name``, measured on first use and read from the cache after."""
     cache = cache or _cache_file()
-    key = _machine_key()
+    key = _machine_key() + ("" if name == "precision" else f"-{name}")
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         known = {}
     if isinstance(known.get(key), dict):
         try:
-            return CpuSpeed(**known[key])
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in known[key].items()})
         except TypeError:
             pass  # written by another layout: measure again
-    speed = probe()
-    log.info("CPU probe (%s, %d thread): one LoRA layer step %.2f ms float32, %.2f ms bf16",
-             cpu_name(), speed.threads, 1e3 * speed.fp32_s, 1e3 * speed.bf16_s)
-    known[key] = asdict(speed)
+    answer = probe()
+    known[key] = asdict(answer)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(known, indent=2), encoding="utf-8")
     except OSError as err:  # a read-only home: measure again next time, train now
         log.warning("could not cache the CPU probe in %s: %s", cache, err)
-    return speed
+    return answer
+
+
+def cpu_speed(probe=probe_cpu, cache: Path | None = None) -> CpuSpeed:
+    """This machine's precision probe result, measured on first use and read from the cache after."""
+
+    def measure() -> CpuSpeed:
+        speed = probe()
+        log.info("CPU probe (%s, %d thread): one LoRA layer step %.2f ms float32, %.2f ms bf16",
+                 cpu_name(), speed.threads, 1e3 * speed.fp32_s, 1e3 * speed.bf16_s)
+        return speed
+
+    return _cached("precision", measure, CpuSpeed, cache)
+
+
+def cpu_eager_attention_tokens(dtype: torch.dtype, probe=probe_attention, cache: Path | None = None) -> int:
+    """Up to how many positions eager attention beats sdpa on this CPU in ``dtype`` (probed once)."""
+    pinned = os.environ.get(EAGER_ENV)
+    if pinned:
+        try:
+            return int(pinned)
+        except ValueError:
+            raise ValueError(f"{EAGER_ENV}={pinned!r}: give a number of positions (or unset it to measure)") from None
+    name = "attention-" + str(dtype).removeprefix("torch.")
+    speed = _cached(name, lambda: probe(dtype), AttentionSpeed, cache)
+    return speed.eager_up_to
 
 
 def cpu_prefers_bf16() -> bool:

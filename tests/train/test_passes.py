@@ -11,15 +11,14 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from lorakit.config import LoraConfig
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
-from lorakit.model.lora import apply_lora
 from lorakit.model.loss import answer_only_loss, output_head
 from lorakit.train.microbatch import split_batch
 from lorakit.train.passes import PassRunner, reads_packed_positions
+
+from tests.conftest import tiny_lora_model
 
 LENGTHS = (7, 30, 29, 3)
 # bf16 keeps 8 bits of mantissa (0.4%): the loss moves by the weights' rounding (0.05% measured
@@ -29,13 +28,7 @@ BF16_LOSS_RTOL, BF16_GRAD_RTOL, BF16_GRAD_COSINE = 5e-3, 0.12, 0.99
 
 
 def _model(model_dir, dtype=torch.float32):
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
-    torch.manual_seed(1)  # the same LoRA A (and B) whatever the dtype
-    model = apply_lora(base, LoraConfig(rank=8, dropout=0))
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero, which would leave every A without a gradient
-            param.data.normal_(std=0.05)
-    return model.train()
+    return tiny_lora_model(model_dir, dtype, attention="sdpa")
 
 
 def _batch():

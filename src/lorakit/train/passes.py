@@ -6,9 +6,14 @@ computes it. Each choice here changes the speed, never the result (tests/train/t
 - Attention per pass length. On a CPU, torch's sdpa kernel has a slow backward for short rows
   (12 ms per layer for 110 tokens measured on a Xeon), while eager attention's cost grows with
   the square of the row: eager up to ``eager_tokens`` positions a row, the model's own beyond.
+- A packed row's attention per sample (``model/packed_attention.py``): each sample's own causal
+  attention instead of the row's L×L square with all but its diagonal blocks masked. Each sample
+  is eager up to ``eager_tokens`` positions and sdpa beyond.
 - peft casts each adapter's input to the adapter's float32 before its matmul. Under autocast
   the matmul casts it straight back to bf16, so the first cast only copies: it is turned off
   while a pass runs under autocast (exactly the same values reach the matmul).
+- Each plain LoRA linear as one fused op (``model/fused_lora.py``): fewer autograd nodes and
+  casts per layer, the same products.
 """
 
 from __future__ import annotations
@@ -18,10 +23,7 @@ from contextlib import contextmanager
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-# bench/pass_cost.py on a 2-core AMD EPYC, bf16, one row: eager 0-8% faster than sdpa up to 512
-# positions (steady state), 1.5x slower at 1024. Issue 16's profile of padded passes on a Xeon had
-# sdpa's CPU backward at 20% of a step; eager has none of it.
-CPU_EAGER_TOKENS = 512
+from lorakit.model import fused_lora, packed_attention
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,10 +49,16 @@ def row_length(inputs: dict[str, torch.Tensor]) -> int:
     return inputs["input_ids"].shape[-1]
 
 
+def is_packed_row(inputs: dict[str, torch.Tensor]) -> bool:
+    """One row of samples told apart by position ids alone (what PackCollator makes)."""
+    return inputs["input_ids"].shape[0] == 1 and "position_ids" in inputs and inputs.get("attention_mask") is None
+
+
 class PassRunner:
     """Runs passes of one model; built once per trainer."""
 
-    def __init__(self, model: torch.nn.Module, packing: bool | None, eager_tokens: int, autocast: bool):
+    def __init__(self, model: torch.nn.Module, packing: bool | None, eager_tokens: int, autocast: bool,
+                 per_sample_attention: bool = False, fuse_lora: bool = False):
         self.base = _base(model)
         self.packed = reads_packed_positions(model) if packing is None else packing
         config = getattr(self.base, "config", None)
@@ -59,26 +67,38 @@ class PassRunner:
         # a model set up with flash attention or eager keeps it.
         switchable = self.own_attention == "sdpa" and _can_switch_attention(self.base)
         self.eager_tokens = eager_tokens if switchable else 0
+        self.per_sample = None
+        if per_sample_attention and switchable and packed_attention.supports_packed_attention(config):
+            self.per_sample = packed_attention.register(eager_tokens)
         self.adapters = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if autocast else []
+        self.fused = [m for m in model.modules() if fused_lora.fusable(m)] if fuse_lora else []
 
     def attention_for(self, inputs: dict[str, torch.Tensor]) -> str | None:
         if self.own_attention is None:
             return None
+        if self.per_sample and is_packed_row(inputs):
+            return self.per_sample
         return "eager" if row_length(inputs) <= self.eager_tokens else self.own_attention
 
     @contextmanager
     def run(self, inputs: dict[str, torch.Tensor]):
         wanted = self.attention_for(inputs)
-        if wanted is not None and wanted != self.base.config._attn_implementation:
+        before = self.base.config._attn_implementation if wanted is not None else None
+        if wanted is not None and wanted != before:
             self.base.set_attn_implementation(wanted)
         casting = [m.cast_input_dtype_enabled for m in self.adapters]
         for m in self.adapters:
             m.cast_input_dtype_enabled = False
         try:
-            yield
+            with fused_lora.fused(self.fused):
+                yield
         finally:
             for m, cast in zip(self.adapters, casting):
                 m.cast_input_dtype_enabled = cast
+            # The per-sample attention computes packed rows only: whatever runs between passes
+            # (evaluation, generation) gets the attention it had (a switch costs about 1.4 ms).
+            if wanted == self.per_sample and wanted != before:
+                self.base.set_attn_implementation(before)
 
     def restore(self) -> None:
         """The model's own attention again (for evaluation, generation and saving)."""

@@ -20,7 +20,13 @@ from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator, PairCollator
 from lorakit.data.pair_dataset import build_pair_splits
 from lorakit.data.pipeline import build_splits
-from lorakit.hardware import cuda_peak_bytes, peak_rss_bytes, pick_precision, set_compute_threads
+from lorakit.hardware import (
+    cpu_eager_attention_tokens,
+    cuda_peak_bytes,
+    peak_rss_bytes,
+    pick_precision,
+    set_compute_threads,
+)
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.adapter import check_same_base
 from lorakit.model.lora import apply_lora
@@ -30,7 +36,6 @@ from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
-from lorakit.train.passes import CPU_EAGER_TOKENS
 from lorakit.train.preference import PreferenceTrainer, check_start_adapter, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
@@ -60,11 +65,19 @@ def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
     return 0 if on_gpu else 1024
 
 
-def _eager_attention_tokens(configured: int | None, on_gpu: bool) -> int:
-    """Eager attention is the faster one on a CPU for short rows; a GPU keeps the model's own."""
+def _eager_attention_tokens(configured: int | None, on_gpu: bool, precision: str) -> int:
+    """Eager attention is the faster one on a CPU for short samples (up to the probe's crossover);
+    a GPU keeps the model's own."""
     if configured is not None:
         return configured
-    return 0 if on_gpu else CPU_EAGER_TOKENS
+    if on_gpu:
+        return 0
+    return cpu_eager_attention_tokens(torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def _on_cpu(configured: bool | None, on_gpu: bool) -> bool:
+    """A speed switch that defaults to on where it was measured: on a CPU."""
+    return (not on_gpu) if configured is None else configured
 
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
@@ -158,7 +171,9 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         loss_chunk_size=cfg.train.loss_chunk_size,
         micro_batch_tokens=_micro_batch_tokens(cfg.train.micro_batch_tokens, on_gpu),
         pass_packing=cfg.train.pass_packing,
-        eager_attention_tokens=_eager_attention_tokens(cfg.train.eager_attention_tokens, on_gpu),
+        eager_attention_tokens=_eager_attention_tokens(cfg.train.eager_attention_tokens, on_gpu, precision),
+        per_sample_attention=_on_cpu(cfg.train.per_sample_attention, on_gpu),
+        fused_lora=_on_cpu(cfg.train.fused_lora, on_gpu),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:

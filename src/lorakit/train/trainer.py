@@ -68,6 +68,8 @@ class LorakitTrainer(Trainer):
         micro_batch_tokens: int = 0,
         pass_packing: bool | None = None,
         eager_attention_tokens: int = 0,
+        per_sample_attention: bool = False,
+        fused_lora: bool = False,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -76,7 +78,8 @@ class LorakitTrainer(Trainer):
         self.loss_chunk_size = loss_chunk_size
         self.micro_batch_tokens = micro_batch_tokens
         self.passes = PassRunner(self.accelerator.unwrap_model(self.model), pass_packing, eager_attention_tokens,
-                                 autocast=self.args.bf16 or self.args.fp16)
+                                 autocast=self.args.bf16 or self.args.fp16,
+                                 per_sample_attention=per_sample_attention, fuse_lora=fused_lora)
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
