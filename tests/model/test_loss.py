@@ -89,7 +89,7 @@ def test_sequence_logps_equal_the_full_logits_ones(tiny_model_dir):
     assert counts.tolist() == keep.sum(dim=1).tolist()
 
 
-def test_remote_code_keeps_one_logit_and_a_wrapper_is_looked_through(tiny_model_dir):
+def test_remote_code_keeps_one_logit_and_a_ddp_style_wrapper_is_looked_through(tiny_model_dir):
     # Remote code may slice with -logits_to_keep, which an index tensor does not support.
     class Remote(torch.nn.Linear):
         pass
@@ -102,7 +102,9 @@ def test_remote_code_keeps_one_logit_and_a_wrapper_is_looked_through(tiny_model_
             super().__init__()
             self.module = module
 
-    assert no_logits(Wrapper(lora_model(tiny_model_dir))).numel() == 0
+    model = lora_model(tiny_model_dir)
+    assert no_logits(Wrapper(model)).numel() == 0
+    assert output_head(Wrapper(model)) is output_head(model)  # sequence_logps gets DDP's wrapper in training
 
 
 def test_packed_rows_never_attend_across_samples(tiny_model_dir):

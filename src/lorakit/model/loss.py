@@ -35,6 +35,13 @@ def selective_loss_supported(model: torch.nn.Module) -> bool:
     return not getattr(config, "is_encoder_decoder", False)
 
 
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP's or FSDP's wrapper (``.module``) and peft's."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def no_logits(model: torch.nn.Module) -> int | torch.Tensor:
     """``logits_to_keep`` for a forward whose logits are not used: no position where the model allows it.
 
@@ -45,9 +52,7 @@ def no_logits(model: torch.nn.Module) -> int | torch.Tensor:
     An empty index tensor selects no position at all (``modeling_utils.slice_logits_to_keep``
     in transformers' own architectures); remote code may only take an int, so it keeps 1.
     """
-    while isinstance(getattr(model, "module", None), torch.nn.Module):  # DDP's or FSDP's wrapper
-        model = model.module
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _causal_lm(model)
     if not type(base).__module__.startswith("transformers."):
         return 1
     weight = next(base.parameters(), None)
@@ -81,9 +86,12 @@ def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The vocabulary projection of a (peft-wrapped) causal LM, with any adapter on it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_output_embeddings()
+    """The vocabulary projection of a (peft-wrapped, DDP-wrapped) causal LM, with any adapter on it.
+
+    DDP's wrapper is looked through: preference losses call ``sequence_logps`` on the model the
+    Trainer hands them, which under several processes is the wrapper.
+    """
+    return _causal_lm(model).get_output_embeddings()
 
 
 def answer_positions(
