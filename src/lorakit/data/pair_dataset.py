@@ -38,6 +38,10 @@ _SKIPPED_HOW = {
                   "dropped: they teach no preference"),
 }
 
+# Each side trains its final answer only, whatever data.train_on says: the pair compares two
+# answers to one shared conversation, and earlier assistant turns are that conversation.
+PAIR_TRAIN_ON = "last_assistant"
+
 
 def holds_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig) -> bool:
     """Whether data is pairs of answers: data.format says so, or the first source's first readable record."""
@@ -105,7 +109,7 @@ def encode_pairs(
     """Both sides of each pair with SFT's masking of a last answer; pairs that do not fit are dropped."""
     todo = pairs if limit is None else pairs[:limit]
     # data.truncation=error still stops on an over-long pair; drop and cut both drop it whole.
-    settings = EncodeSettings(cfg.max_length, "error" if cfg.truncation == "error" else "drop", "last_assistant")
+    settings = EncodeSettings(cfg.max_length, "error" if cfg.truncation == "error" else "drop", PAIR_TRAIN_ON)
     items = [(p.conversation(side), None) for p in todo for side in ("chosen", "rejected")]
     try:
         outcomes = encode_cached(items, tokenizer, template, settings, cfg.cache_dir, cfg.num_proc)
