@@ -102,8 +102,8 @@ def test_two_process_dpo_matches_one_process_with_twice_the_batch(tiny_model_dir
     """
     from tests.train.test_distributed import lorakit_train, write_config
 
-    settings = ("train.max_steps=4", "train.warmup=0", "train.save_steps=100", "train.logging_steps=1", "train.eval_steps=2",
-                "train.learning_rate=0.005", "lora.dropout=0", "train.precision=fp32")
+    settings = ("train.max_steps=4", "train.warmup=0", "train.save_steps=100", "train.logging_steps=1",
+                "train.eval_steps=2", "train.learning_rate=0.005", "lora.dropout=0", "train.precision=fp32")
     overrides = ("method=dpo", "data.cache_dir=null")  # not "section.key" settings: given as --set
     train = write_jsonl(tmp_path / "pairs.jsonl", PAIRS * 4)
     held_out = write_jsonl(tmp_path / "held_out.jsonl", PAIRS * 2)  # 8: two ranks x batch 2, no padding
