@@ -75,3 +75,16 @@ def test_bad_data_stops_with_the_line(tmp_path, model_dir):
     assert result.exit_code == 2 and "bad.jsonl, line 2: not valid JSON" in result.output
     skipped = inspect(str(data), "--set", f"model.name={model_dir}", "--set", "data.skip_bad_records=true")
     assert skipped.exit_code == 0 and "skipped 1 bad records (data.skip_bad_records), first: " in skipped.output
+
+
+def test_pairs_say_each_side_trains_its_final_answer_not_the_sft_mode(tmp_path, model_dir):
+    pairs = [{"prompt": "Say hi", "chosen": "Hi there", "rejected": "Go away"},
+             {"prompt": "Add 2+3", "chosen": "5", "rejected": "6"}]
+    data = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    result = inspect(str(data), "--set", f"model.name={model_dir}", "--set", "data.cache_dir=null")
+    assert result.exit_code == 0, result.output
+    assert "loss on each side's final answer, chosen and rejected (last_assistant)" in result.output
+    assert "all_assistant" not in result.output  # data.train_on's default: not what pairs are masked with
+    found = json.loads(inspect(str(data), "--json", "--set", f"model.name={model_dir}",
+                               "--set", "data.cache_dir=null").output)
+    assert found["train_on"] == "last_assistant" and found["pairs"] is True

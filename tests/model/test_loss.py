@@ -11,7 +11,7 @@ from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.encode import encode_conversation
 from lorakit.templates import resolve_template
 from lorakit.model.lora import apply_lora
-from lorakit.model.loss import _chunk_ce, answer_only_loss, output_head
+from lorakit.model.loss import _chunk_ce, answer_only_loss, no_logits, output_head, sequence_logps
 from tests.conftest import make_tokenizer
 
 CONVERSATIONS = [
@@ -57,6 +57,54 @@ def test_selective_chunked_loss_equals_full_loss_and_gradient(tiny_model_dir, ch
     torch.testing.assert_close(mine, full, rtol=1e-5, atol=1e-6)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_models_own_head_projects_no_position_and_the_hidden_states_are_unchanged(tiny_model_dir):
+    # logits_to_keep=1 made torch copy the head's weight once per row (see no_logits); an empty
+    # index must give the very same final hidden states and no logits at all.
+    tokenizer, items = encoded()
+    batch = PadCollator(tokenizer.pad_token_id)(items)
+    args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    model = lora_model(tiny_model_dir)
+    keep = no_logits(model)
+    assert isinstance(keep, torch.Tensor) and keep.numel() == 0
+    with torch.no_grad():
+        none = model(**args, output_hidden_states=True, logits_to_keep=keep)
+        last = model(**args, output_hidden_states=True, logits_to_keep=1)
+    assert none.logits.shape == (len(items), 0, model.config.vocab_size)
+    torch.testing.assert_close(none.hidden_states[-1], last.hidden_states[-1], rtol=0, atol=0)
+
+
+def test_sequence_logps_equal_the_full_logits_ones(tiny_model_dir):
+    tokenizer, items = encoded()
+    batch = PadCollator(tokenizer.pad_token_id)(items)
+    model = lora_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        sums, counts = sequence_logps(model, batch, chunk_size=4)
+        logps = torch.log_softmax(model(**batch, use_cache=False).logits[:, :-1].float(), dim=-1)
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    picked = logps.gather(-1, targets.clamp(min=0)[..., None])[..., 0] * keep
+    torch.testing.assert_close(sums, picked.sum(dim=1), rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == keep.sum(dim=1).tolist()
+
+
+def test_remote_code_keeps_one_logit_and_a_ddp_style_wrapper_is_looked_through(tiny_model_dir):
+    # Remote code may slice with -logits_to_keep, which an index tensor does not support.
+    class Remote(torch.nn.Linear):
+        pass
+
+    Remote.__module__ = "transformers_modules.someone.model"
+    assert no_logits(Remote(2, 2)) == 1
+
+    class Wrapper(torch.nn.Module):  # as DDP holds the model: in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = lora_model(tiny_model_dir)
+    assert no_logits(Wrapper(model)).numel() == 0
+    assert output_head(Wrapper(model)) is output_head(model)  # sequence_logps gets DDP's wrapper in training
 
 
 def test_packed_rows_never_attend_across_samples(tiny_model_dir):

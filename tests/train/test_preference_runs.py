@@ -90,3 +90,50 @@ def test_dpo_from_an_sft_run_keeps_that_adapter_as_reference_and_saves_only_its_
     start = adapter(sft.output_dir)
     assert tuned.keys() == start.keys() and any(not torch.equal(tuned[k], start[k]) for k in tuned)
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out))
+
+
+@pytest.mark.slow  # starts two training processes through torchrun
+def test_two_process_dpo_matches_one_process_with_twice_the_batch(tiny_model_dir, tmp_path):
+    """DDP for DPO: pairs counted over both ranks, rewards reduced over them, the same update as one process.
+
+    As tests/train/test_distributed.py does for SFT: both runs draw one seeded permutation of the 16
+    pairs and accelerate gives each worker alternate batches of 2, so step k sees the same 4 pairs.
+    fp32 and no dropout, so the only difference is the order the gradients are summed in.
+    """
+    from tests.train.test_distributed import lorakit_train, write_config
+
+    settings = ("train.max_steps=4", "train.warmup=0", "train.save_steps=100", "train.logging_steps=1",
+                "train.eval_steps=2", "train.learning_rate=0.005", "lora.dropout=0", "train.precision=fp32")
+    overrides = ("method=dpo", "data.cache_dir=null")  # not "section.key" settings: given as --set
+    train = write_jsonl(tmp_path / "pairs.jsonl", PAIRS * 4)
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", PAIRS * 2)  # 8: two ranks x batch 2, no padding
+    config = write_config(tmp_path / "ddp.yaml", tiny_model_dir, train, tmp_path / "run2", *settings,
+                          f"data.eval={held_out}", "train.batch_size=2")
+    result = lorakit_train(config, "--nproc", "2", *(a for o in overrides for a in ("--set", o)), timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    single = tiny_config(tiny_model_dir, tmp_path / "single", *settings, *overrides, "train.batch_size=4",
+                         f"data.train={train}", f"data.eval={held_out}")
+    run_on_one_thread(single)
+
+    two, one = metrics(tmp_path / "run2"), metrics(single.output_dir)
+    keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+    two_train, one_train = ([r for r in rows if "loss" in r] for rows in (two, one))
+    assert [r["step"] for r in two_train] == [1, 2, 3, 4]  # rank 0 alone wrote: no line twice
+    assert [r["step"] for r in one_train] == [1, 2, 3, 4]
+    assert two_train[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # step 1: the policy is the reference
+    for key in keys:
+        torch.testing.assert_close(torch.tensor([r[key] for r in two_train]), torch.tensor([r[key] for r in one_train]),
+                                   rtol=1e-5, atol=1e-6, msg=key)
+    two_eval, one_eval = ([r for r in rows if "eval_loss" in r] for rows in (two, one))
+    assert [r["step"] for r in two_eval] == [r["step"] for r in one_eval] == [2, 4]
+    for key in keys:
+        torch.testing.assert_close(torch.tensor([r[f"eval_{key}"] for r in two_eval]),
+                                   torch.tensor([r[f"eval_{key}"] for r in one_eval]), rtol=1e-5, atol=1e-6,
+                                   msg=f"eval_{key}")
+    got, expected = adapter(tmp_path / "run2"), adapter(single.output_dir)
+    assert got.keys() == expected.keys()
+    for key in got:  # Adam magnifies last-bit differences early on, as in the SFT twin
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4, msg=key)
+    summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert summary["method"] == "dpo" and summary["steps"] == 4
+    assert summary["tokens_seen"] == json.loads((single.output_dir / "summary.json").read_text())["tokens_seen"]

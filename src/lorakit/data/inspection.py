@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.encode import IGNORE_INDEX, Encoded
-from lorakit.data.pair_dataset import build_pair_splits
+from lorakit.data.pair_dataset import PAIR_TRAIN_ON, build_pair_splits
 from lorakit.data.pipeline import build_splits
 from lorakit.data.report import DataReport
 from lorakit.templates import ChatTemplate
@@ -51,10 +51,11 @@ class Inspection:
     template: str
     end_tokens: list[str]
     max_length: int
-    train_on: str
+    train_on: str  # the masking mode the samples were encoded with; for pairs PAIR_TRAIN_ON, not data.train_on
     reports: list[DataReport]
     lengths: list[Lengths]
     samples: list[RenderedSample] = field(default_factory=list)
+    pairs: bool = False  # pairs of answers (dpo, orpo): lengths and samples count each side
 
     @property
     def has_errors(self) -> bool:
@@ -144,5 +145,6 @@ def inspect_data(
     ]
     lengths = [lengths_of("train", train)] + ([lengths_of("eval", evals)] if evals else [])
     return Inspection(
-        model_name, template.name, end_tokens, cfg.max_length, cfg.train_on, reports, lengths, shown
+        model_name, template.name, end_tokens, cfg.max_length, PAIR_TRAIN_ON if pairs else cfg.train_on, reports,
+        lengths, shown, pairs,
     )

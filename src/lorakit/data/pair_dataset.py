@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig, DataSource
-from lorakit.data.pipeline import SourceSamples, _as_source, _duplicates, _leaks, _mix
+from lorakit.data.pipeline import SourceSamples, as_source, duplicates, eval_leaks, mix_sources
 from lorakit.data.doctor import doubled_bos, no_end_label
 from lorakit.data.encode_cache import BadSample, EncodeSettings, encode_cached
 from lorakit.data.mixing import hold_out
@@ -38,6 +38,10 @@ _SKIPPED_HOW = {
                   "dropped: they teach no preference"),
 }
 
+# Each side trains its final answer only, whatever data.train_on says: the pair compares two
+# answers to one shared conversation, and earlier assistant turns are that conversation.
+PAIR_TRAIN_ON = "last_assistant"
+
 
 def holds_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig) -> bool:
     """Whether data is pairs of answers: data.format says so, or the first source's first readable record."""
@@ -45,7 +49,7 @@ def holds_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig) -> 
         return True
     if cfg.format != "auto" or not sources:
         return False
-    for record in read_source(_as_source(sources[0]), cfg.hub_cache, cfg.hub_download).records:
+    for record in read_source(as_source(sources[0]), cfg.hub_cache, cfg.hub_download).records:
         if not record.problem:
             return is_pair(record.fields, cfg.columns)
     return False
@@ -82,7 +86,7 @@ def read_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig, repo
     pools: list[SourceSamples] = []
     skipped: dict[str, list[str]] = {}
     for item in sources:
-        source = _as_source(item)
+        source = as_source(item)
         pools.append(SourceSamples(source, _records_to_pairs(source, cfg, report, skipped)))  # type: ignore[arg-type]
     # Skipped pairs were read, so they enter the counts as drops: read = kept + dropped still holds.
     for reason, origins in skipped.items():
@@ -91,7 +95,7 @@ def read_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig, repo
             report.drop(reason, origin)
         level, code, message = _SKIPPED_HOW[reason]
         report.findings.append(Finding(level, code, f"{len(origins)} {message}", len(origins), origins[:MAX_EXAMPLES]))
-    repeats = _duplicates([p for pool in pools for p in pool.samples])
+    repeats = duplicates([p for pool in pools for p in pool.samples])
     if repeats:
         report.findings.append(Finding("note", "duplicates", f"{len(repeats)} pairs repeat an earlier pair exactly; "
                                        "they are kept and weigh it more", len(repeats), repeats[:MAX_EXAMPLES]))
@@ -105,7 +109,7 @@ def encode_pairs(
     """Both sides of each pair with SFT's masking of a last answer; pairs that do not fit are dropped."""
     todo = pairs if limit is None else pairs[:limit]
     # data.truncation=error still stops on an over-long pair; drop and cut both drop it whole.
-    settings = EncodeSettings(cfg.max_length, "error" if cfg.truncation == "error" else "drop", "last_assistant")
+    settings = EncodeSettings(cfg.max_length, "error" if cfg.truncation == "error" else "drop", PAIR_TRAIN_ON)
     items = [(p.conversation(side), None) for p in todo for side in ("chosen", "rejected")]
     try:
         outcomes = encode_cached(items, tokenizer, template, settings, cfg.cache_dir, cfg.num_proc)
@@ -168,10 +172,10 @@ def build_pair_splits(
         train_report.held_out = eval_report.from_train = len(held)
     eval_pools, _ = read_pairs(cfg.eval, cfg, eval_report)
     eval_pairs = held + [p for pool in eval_pools for p in pool.samples]
-    train_pairs: list[Pair] = _mix(train_pools, rng, train_report)  # type: ignore[assignment]
+    train_pairs: list[Pair] = mix_sources(train_pools, rng, train_report)  # type: ignore[assignment]
     if cfg.shuffle:
         rng.shuffle(train_pairs)
-    eval_report.findings += _leaks(train_pairs, eval_pairs)  # type: ignore[arg-type]
+    eval_report.findings += eval_leaks(train_pairs, eval_pairs)
     train = encode_pairs(train_pairs, tokenizer, template, cfg, train_report, limit)
     evals = encode_pairs(eval_pairs, tokenizer, template, cfg, eval_report, limit)
     train_report.findings += _diagnose(tokenizer, template, train)

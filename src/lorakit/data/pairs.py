@@ -21,7 +21,7 @@ from typing import Any
 
 from lorakit.data.encode import Encoded
 from lorakit.data.records import DataError, Record
-from lorakit.data.shapes import _system_turn, _turns, _View
+from lorakit.data.shapes import RecordView, read_turns, system_turn
 from lorakit.templates import Conversation
 
 SHAPE = "preference"
@@ -71,23 +71,23 @@ def is_pair(fields: Mapping[str, Any], columns: Mapping[str, str] | None = None)
     return all(columns.get(name, name) in fields for name in ("chosen", "rejected"))
 
 
-def _side(view: _View, name: str) -> tuple[Conversation, str]:
+def _side(view: RecordView, name: str) -> tuple[Conversation, str]:
     """One side as (the turns before its final answer, the final answer)."""
     raw = view.raw(name)
     if raw is None or isinstance(raw, str):
         return [], view.text(name)
-    turns = _turns(view, name, [raw] if isinstance(raw, dict) else raw)
+    turns = read_turns(view, name, [raw] if isinstance(raw, dict) else raw)
     if turns[-1]["role"] != "assistant":
         raise view.fail(f"{view.label(name)} must end with the assistant's answer, not a {turns[-1]['role']} turn")
     return turns[:-1], turns[-1]["content"]
 
 
-def _head(view: _View) -> Conversation:
+def _head(view: RecordView) -> Conversation:
     """The prompt written beside the answers: a messages history, a prompt string or turns, or nothing."""
     for name in ("messages", "prompt"):
         raw = view.raw(name)
         if isinstance(raw, list):
-            return _turns(view, name, raw)
+            return read_turns(view, name, raw)
         if raw is not None:
             return [{"role": "user", "content": view.text(name)}]
     return []
@@ -99,7 +99,7 @@ def _first_difference(a: Conversation, b: Conversation) -> int:
 
 def to_pair(record: Record, system_prompt: str | None, columns: Mapping[str, str] | None = None) -> Pair:
     """The pair of one record; raises DataError for a malformed record, PairSkipped for a useless one."""
-    view = _View(record, columns or {})
+    view = RecordView(record, columns or {})
     head = _head(view)
     chosen_before, chosen = _side(view, "chosen")
     rejected_before, rejected = _side(view, "rejected")
@@ -119,7 +119,7 @@ def to_pair(record: Record, system_prompt: str | None, columns: Mapping[str, str
     if chosen == rejected:
         raise PairSkipped(SAME_ANSWER)
     if prompt[0]["role"] != "system":
-        prompt = _system_turn(view, system_prompt) + prompt
+        prompt = system_turn(view, system_prompt) + prompt
     return Pair(prompt, chosen, rejected, record.origin(), record.fields)
 
 

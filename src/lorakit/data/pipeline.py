@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -43,13 +43,24 @@ class Sample:
         return (self.text, *((m["role"], m["content"]) for m in self.conversation))
 
 
+class Keyed(Protocol):
+    """What the repeat and leak checks need of an item: a sample here, a pair of answers in ``pair_dataset``."""
+
+    origin: str
+
+    def key(self) -> tuple: ...
+
+
 @dataclass
 class SourceSamples:
+    """The items one configured source gave (samples, or pairs for a preference run), with its weight."""
+
     source: DataSource
     samples: list[Sample]
 
 
-def _as_source(item: DataSource | Path | str) -> DataSource:
+def as_source(item: DataSource | Path | str) -> DataSource:
+    """A data.train or data.eval entry as a DataSource: a bare path or hub name gets the defaults (weight 1)."""
     return item if isinstance(item, DataSource) else DataSource(path=str(item))
 
 
@@ -101,7 +112,8 @@ def _convert(
     return samples, shape or "unknown"
 
 
-def _duplicates(samples: Sequence[Sample]) -> list[str]:
+def duplicates(samples: Sequence[Keyed]) -> list[str]:
+    """``"<origin> repeats <origin>"`` for every item whose key an earlier one already had."""
     first: dict[tuple, str] = {}
     repeats = []
     for sample in samples:
@@ -119,7 +131,7 @@ def read_samples(
     """Read and convert every source of one split; quirks of the data go into ``report``."""
     pools, unanswered = [], []
     for item in sources:
-        src = read_source(_as_source(item), cfg.hub_cache, cfg.hub_download)
+        src = read_source(as_source(item), cfg.hub_cache, cfg.hub_download)
         report.records += len(src.records)
         samples, shape = _convert(src, cfg, report, unanswered)
         report.sources.append(SourceSummary(src.label, len(src.files), len(src.records), shape, src.source.weight))
@@ -131,7 +143,7 @@ def read_samples(
             "(a conversation with no answer at all is dropped)",
             len(unanswered), unanswered[:MAX_EXAMPLES],
         ))
-    repeats = _duplicates([s for p in pools for s in p.samples])
+    repeats = duplicates([s for p in pools for s in p.samples])
     if repeats:
         report.findings.append(Finding(
             "note", "duplicates",
@@ -225,7 +237,8 @@ class Splits:
     reports: list[DataReport]
 
 
-def _mix(pools: list[SourceSamples], rng: random.Random, report: DataReport) -> list[Sample]:
+def mix_sources(pools: list[SourceSamples], rng: random.Random, report: DataReport) -> list[Sample]:
+    """The sources' items in order, each source's repeated or thinned to its weight (seeded); counted in ``report``."""
     mixed: list[Sample] = []
     for pool in pools:
         samples, repeated, left_out = apply_weight(pool.samples, pool.source.weight, rng)
@@ -235,7 +248,8 @@ def _mix(pools: list[SourceSamples], rng: random.Random, report: DataReport) -> 
     return mixed
 
 
-def _leaks(train: list[Sample], held: list[Sample]) -> list[Finding]:
+def eval_leaks(train: Sequence[Keyed], held: Sequence[Keyed]) -> list[Finding]:
+    """A warning naming the eval items that are also training items (same key); none when there are none."""
     seen = {s.key(): s.origin for s in train}
     hits = [f"{s.origin} = {seen[s.key()]}" for s in held if s.key() in seen]
     if not hits:
@@ -268,13 +282,13 @@ def build_splits(
             held += out
         train_report.held_out = eval_report.from_train = len(held)
     eval_samples = held + [s for pool in read_samples(cfg.eval, cfg, eval_report) for s in pool.samples]
-    train_samples = _mix(train_pools, rng, train_report)
+    train_samples = mix_sources(train_pools, rng, train_report)
     if cfg.shuffle:
         rng.shuffle(train_samples)
     if not train_samples and require_samples:
         left = "; ".join(train_report.lines())
         raise DataError(f"no training samples are left after holding out and weighting: {left}")
-    eval_report.findings += _leaks(train_samples, eval_samples)
+    eval_report.findings += eval_leaks(train_samples, eval_samples)
 
     encoded: dict[str, list[Encoded]] = {}
     for split, samples, report in (("train", train_samples, train_report), ("eval", eval_samples, eval_report)):

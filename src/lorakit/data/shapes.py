@@ -34,8 +34,11 @@ _ROLE_ALIASES = {
 }
 
 
-class _View:
-    """One record read through the column mapping; its errors name the record and the column."""
+class RecordView:
+    """One record read through the column mapping; its errors name the record and the column.
+
+    Every shape reader takes one (the SFT shapes here, the preference pairs in ``pairs``).
+    """
 
     def __init__(self, record: Record, columns: Mapping[str, str]):
         self.record = record
@@ -79,7 +82,8 @@ class _View:
         return value
 
 
-def _system_turn(view: _View, system_prompt: str | None) -> Conversation:
+def system_turn(view: RecordView, system_prompt: str | None) -> Conversation:
+    """The record's own system text (column ``system``), else ``data.system_prompt``, as a turn; or none."""
     system = view.text("system", required=False) or system_prompt
     return [{"role": "system", "content": system}] if system else []
 
@@ -88,7 +92,7 @@ def _user_text(main: str, extra: str) -> str:
     return f"{main}\n\n{extra}" if extra.strip() else main
 
 
-def _history(view: _View) -> Conversation:
+def _history(view: RecordView) -> Conversation:
     raw = view.raw("history")
     if raw is None:
         return []
@@ -102,26 +106,26 @@ def _history(view: _View) -> Conversation:
     return turns
 
 
-def _alpaca(view: _View, system_prompt: str | None) -> Conversation:
+def _alpaca(view: RecordView, system_prompt: str | None) -> Conversation:
     user = _user_text(view.text("instruction"), view.text("input", required=False))
     return [
-        *_system_turn(view, system_prompt),
+        *system_turn(view, system_prompt),
         *_history(view),
         {"role": "user", "content": user},
         {"role": "assistant", "content": view.text("output")},
     ]
 
 
-def _dolly(view: _View, system_prompt: str | None) -> Conversation:
+def _dolly(view: RecordView, system_prompt: str | None) -> Conversation:
     user = _user_text(view.text("instruction"), view.text("context", required=False))
     return [
-        *_system_turn(view, system_prompt),
+        *system_turn(view, system_prompt),
         {"role": "user", "content": user},
         {"role": "assistant", "content": view.text("response")},
     ]
 
 
-def _content(view: _View, value: Any, where: str) -> str:
+def _content(view: RecordView, value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     # OpenAI's list-of-parts content: text parts only; anything else is not trainable text.
@@ -130,7 +134,12 @@ def _content(view: _View, value: Any, where: str) -> str:
     raise view.fail(f"{where} content must be a string, got {type(value).__name__}")
 
 
-def _turns(view: _View, name: str, raw: Any) -> Conversation:
+def read_turns(view: RecordView, name: str, raw: Any) -> Conversation:
+    """A list of turns from column ``name`` (``raw``), roles and contents mapped as data.columns says.
+
+    Takes role/content or ShareGPT's from/value keys and the role aliases (human, gpt, ...); a
+    malformed turn is an error naming the record, the column and the turn's index.
+    """
     if not isinstance(raw, list) or not raw:
         raise view.fail(f"{view.label(name)} must be a non-empty list of turns")
     role_keys = [view.columns["role"]] if "role" in view.columns else ["role", "from"]
@@ -151,35 +160,35 @@ def _turns(view: _View, name: str, raw: Any) -> Conversation:
     return turns
 
 
-def _messages(view: _View, system_prompt: str | None) -> Conversation:
+def _messages(view: RecordView, system_prompt: str | None) -> Conversation:
     name = "messages" if view.has("messages") else "conversations"
-    turns = _turns(view, name, view.raw(name))
+    turns = read_turns(view, name, view.raw(name))
     if turns[0]["role"] != "system":
         # A record-level "system" (ShareGPT exports carry one) comes first, then the default.
-        turns = _system_turn(view, system_prompt) + turns
+        turns = system_turn(view, system_prompt) + turns
     return turns
 
 
-def _prompt_completion(view: _View, system_prompt: str | None) -> Conversation:
+def _prompt_completion(view: RecordView, system_prompt: str | None) -> Conversation:
     prompt, completion = view.raw("prompt"), view.raw("completion")
     if isinstance(prompt, list):  # conversational prompt/completion, as TRL writes it
-        head = _turns(view, "prompt", prompt)
+        head = read_turns(view, "prompt", prompt)
     else:
         head = [{"role": "user", "content": view.text("prompt")}]
     if isinstance(completion, list):
-        tail = _turns(view, "completion", completion)
+        tail = read_turns(view, "completion", completion)
     else:
         tail = [{"role": "assistant", "content": view.text("completion")}]
     if head[0]["role"] != "system":
-        head = _system_turn(view, system_prompt) + head
+        head = system_turn(view, system_prompt) + head
     return head + tail
 
 
-def _text(view: _View, system_prompt: str | None) -> str:
+def _text(view: RecordView, system_prompt: str | None) -> str:
     return view.text("text")
 
 
-_BUILDERS: dict[str, Callable[[_View, str | None], Content]] = {
+_BUILDERS: dict[str, Callable[[RecordView, str | None], Content]] = {
     "alpaca": _alpaca,
     "dolly": _dolly,
     "prompt_completion": _prompt_completion,
@@ -215,14 +224,14 @@ def to_content(
     record: Record, shape: str, system_prompt: str | None, columns: Mapping[str, str] | None = None
 ) -> Content:
     """The conversation (or text) of one record of a known shape."""
-    return _BUILDERS[canonical_shape(shape)](_View(record, columns or {}), system_prompt)
+    return _BUILDERS[canonical_shape(shape)](RecordView(record, columns or {}), system_prompt)
 
 
 # The fields that hold the answer a shape trains on; a file of prompts may leave them out.
 _ANSWER_FIELDS = ("output", "response", "completion")
 
 
-class _PromptView(_View):
+class _PromptView(RecordView):
     """A record read for its prompt alone: its answer fields may be missing."""
 
     def text(self, name: str, required: bool = True) -> str:

@@ -46,8 +46,9 @@ def print_inspection(console: Console, result: Inspection, plain: bool) -> None:
     def say(line: str, style: str | None = None) -> None:
         console.print(Text(line, style=None if plain else style), soft_wrap=True)
 
+    loss_on = f"each side's final answer, chosen and rejected ({result.train_on})" if result.pairs else result.train_on
     say(f"model {result.model}; template '{result.template}' (end tokens: {', '.join(result.end_tokens)}); "
-        f"max_length {result.max_length}; loss on {result.train_on}", "bold")
+        f"max_length {result.max_length}; loss on {loss_on}", "bold")
     for report in result.reports:
         for line in report.lines():
             level = line.strip().split(":", 1)[0]

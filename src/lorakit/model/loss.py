@@ -5,8 +5,8 @@ standard path projects every position to the vocabulary (for SmolLM2, 49,152 col
 keeps those logits for backward. Here the model returns its final hidden states, we keep the
 positions whose next token is a label, and project only those, in chunks that are recomputed
 in backward, so at most one chunk of logits exists at a time. The model is still called
-through its own forward (with ``logits_to_keep=1``), so wrappers such as peft and DDP see a
-normal forward pass.
+through its own forward (with ``logits_to_keep`` asking for no position, see ``no_logits``), so
+wrappers such as peft and DDP see a normal forward pass.
 """
 
 from __future__ import annotations
@@ -33,6 +33,30 @@ def selective_loss_supported(model: torch.nn.Module) -> bool:
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return False
     return not getattr(config, "is_encoder_decoder", False)
+
+
+def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP's or FSDP's wrapper (``.module``) and peft's."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def no_logits(model: torch.nn.Module) -> int | torch.Tensor:
+    """``logits_to_keep`` for a forward whose logits are not used: no position where the model allows it.
+
+    ``logits_to_keep=1`` still projects each row's last position, and that slice of the hidden
+    states is not contiguous, so torch's matmul does not fold it into one matrix product: it
+    expands the head's weight to one copy per row (batch x hidden x vocab; 10 rows of SmolLM2 is
+    570 MB copied per pass) and runs a batched product. On a CPU that was a third of a DPO step.
+    An empty index tensor selects no position at all (``modeling_utils.slice_logits_to_keep``
+    in transformers' own architectures); remote code may only take an int, so it keeps 1.
+    """
+    base = _causal_lm(model)
+    if not type(base).__module__.startswith("transformers."):
+        return 1
+    weight = next(base.parameters(), None)
+    return torch.empty(0, dtype=torch.long, device=weight.device if weight is not None else None)
 
 
 def _weight_dtype(head: torch.nn.Module) -> torch.dtype:
@@ -62,9 +86,12 @@ def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
-    """The vocabulary projection of a (peft-wrapped) causal LM, with any adapter on it."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_output_embeddings()
+    """The vocabulary projection of a (peft-wrapped, DDP-wrapped) causal LM, with any adapter on it.
+
+    DDP's wrapper is looked through: preference losses call ``sequence_logps`` on the model the
+    Trainer hands them, which under several processes is the wrapper.
+    """
+    return _causal_lm(model).get_output_embeddings()
 
 
 def answer_positions(
@@ -92,7 +119,7 @@ def answer_only_loss(
     """
     labels = inputs["labels"]
     forward_args = {k: v for k, v in inputs.items() if k != "labels"}
-    out = model(**forward_args, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    out = model(**forward_args, use_cache=False, output_hidden_states=True, logits_to_keep=no_logits(model))
     selected, wanted, keep = answer_positions(out.hidden_states[-1], labels)
     with autocast if autocast is not None else nullcontext():
         total = _selected_ce(head, selected, wanted, chunk_size)
@@ -122,7 +149,7 @@ def answer_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
     """
     args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if selective_loss_supported(model):
-        hidden = model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        hidden = model(**args, output_hidden_states=True, logits_to_keep=no_logits(model)).hidden_states[-1]
         selected, wanted, keep = answer_positions(hidden, batch["labels"])
         logits = project(output_head(model), selected)
     else:
@@ -146,7 +173,8 @@ def sequence_logps(
     rows = keep.nonzero()[:, 0]
     args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if selective:
-        hidden = model(**args, output_hidden_states=True, logits_to_keep=1).hidden_states[-1][:, :-1][keep]
+        hidden = model(**args, output_hidden_states=True,
+                       logits_to_keep=no_logits(model)).hidden_states[-1][:, :-1][keep]
         wanted = targets[keep]
         head = output_head(model)
         with autocast if autocast is not None else nullcontext():
