@@ -200,7 +200,12 @@ class DataConfig(_Section):
 class LoraConfig(_Section):
     rank: int = Field(16, gt=0, description="Higher: more capacity, more memory.")
     alpha: float = Field(32, gt=0, description="Scale of the update is alpha / rank.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path while training.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1,
+        description="Dropout on the LoRA path while training. 0 by default, as in peft, LLaMA-Factory and unsloth: "
+        "on a CPU the masks' random numbers took a third of a step (1.2 s against 1.8 s measured), and dropout 0 "
+        "lets train.fused_lora fuse each layer.",
+    )
     target_modules: str | list[str] = Field(
         "all-linear",
         description="'all-linear', 'attention' or 'attention+mlp' (named per model family: lorakit models), "

@@ -185,9 +185,13 @@ def test_accumulated_and_split_steps_equal_one_large_batch(tiny_model_dir, tmp_p
         recipe.run(cfg)
         found[name] = ([r["loss"] for r in metrics(cfg.output_dir) if "loss" in r], adapter(cfg.output_dir))
     losses, weights = found.pop("one")
+    # DPO's loss is a function of a difference of four sums of log-probs, and bf16 rounds each sum:
+    # the difference amplifies it. On a Xeon with AMX the batch of 8 rows and the runs of 2 rows
+    # measured 1.1% apart at step 3 (each within 1.2% of float32; on an AMD EPYC 0.1% apart).
+    rtol = 2e-2 if (method, precision) == ("dpo", "bf16") else LOSS_RTOL[precision]
     assert losses[-1] < losses[0] - 1e-3  # the model moved: later steps are not the reference's loss again
     for name, (other_losses, other_weights) in found.items():
-        assert other_losses == pytest.approx(losses, rel=LOSS_RTOL[precision]), name
+        assert other_losses == pytest.approx(losses, rel=rtol), name
         assert_same_update(weights, other_weights, precision)
 
 

@@ -19,7 +19,9 @@ Under autocast every product runs in the autocast dtype, as peft's path does (th
 gradients come back in the adapters' own float32), so the result equals peft's within that
 dtype's rounding; in float32 it equals it to float32 rounding (tests/model/test_fused_lora.py).
 
-Only the plain case is fused: one active adapter, dropout 0 (or evaluation), no DoRA or other
+Only the plain case is fused: one active adapter, dropout 0 (or evaluation: with dropout in
+training the mask's random numbers cost more than the fusion saves, 1.89 s against peft's 1.80 s a
+step measured on a Xeon with AMX, so peft's path runs), no DoRA or other
 variant, no LoRA bias, a plain ``nn.Linear`` base (not a 4/8-bit one), not merged. Any other layer
 keeps peft's forward, so switching this on never changes what is computed, only how.
 """
