@@ -121,3 +121,13 @@ def test_the_attention_probe_times_both_kernels():
     speed = hardware.probe_attention(torch.float32, rounds=1)
     assert len(speed.eager_s) == len(speed.sdpa_s) == len(speed.lengths) and min(speed.eager_s + speed.sdpa_s) > 0
     assert torch.get_num_threads() == threads
+
+
+def test_a_capped_instruction_set_is_another_machine(tmp_path, monkeypatch):
+    cache, calls = tmp_path / "cpu-probe.json", []
+    probe = lambda: calls.append(1) or CpuSpeed(0.03, 0.01, 1)  # noqa: E731
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    cpu_speed(probe, cache)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the same CPU with oneDNN kept to AVX2
+    cpu_speed(probe, cache)
+    assert len(calls) == 2

@@ -195,7 +195,11 @@ def _cache_file() -> Path:
 
 def _machine_key() -> str:
     """The probe's answer holds for this CPU model and flags and this torch."""
-    parts = [cpu_name(), " ".join(sorted(cpu_flag_list())), torch.__version__, str(PROBE_VERSION)]
+    # The variables that cap the instruction sets torch's kernels use (oneDNN's, MKL's, ATen's) change
+    # the answer on the same CPU: a run with ONEDNN_MAX_CPU_ISA=AVX2 computes bf16 without AMX.
+    caps = [os.environ.get(v, "") for v in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                            "ATEN_CPU_CAPABILITY")]
+    parts = [cpu_name(), " ".join(sorted(cpu_flag_list())), torch.__version__, str(PROBE_VERSION), *caps]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
