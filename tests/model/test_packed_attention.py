@@ -86,3 +86,17 @@ def test_it_refuses_what_it_cannot_compute():
         packed_attention(None, q, q, q, None, 1.0, position_ids=torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(PackedAttentionError, match="one packed row"):
         packed_attention(None, q[:1], q[:1], q[:1], torch.ones(1, 5), 1.0, position_ids=torch.zeros(1, 5))
+
+
+def test_per_sample_attention_under_bf16_autocast_matches_the_rows(tmp_path):
+    # What the CPU default runs: bf16 frozen weights under bf16 autocast. Against the model's own
+    # sdpa over the row in the same dtype: within bf16's rounding of the attention's sums.
+    model_dir = make_tiny_model_dir(tmp_path / "llama")
+    model = tiny_lora_model(model_dir, torch.bfloat16, attention="sdpa")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = _loss_and_grads(model, PassRunner(model, True, 0, autocast=True))
+        ours = _loss_and_grads(model, PassRunner(model, True, 16, autocast=True, per_sample_attention=True))
+    assert ours[0] == pytest.approx(reference[0], rel=5e-3)
+    for name, grad in reference[1].items():
+        cosine = torch.nn.functional.cosine_similarity(ours[1][name].float().flatten(), grad.float().flatten(), dim=0)
+        assert float((ours[1][name] - grad).float().norm() / grad.float().norm()) < 0.05 and float(cosine) > 0.998, name
