@@ -8,7 +8,7 @@ both ways, once per machine, and keeps the answer in the user cache.
 
 The same holds for attention: up to some length eager attention's forward and backward beat
 torch's sdpa kernel on a CPU, beyond it sdpa wins, and where that crossover lies differs by
-machine (about 512 positions on an AMD EPYC with AVX512-BF16, about 140 on a Xeon with AMX). A
+machine (rows measured near 512 positions on an AMD EPYC with AVX512-BF16; the probe finds 256 on a Xeon with AMX). A
 second probe finds it, once per machine and dtype.
 """
 
@@ -158,10 +158,11 @@ def _attention_step(length: int, eager: bool, dtype: torch.dtype) -> float:
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
+    from lorakit.model.packed_attention import causal_mask
+
     q = torch.randn(1, _HEADS, length, _HEAD_DIM, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(1, _KV_HEADS, length, _HEAD_DIM, dtype=dtype, requires_grad=True) for _ in range(2))
-    mask = torch.zeros(length, length, dtype=dtype).masked_fill(
-        torch.ones(length, length, dtype=torch.bool).triu(1), torch.finfo(dtype).min)[None, None]
+    mask = causal_mask(length, dtype, "cpu")  # the mask the per-sample attention gives eager
     module = SimpleNamespace(num_key_value_groups=_HEADS // _KV_HEADS, training=True)
     started = time.process_time()
     if eager:
@@ -206,7 +207,7 @@ def _machine_key() -> str:
 def _cached(name: str, probe, kind, cache: Path | None = None):
     """This machine's answer to probe ``name``, measured on first use and read from the cache after."""
     cache = cache or _cache_file()
-    key = _machine_key() + ("" if name == "precision" else f"-{name}")
+    key = f"{_machine_key()}-{name}"
     try:
         known = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, ValueError):

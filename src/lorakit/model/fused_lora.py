@@ -76,7 +76,7 @@ class _LoraLinear(torch.autograd.Function):
         return dx, d_w, d_bias, d_a, d_b, None, None
 
 
-def _fusable_adapter(layer: lora_layer.Linear, x: torch.Tensor, kwargs: dict) -> str | None:
+def _fusable_adapter(layer: lora_layer.Linear, kwargs: dict) -> str | None:
     """The one adapter this call can fuse, or None when peft's own forward must run."""
     if kwargs or layer.disable_adapters or layer.merged:
         return None
@@ -101,7 +101,7 @@ def fusable(module: torch.nn.Module) -> bool:
 
 def fused_forward(layer: lora_layer.Linear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """``layer``'s forward, fused where the call is the plain case and peft's own otherwise."""
-    name = None if args else _fusable_adapter(layer, x, kwargs)
+    name = None if args else _fusable_adapter(layer, kwargs)
     if name is None:
         return type(layer).forward(layer, x, *args, **kwargs)
     base = layer.get_base_layer()

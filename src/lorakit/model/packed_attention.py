@@ -62,7 +62,7 @@ class _Segments:
 
 
 @functools.lru_cache(maxsize=64)
-def _causal_mask(length: int, dtype: torch.dtype, device: str, window: int | None = None) -> torch.Tensor:
+def causal_mask(length: int, dtype: torch.dtype, device: str, window: int | None = None) -> torch.Tensor:
     """The additive causal mask transformers' eager attention is given: 0 allowed, the dtype's min not.
 
     With a sliding ``window`` a query also sees only the last ``window`` positions (itself included),
@@ -90,7 +90,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling, dropout
         length = q.shape[2]
         windowed = window is not None and length > window  # only eager takes a banded mask here
         if length <= eager_tokens or windowed:
-            mask = _causal_mask(length, query.dtype, query.device.type, window if windowed else None)
+            mask = causal_mask(length, query.dtype, query.device.type, window if windowed else None)
             out, _ = eager_attention_forward(module, q, k, v, mask, scaling=scaling, dropout=dropout)
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout,
