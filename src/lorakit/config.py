@@ -316,6 +316,12 @@ class TrainConfig(_Section):
         description="Each plain LoRA linear (dropout 0, no DoRA, unquantized base) as one fused autograd op; the "
         "same products, fewer per-layer operations. None: on CPU, off on GPU (not yet measured there).",
     )
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="Compile each decoder layer with torch.compile (fuses the work between matmuls; needs a C++ "
+        "compiler on a CPU). auto: on a CPU, one process, after timing two steps, only if the steps left would "
+        "save well over the compile's cost (about a minute); true: from the first step; false: never.",
+    )
     group_by_length: bool = Field(
         False, description="Batch samples of similar length together (less padding) when not packing."
     )

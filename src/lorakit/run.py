@@ -73,6 +73,9 @@ class RunSummary:
     total_parameters: int = 0
     memory_footprint_bytes: int = 0
     data: list[dict[str, Any]] = field(default_factory=list)  # one DataReport.as_dict() per split
+    compiled_from_step: int | None = None  # train.compile: steps after this one ran compiled (None: none did)
+    compile_seconds: float | None = None  # what the compile added to the first compiled step
+    compile_note: str = ""  # why the layers were compiled or not
     eval: dict[str, dict[str, float | None]] | None = None  # eval.at_end: metric -> {base, tuned}
 
     def __getitem__(self, key: str) -> Any:

@@ -170,7 +170,7 @@ def test_a_checkpoint_without_totals_gives_a_summary_of_the_resumed_steps(tiny_m
                       "train.logging_steps=1", "train.save_total_limit=3")
     whole = recipe.run(cfg)
     old = cfg.output_dir / "checkpoints" / "checkpoint-2"
-    assert set(checkpoints.read_marker(old)) == {"step", "tokens", "loss_tokens", "loss_sum"}
+    assert set(checkpoints.read_marker(old)) == {"step", "tokens", "loss_tokens", "loss_sum", "compiled_from_step"}
     (old / checkpoints.MARKER).write_text(json.dumps({"step": 2}), encoding="utf-8")
     resumed = recipe.run(cfg, resume=str(old))
     after = [r["loss"] for r in metrics(cfg.output_dir) if "loss" in r and r["step"] > 2]

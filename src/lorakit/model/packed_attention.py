@@ -100,6 +100,12 @@ def packed_attention(module, query, key, value, attention_mask, scaling, dropout
 
 
 def register(eager_tokens: int) -> str:
-    """Register the packed attention (samples up to ``eager_tokens`` eager, longer ones sdpa); its name."""
-    AttentionInterface.register(PACKED, functools.partial(packed_attention, eager_tokens=eager_tokens))
+    """Register the packed attention (samples up to ``eager_tokens`` eager, longer ones sdpa); its name.
+
+    It is kept out of ``torch.compile``'s graphs (``train.compile``): its loop over the row's samples
+    depends on their lengths, so a traced copy would be compiled again for each new pattern of
+    lengths. A compiled layer runs as the graphs before and after it (model/compiled_layers.py).
+    """
+    attention = torch.compiler.disable(functools.partial(packed_attention, eager_tokens=eager_tokens))
+    AttentionInterface.register(PACKED, attention)
     return PACKED

@@ -168,6 +168,11 @@ def deepspeed_config(stage: int, quantized: bool = False) -> dict[str, Any]:
     return config
 
 
+def world_size() -> int:
+    """How many processes train together (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def is_main_process() -> bool:
     """Rank 0 of the whole run (True when not distributed): the only rank that writes run files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0

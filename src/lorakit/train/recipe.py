@@ -29,6 +29,7 @@ from lorakit.hardware import (
 )
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.adapter import check_same_base
+from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
@@ -78,6 +79,19 @@ def _eager_attention_tokens(configured: int | None, on_gpu: bool, precision: str
 def _on_cpu(configured: bool | None, on_gpu: bool) -> bool:
     """A speed switch that defaults to on where it was measured: on a CPU."""
     return (not on_gpu) if configured is None else configured
+
+
+def _compile_blocker(cfg: RunConfig, on_gpu: bool, quantized: bool) -> str | None:
+    """What keeps train.compile auto from compiling here: it compiles only the setups it was measured on."""
+    if on_gpu:
+        return "a GPU (not yet measured there; train.compile=true compiles)"
+    if distributed.world_size() > 1:
+        return "several processes"
+    if quantized:
+        return "a quantized base"
+    if cfg.train.gradient_checkpointing:
+        return "activation checkpointing"
+    return compiler_missing("cpu")
 
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
@@ -174,6 +188,8 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         eager_attention_tokens=_eager_attention_tokens(cfg.train.eager_attention_tokens, on_gpu, precision),
         per_sample_attention=_on_cpu(cfg.train.per_sample_attention, on_gpu),
         fused_lora=_on_cpu(cfg.train.fused_lora, on_gpu),
+        compile_layers=cfg.train.compile,
+        compile_blocker=_compile_blocker(cfg, on_gpu, is_quantized(base)),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:
@@ -207,7 +223,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         finally:
             stopper.uninstall()
         elapsed = time.monotonic() - started
-        trainer.passes.restore()  # evaluation, generation and saving see the model as it was loaded
+        trainer.restore_model()  # evaluation, generation and saving see the model as it was loaded
         if stopper.interrupted:
             raise TrainingInterrupted(stopper.signal, trainer.state.global_step, ckpt_dir)
         # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
@@ -260,6 +276,9 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         total_parameters=total,
         memory_footprint_bytes=model.get_memory_footprint(),
         data=[r.as_dict() for r in splits.reports],
+        compiled_from_step=trainer.compiling.report.compiled_from_step,
+        compile_seconds=trainer.compiling.report.compile_seconds,
+        compile_note=trainer.compiling.report.reason,
     )
     run.write_summary(summary)
     return summary

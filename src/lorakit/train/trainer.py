@@ -21,9 +21,11 @@ from transformers.trainer_pt_utils import nested_gather
 from lorakit.config import TrainConfig
 from lorakit.errors import LorakitError
 from lorakit.labels import loss_positions
+from lorakit.model.compiled_layers import CompiledLayers
 from lorakit.model.loss import answer_only_loss, output_head, selective_loss_supported
 from lorakit.run import RunFolder
 from lorakit.train import checkpoints, distributed
+from lorakit.train.auto_compile import LayerCompiling
 from lorakit.train.microbatch import split_batch
 from lorakit.train.passes import PassRunner
 
@@ -70,6 +72,8 @@ class LorakitTrainer(Trainer):
         eager_attention_tokens: int = 0,
         per_sample_attention: bool = False,
         fused_lora: bool = False,
+        compile_layers: bool | str = False,
+        compile_blocker: str | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -80,6 +84,11 @@ class LorakitTrainer(Trainer):
         self.passes = PassRunner(self.accelerator.unwrap_model(self.model), pass_packing, eager_attention_tokens,
                                  autocast=self.args.bf16 or self.args.fp16,
                                  per_sample_attention=per_sample_attention, fuse_lora=fused_lora)
+        # train.compile: the decoder layers compiled from the first step (true), or after two
+        # timed steps where the rest of the run would repay it (auto; train/auto_compile.py).
+        self.compiling = LayerCompiling(CompiledLayers(self.accelerator.unwrap_model(self.model)), compile_layers,
+                                        self.args.device.type, compile_blocker)
+        self.add_callback(self.compiling)
         self.on_nonfinite = on_nonfinite
         self.keep_checkpoints = keep_checkpoints
         self.skipped_steps: list[int] = []
@@ -91,6 +100,7 @@ class LorakitTrainer(Trainer):
     def resume_totals(self, checkpoint: Path) -> None:
         """Start counting from the checkpoint's totals (rank 0 holds them: the others count from 0)."""
         saved = checkpoints.read_marker(checkpoint)
+        self.compiling.resume(saved)
         if "loss_sum" not in saved:
             self._steps_before_unknown = True
             log.warning("%s predates run totals: summary.json counts only the steps after it", checkpoint)
@@ -153,6 +163,16 @@ class LorakitTrainer(Trainer):
             self._nonfinite(f"the loss is {loss.item()}")
         return loss
 
+    def evaluate(self, *args, **kwargs):
+        # Evaluation runs the layers eager: compiled ones would compile again for no-grad and eval mode.
+        with self.compiling.layers.paused():
+            return super().evaluate(*args, **kwargs)
+
+    def restore_model(self) -> None:
+        """The model as it was loaded (its own attention, eager layers), for evaluation, generation, saving."""
+        self.passes.restore()
+        self.compiling.layers.remove()
+
     def _nonfinite(self, what: str) -> None:
         step = self.state.global_step + 1
         if self.on_nonfinite == "stop":
@@ -197,7 +217,8 @@ class LorakitTrainer(Trainer):
         run_dir = Path(self._get_output_dir(trial=trial))
         folder = run_dir / f"checkpoint-{self.state.global_step}"
         checkpoints.mark_complete(folder, self.state.global_step,
-                                  {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum})
+                                  {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum,
+                                   **self.compiling.marker_entry()})
         best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
         checkpoints.rotate(run_dir, self.keep_checkpoints, protect=best)
 
