@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def trained_run(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr
     assert "train_loss" in result.stdout and data.exists()
     assert "trainable_parameters" in result.stdout and "model_memory" in result.stdout
+    # train.compile auto: 3 steps never repay a compile, and the table says why not.
+    assert re.search(r"compile\W+no \(auto: 1 more step of", result.stdout)
     return out
 
 

@@ -104,6 +104,7 @@ def train(
     table.add_row("trainable_parameters", f"{trainable:,} of {total:,} ({100 * trainable / total:.3f}%)")
     table.add_row("model_memory", f"{summary.memory_footprint_bytes / 2**20:.1f} MiB")
     table.add_row("peak_rss", f"{summary.peak_rss_bytes / 2**30:.2f} GiB")
+    table.add_row("compile", _compile_line(summary))
     if summary.cuda_peak_reserved_bytes:
         table.add_row("cuda_peak_reserved", f"{summary.cuda_peak_reserved_bytes / 2**30:.2f} GiB")
     out.print(table)
@@ -112,6 +113,14 @@ def train(
         from lorakit.eval.run import evaluate_at_end
 
         print_comparison(out, evaluate_at_end(cfg.resolved_output_dir(), cfg.train.progress_bar))
+
+
+def _compile_line(summary) -> str:
+    """train.compile's outcome: from which step, at what cost, or why not."""
+    if summary.compiled_from_step is None:
+        return f"no ({summary.compile_note})"
+    cost = f", {summary.compile_seconds:.1f} s to compile" if summary.compile_seconds is not None else ""
+    return f"from step {summary.compiled_from_step + 1}{cost}"
 
 
 def _resume_command(config: Path | None, set_: list[str]) -> str:

@@ -27,10 +27,10 @@ def test_compile_pays_only_when_the_steps_left_repay_it_twice():
 
 class FakeLayers:
     def __init__(self):
-        self.layers, self.active, self.compiled_for = ["layer"] * 3, False, None
+        self.layers, self.active, self.compiled_for, self.fall_back = ["layer"] * 3, False, None, None
 
-    def compile(self, device):
-        self.active, self.compiled_for = True, device
+    def compile(self, device, fall_back=False):
+        self.active, self.compiled_for, self.fall_back = True, device, fall_back
 
 
 class State:
@@ -61,6 +61,7 @@ def test_auto_times_the_second_step_and_compiles_where_the_rest_repays_it(clock)
     assert not layers.active and callback.marker_entry() == {}  # nothing decided before measuring
     _steps(callback, state, [9.0, 2.5], clock)  # the first step's 9 s (warm-up) is not what is weighed
     assert layers.compiled_for == "cpu" and callback.report.compiled_from_step == 2
+    assert layers.fall_back  # auto: a compile that fails runs eager instead of ending the run
     assert callback.marker_entry() == {"compiled_from_step": 2}
     _steps(callback, state, [62.0, 2.2, 2.3, 2.1], clock)  # the first compiled step carries the compile
     callback.on_train_end(None, state, None)
@@ -73,7 +74,7 @@ def test_auto_stays_eager_where_the_run_is_too_short_and_says_why(clock):
     callback.on_train_begin(None, state, None)
     _steps(callback, state, [3.0, 2.5, 2.5], clock)
     assert not layers.active and callback.report.compiled_from_step is None
-    assert "100 steps of 2.50 s" in callback.report.reason
+    assert "100 more steps of 2.50 s" in callback.report.reason
     assert callback.marker_entry() == {"compiled_from_step": None}  # decided: a resume stays eager too
 
 
@@ -86,6 +87,18 @@ def test_auto_never_compiles_where_it_was_not_measured_but_true_does(clock):
     forced = LayerCompiling(FakeLayers(), True, "cuda", blocker="a GPU")
     forced.on_train_begin(None, State(max_steps=3), None)
     assert forced.layers.compiled_for == "cuda" and forced.report.compiled_from_step == 0
+    assert not forced.layers.fall_back  # asked for: a failed compile is an error
+
+
+def test_auto_is_off_for_each_setup_it_was_not_measured_on(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path)
+    assert recipe._compile_blocker(cfg, on_gpu=False, quantized=False) == compiler_missing("cpu")
+    assert recipe._compile_blocker(cfg, on_gpu=True, quantized=False).startswith("a GPU")
+    assert recipe._compile_blocker(cfg, on_gpu=False, quantized=True) == "a quantized base"
+    checkpointed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"gradient_checkpointing": True})})
+    assert recipe._compile_blocker(checkpointed, on_gpu=False, quantized=False) == "activation checkpointing"
+    dpo = cfg.model_copy(update={"method": "dpo"})
+    assert recipe._compile_blocker(dpo, on_gpu=False, quantized=False) == "dpo (measured for sft only)"
 
 
 def test_a_resumed_run_follows_the_decision_its_checkpoint_records(clock):

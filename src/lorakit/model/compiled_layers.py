@@ -58,13 +58,17 @@ class CompiledLayers:
     def active(self) -> bool:
         return bool(self._calls)
 
-    def compile(self, device: str) -> None:
+    def compile(self, device: str, fall_back: bool = False) -> None:
+        """Compile on the next call. ``fall_back``: where compiling fails, run eager rather than stop
+        (train.compile auto: a run that would have trained eager must not fail for a compile)."""
         if not self.layers:
             raise CompileError("train.compile: this model has no decoder layers lorakit can find "
                                "(_no_split_modules is empty); set train.compile=false")
         missing = compiler_missing(device)
         if missing:
             raise CompileError(f"train.compile: {missing}; install one or set train.compile=false")
+        if fall_back:
+            torch._dynamo.config.suppress_errors = True  # dynamo's own switch: a failed frame runs eager
         for layer in self.layers:
             layer.compile(dynamic=True)
         self._calls = [layer._compiled_call_impl for layer in self.layers]

@@ -86,7 +86,7 @@ class LayerCompiling(TrainerCallback):
             self.report.reason = "the resumed run's decision"
 
     def _compile(self, step: int, why: str) -> None:
-        self.layers.compile(self.device)
+        self.layers.compile(self.device, fall_back=self.setting == "auto")
         self.decided = True
         self.report.compiled_from_step = step
         self.report.reason = why
@@ -113,7 +113,8 @@ class LayerCompiling(TrainerCallback):
                 self._compile(state.global_step, f"auto: a step took {took:.2f} s with {steps_left} steps left")
             else:
                 self.decided = True
-                self.report.reason = (f"auto: {steps_left} steps of {took:.2f} s would save less than "
+                steps = f"{steps_left} more step{'' if steps_left == 1 else 's'}"
+                self.report.reason = (f"auto: {steps} of {took:.2f} s would save less than "
                                       f"{MARGIN:g}x a compile of about {COMPILE_SECONDS:.0f} s")
                 log.info("not compiling the decoder layers (%s)", self.report.reason)
 

@@ -91,6 +91,9 @@ def _compile_blocker(cfg: RunConfig, on_gpu: bool, quantized: bool) -> str | Non
         return "a quantized base"
     if cfg.train.gradient_checkpointing:
         return "activation checkpointing"
+    if cfg.method != "sft":
+        # Each step also runs the reference (adapter off), a second graph to compile: not measured.
+        return f"{cfg.method} (measured for sft only)"
     return compiler_missing("cpu")
 
 

@@ -9,7 +9,8 @@ from lorakit.train import checkpoints, run_folder
 
 # The summary's fields that ``runs show`` adds once the run has finished.
 SHOWN = ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
-         "tokens_per_second", "peak_rss_bytes", "precision", "best_checkpoint", "skipped_steps")
+         "tokens_per_second", "peak_rss_bytes", "precision", "best_checkpoint", "skipped_steps",
+         "compiled_from_step", "compile_seconds")
 
 
 def describe_run(folder: Path) -> dict:
