@@ -84,6 +84,11 @@ def test_auto_never_compiles_where_it_was_not_measured_but_true_does(clock):
     blocked.on_train_begin(None, state, None)
     _steps(blocked, state, [5.0, 5.0], clock)
     assert not blocked.layers.active and blocked.report.reason == "auto: off for a GPU"
+    layerless = FakeLayers()
+    layerless.layers = []
+    unknown = LayerCompiling(layerless, "auto", "cpu")
+    _steps(unknown, State(max_steps=10_000), [5.0, 5.0], clock)
+    assert not layerless.active and "cannot find" in unknown.report.reason
     forced = LayerCompiling(FakeLayers(), True, "cuda", blocker="a GPU")
     forced.on_train_begin(None, State(max_steps=3), None)
     assert forced.layers.compiled_for == "cuda" and forced.report.compiled_from_step == 0

@@ -7,10 +7,11 @@ probes), and compiles if the steps left would save well over the compile's cost:
     step 2.5 s, 1,000 steps left:  0.10 x 2.5 s x 1,000 = 250 s saved  >  2 x 60 s  -> compile
     step 2.5 s,   100 steps left:  0.10 x 2.5 s x   100 =  25 s saved  <  2 x 60 s  -> stay eager
 
-``GAIN`` and ``COMPILE_SECONDS`` are measurements, not promises (README, "Speed and memory"): on
-two cores a compiled SmolLM2 pass was 14% (AMD EPYC, bf16) and 22% (Xeon with AMX, bf16) faster,
-after a compile of about 56 s (cold; 22 s with torch's compile cache from an earlier run). The
-margin of 2 keeps a slower compile or a smaller gain from costing the run time.
+``GAIN`` and ``COMPILE_SECONDS`` stand for measurements, rounded against compiling
+(bench/compile_bench.py, README "Speed and memory"). On an AMD EPYC with two threads a compiled
+SmolLM2 step was 12% to 19% faster in bf16, after a compile of 47 s, or 21 s with torch's compile
+cache from an earlier run. The margin of 2 keeps a slower compile or a smaller gain from costing
+the run time.
 
 ``auto`` compiles only where that was measured: one process on a CPU, LoRA over unquantized
 weights, no activation checkpointing. ``true`` compiles wherever asked, from the run's first step.
@@ -69,6 +70,8 @@ class LayerCompiling(TrainerCallback):
         self.decided = False
         self._session_steps = 0
         self._started = 0.0
+        if blocker is None and not layers.layers:
+            blocker = "a model whose decoder layers lorakit cannot find"
         if setting is False or (setting == "auto" and blocker is not None):
             self.decided = True
             self.report.reason = "train.compile is false" if setting is False else f"auto: off for {blocker}"
