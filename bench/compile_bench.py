@@ -105,8 +105,9 @@ def main() -> None:
     for kind in ("eager", "cold", "warm"):
         r = best[kind]
         ratio = eager["median_step_seconds"] / r["median_step_seconds"]
-        print(f"| {kind} | {r['train_seconds']:.1f} | {r['compile_seconds'] if r['compile_seconds'] is not None else '-'} "
-              f"| {r['median_step_seconds']:.2f} | {ratio:.2f}x | {r['train_loss']:.4f} |")
+        cost = "-" if r["compile_seconds"] is None else r["compile_seconds"]
+        print(f"| {kind} | {r['train_seconds']:.1f} | {cost} | {r['median_step_seconds']:.2f} | {ratio:.2f}x "
+              f"| {r['train_loss']:.4f} |")
     saved = eager["median_step_seconds"] - best["warm"]["median_step_seconds"]
     gain = saved / eager["median_step_seconds"]
     for kind in ("cold", "warm"):

@@ -169,3 +169,15 @@ def test_a_compiled_run_trains_as_an_eager_run_and_resumes_compiled(tiny_model_d
     assert resumed["compiled_from_step"] == 0 and resumed["compile_note"] == "the resumed run's decision"
     for key, value in adapter(cfg.output_dir).items():
         torch.testing.assert_close(value, whole[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+@pytest.mark.gpu
+def test_a_compiled_run_on_a_gpu_trains_as_an_eager_one(tiny_model_dir, tmp_path):
+    """train.compile=true on CUDA (auto leaves GPUs alone until this has run there): bf16 weights and autocast."""
+    args = ("train.max_steps=6", "train.batch_size=2", "train.logging_steps=1", "model.dtype=bfloat16",
+            "train.precision=bf16")
+    runs = [recipe.run(tiny_config(tiny_model_dir, tmp_path / kind, *args, f"train.compile={setting}"))
+            for kind, setting in (("eager", "false"), ("compiled", "true"))]
+    assert runs[1]["compiled_from_step"] == 0 and runs[0]["compiled_from_step"] is None
+    losses = [[r["loss"] for r in metrics(tmp_path / kind / "run") if "loss" in r] for kind in ("eager", "compiled")]
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)  # bf16: compiled kernels round differently
