@@ -25,10 +25,12 @@ def one_pass(model, head, length: int, bf16: bool) -> float:
     labels = ids.clone()
     labels[:, : length // 2] = -100
     inputs = {"input_ids": ids, "labels": labels, "position_ids": torch.arange(length)[None]}
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # as the Trainer runs a pass
+    def autocast():  # as the Trainer runs a pass: a fresh context each time (one entered twice leaks)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
     started = time.process_time()
-    with autocast:
-        loss = answer_only_loss(model, head, inputs, None, autocast=autocast)
+    with autocast():
+        loss = answer_only_loss(model, head, inputs, None, autocast=autocast())
     loss.backward()
     seconds = time.process_time() - started
     model.zero_grad(set_to_none=True)

@@ -40,9 +40,12 @@ def _row(lengths, seed=0):
 
 def _loss_and_grads(model, runner, inputs, bf16=False):
     head = output_head(model)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
-    with runner.run(inputs), autocast:
-        loss = answer_only_loss(model, head, inputs, None, autocast=autocast)
+    # A fresh context each time, as the Trainer gives: one torch.autocast entered twice (nested)
+    # restores the wrong state on exit and leaves autocast on for the rest of the process.
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    with runner.run(inputs), autocast():
+        loss = answer_only_loss(model, head, inputs, None, autocast=autocast())
+    assert not torch.is_autocast_enabled("cpu")
     loss.backward()
     grads = {name: p.grad.float().clone() for name, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
