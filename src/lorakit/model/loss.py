@@ -116,6 +116,8 @@ def answer_only_loss(
     rather than by this micro-batch's count is what makes accumulated steps token-weighted.
     ``autocast``: the mixed-precision context the model's forward ran under (the Trainer's
     accelerator gives it), so the head computes in the same precision as the rest of the model.
+    A fresh context, not one the caller is inside: a ``torch.autocast`` entered a second time
+    restores the wrong state on exit and leaves autocast on.
     """
     labels = inputs["labels"]
     forward_args = {k: v for k, v in inputs.items() if k != "labels"}
