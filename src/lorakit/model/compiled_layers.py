@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 
 from lorakit.errors import LorakitError
+from lorakit.model.loss import causal_lm
 
 
 class CompileError(LorakitError, RuntimeError):
@@ -34,8 +35,7 @@ class CompileError(LorakitError, RuntimeError):
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's repeated decoder layers: the classes transformers keeps whole (``_no_split_modules``)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base = getattr(base, "module", base)
+    base = causal_lm(model)
     kept_whole = set(getattr(base, "_no_split_modules", None) or [])
     return [m for m in base.modules() if type(m).__name__ in kept_whole]
 

@@ -35,7 +35,7 @@ def selective_loss_supported(model: torch.nn.Module) -> bool:
     return not getattr(config, "is_encoder_decoder", False)
 
 
-def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside DDP's or FSDP's wrapper (``.module``) and peft's."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
@@ -52,7 +52,7 @@ def no_logits(model: torch.nn.Module) -> int | torch.Tensor:
     An empty index tensor selects no position at all (``modeling_utils.slice_logits_to_keep``
     in transformers' own architectures); remote code may only take an int, so it keeps 1.
     """
-    base = _causal_lm(model)
+    base = causal_lm(model)
     if not type(base).__module__.startswith("transformers."):
         return 1
     weight = next(base.parameters(), None)
@@ -91,7 +91,7 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     DDP's wrapper is looked through: preference losses call ``sequence_logps`` on the model the
     Trainer hands them, which under several processes is the wrapper.
     """
-    return _causal_lm(model).get_output_embeddings()
+    return causal_lm(model).get_output_embeddings()
 
 
 def answer_positions(

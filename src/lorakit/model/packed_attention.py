@@ -104,7 +104,7 @@ def register(eager_tokens: int) -> str:
 
     It is kept out of ``torch.compile``'s graphs (``train.compile``): its loop over the row's samples
     depends on their lengths, so a traced copy would be compiled again for each new pattern of
-    lengths. A compiled layer runs as the graphs before and after it (model/compiled_layers.py).
+    lengths. A compiled layer runs as a few graphs around this call (model/compiled_layers.py).
     """
     attention = torch.compiler.disable(functools.partial(packed_attention, eager_tokens=eager_tokens))
     AttentionInterface.register(PACKED, attention)

@@ -24,10 +24,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lorakit.model import fused_lora, packed_attention
-
-
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from lorakit.model.loss import causal_lm
 
 
 def reads_packed_positions(model: torch.nn.Module) -> bool:
@@ -36,7 +33,7 @@ def reads_packed_positions(model: torch.nn.Module) -> bool:
     transformers' own architectures build their masks with ``masking_utils``, which finds the
     boundaries where the position ids restart; models with their own attention code may not.
     """
-    base = _base(model)
+    base = causal_lm(model)
     return bool(getattr(base, "_supports_attention_backend", False)) and _can_switch_attention(base)
 
 
@@ -59,7 +56,7 @@ class PassRunner:
 
     def __init__(self, model: torch.nn.Module, packing: bool | None, eager_tokens: int, autocast: bool,
                  per_sample_attention: bool = False, fuse_lora: bool = False):
-        self.base = _base(model)
+        self.base = causal_lm(model)
         self.packed = reads_packed_positions(model) if packing is None else packing
         config = getattr(self.base, "config", None)
         self.own_attention = getattr(config, "_attn_implementation", None)
