@@ -13,6 +13,7 @@ from lorakit.templates import resolve_template
 from lorakit.model.lora import apply_lora
 from lorakit.model.loss import _chunk_ce, answer_only_loss, no_logits, output_head, sequence_logps
 from tests.conftest import make_tokenizer
+from tests.tolerance import assert_close_at_scale
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "It is four."}],
@@ -56,7 +57,7 @@ def test_selective_chunked_loss_equals_full_loss_and_gradient(tiny_model_dir, ch
     got = lora_grads(model)
     torch.testing.assert_close(mine, full, rtol=1e-5, atol=1e-6)
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+        assert_close_at_scale(got[name], expected[name], rtol=1e-4, msg=name)
 
 
 def test_the_models_own_head_projects_no_position_and_the_hidden_states_are_unchanged(tiny_model_dir):

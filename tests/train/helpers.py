@@ -55,7 +55,9 @@ def assert_same_update(a: dict, b: dict, precision: str, atol: float = 1e-6, rto
     assert a.keys() == b.keys()
     if precision == "fp32":
         for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
+            # No tighter than the tensor's own scale allows (tests/tolerance.py says why).
+            atol_here = max(atol, rtol * b[key].abs().max().item())
+            torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol_here, msg=key)
         return
     diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
     assert float((diffs > 1e-3).float().mean()) < 0.05, "more than 5% of the weights disagree beyond 1e-3"

@@ -19,6 +19,7 @@ from lorakit.train.microbatch import split_batch
 from lorakit.train.passes import PassRunner, reads_packed_positions
 
 from tests.conftest import tiny_lora_model
+from tests.tolerance import assert_close_at_scale
 
 LENGTHS = (7, 30, 29, 3)
 # bf16 keeps 8 bits of mantissa (0.4%): the loss moves by the weights' rounding (0.05% measured
@@ -68,7 +69,7 @@ def test_eager_attention_computes_what_sdpa_does(tiny_model_dir, budget):
     assert model.get_base_model().config._attn_implementation == "sdpa"
     assert eager[0] == pytest.approx(sdpa[0], rel=1e-5)
     for name in sdpa[1]:
-        torch.testing.assert_close(eager[1][name], sdpa[1][name], rtol=1e-4, atol=1e-6, msg=name)
+        assert_close_at_scale(eager[1][name], sdpa[1][name], rtol=1e-4, msg=name)
 
 
 def test_adapter_input_cast_off_under_autocast_changes_nothing(tiny_model_dir):
