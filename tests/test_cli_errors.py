@@ -68,3 +68,14 @@ def test_an_unexpected_exception_prints_its_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "RuntimeError" in result.stderr and "a bug, not bad input" in result.stderr
+
+
+def test_a_symlink_loop_as_training_data_is_one_line_naming_it(tmp_path):
+    (tmp_path / "a.jsonl").symlink_to("b")
+    (tmp_path / "b").symlink_to("a.jsonl")
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  train: a.jsonl\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "inspect", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: data.train: {tmp_path / 'a.jsonl'} is a symlink loop")

@@ -117,3 +117,15 @@ def test_optional_sections_suggest_too(tmp_path):
         load_config(write(tmp_path, "model:\n  quantization:\n    bitz: 4\n"))
     cfg = load_config(write(tmp_path, "model:\n  quantization: {bits: 8}\nlora:\n  use_dora: true\n"))
     assert cfg.model.quantization.bits == 8 and cfg.model.quantization.type == "nf4" and cfg.lora.use_dora
+
+
+def test_a_symlink_loop_among_the_paths_is_a_config_error_naming_it(tmp_path):
+    (tmp_path / "a.jsonl").symlink_to("b")
+    (tmp_path / "b").symlink_to("a.jsonl")
+    (tmp_path / "loop").symlink_to("loop")
+    for key, value, culprit in (("train", "a.jsonl", "a.jsonl"), ("eval", "loop/e.jsonl", "loop")):
+        path = write(tmp_path, f"data:\n  train: d.jsonl\n  {key}: {value}\n")
+        with pytest.raises(ConfigError, match=f"data.{key}: {tmp_path / culprit} is a symlink loop"):
+            load_config(path)
+    with pytest.raises(ConfigError, match=f"data.template: {tmp_path / 'loop'} is a symlink loop"):
+        load_config(write(tmp_path, "data:\n  template: loop/t.jinja\n"))

@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from lorakit.config import TEMPLATE_SUFFIXES, ConfigError, DataSource, RunConfig
 from lorakit.hub import looks_like_hub_id
+from lorakit.paths import link_problem, resolve
 
 
 def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
@@ -69,7 +70,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
 
 
-def _resolve_source(source: DataSource, base: Path) -> DataSource:
+def _resolve_source(source: DataSource, base: Path, key: str) -> DataSource:
     """Make a local path absolute; leave hub names alone (they have no folder to be relative to)."""
     text = source.path
     if text.startswith("hub:"):
@@ -77,34 +78,35 @@ def _resolve_source(source: DataSource, base: Path) -> DataSource:
     path = Path(text).expanduser()
     if not path.is_absolute():
         local = base / path
-        if looks_like_hub_id(text, file_like=False) and not local.exists():
+        # A link that leads nowhere is still a local file, to be named as such, not a hub name.
+        if looks_like_hub_id(text, file_like=False) and not local.exists() and not link_problem(local):
             return source
         path = local
-    return source.model_copy(update={"path": str(path.resolve())})
+    return source.model_copy(update={"path": str(resolve(path, ConfigError, key))})
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """Data files are relative to the config file, so a config folder can be moved whole."""
 
-    def fix(p: Path) -> Path:
+    def fix(p: Path, key: str) -> Path:
         p = p.expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
+        return p if p.is_absolute() else resolve(base / p, ConfigError, key)
 
-    cfg.data.train = [_resolve_source(s, base) for s in cfg.data.train]
-    cfg.data.eval = [_resolve_source(s, base) for s in cfg.data.eval]
+    cfg.data.train = [_resolve_source(s, base, "data.train") for s in cfg.data.train]
+    cfg.data.eval = [_resolve_source(s, base, "data.eval") for s in cfg.data.eval]
     if cfg.data.template.endswith(TEMPLATE_SUFFIXES):
-        cfg.data.template = str(fix(Path(cfg.data.template)))
+        cfg.data.template = str(fix(Path(cfg.data.template), "data.template"))
     if cfg.data.hub_cache is not None:
-        cfg.data.hub_cache = fix(cfg.data.hub_cache)
+        cfg.data.hub_cache = fix(cfg.data.hub_cache, "data.hub_cache")
     cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
     if cfg.model.adapter is not None:  # a run folder, like output_dir relative to where the command runs
-        cfg.model.adapter = cfg.model.adapter.expanduser().resolve()
+        cfg.model.adapter = resolve(cfg.model.adapter.expanduser(), ConfigError, "model.adapter")
     name_path = Path(cfg.model.name).expanduser()
     if not name_path.is_absolute() and (base / name_path).exists():
         cfg.model.name = str((base / name_path).resolve())
     if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
         file, _, function = cfg.eval.scorer.rpartition(":")
-        cfg.eval.scorer = f"{fix(Path(file))}:{function}"
+        cfg.eval.scorer = f"{fix(Path(file), 'eval.scorer')}:{function}"
     if cfg.output_dir is None:
         cfg.output_dir = Path("runs") / cfg.name
     return cfg

@@ -157,6 +157,7 @@ def test_truncation_policies():
     [
         ([{"role": "user", "content": "hi"}], "no assistant turn"),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  "}], "empty assistant answer"),
+        ([{"role": "user", "content": " "}, {"role": "assistant", "content": "hi"}], "empty prompt"),
     ],
 )
 def test_unusable_samples_are_dropped_with_a_reason(conv, reason):

@@ -77,6 +77,25 @@ def test_bad_data_stops_with_the_line(tmp_path, model_dir):
     assert skipped.exit_code == 0 and "skipped 1 bad records (data.skip_bad_records), first: " in skipped.output
 
 
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("name,content,where,method", [
+    ("d.json", '[{"instruction": "Say hi", "output": "Hi"},\n ' + DEEP, "d.json, line 2", "sft"),
+    ("d.jsonl", '{"instruction": "Say hi", "output": "Hi"}\n' + DEEP + "\n", "d.jsonl, line 2", "sft"),
+    ("p.jsonl", '{"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}\n{"prompt": "Hi", "chosen": ' + DEEP,
+     "p.jsonl, line 2", "dpo"),
+])
+def test_json_nested_too_deeply_is_one_error_line_naming_the_place(tmp_path, model_dir, name, content, where, method):
+    data = tmp_path / name
+    data.write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--set", f"model.name={model_dir}",
+                                      "--set", f"method={method}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / where}: JSON nested too deeply to read (")
+
+
 def test_pairs_say_each_side_trains_its_final_answer_not_the_sft_mode(tmp_path, model_dir):
     pairs = [{"prompt": "Say hi", "chosen": "Hi there", "rejected": "Go away"},
              {"prompt": "Add 2+3", "chosen": "5", "rejected": "6"}]

@@ -97,6 +97,27 @@ def test_the_doctor_names_each_unusable_pair_by_file_and_line(tmp_path):
     assert len(found.train) == 2
 
 
+def test_a_pair_with_an_empty_prompt_is_dropped_and_named(tmp_path):
+    rows = [SHAPES["strings"], {"prompt": "", "chosen": CHOSEN, "rejected": REJECTED},
+            {"chosen": [{"role": "user", "content": " "}, {"role": "assistant", "content": CHOSEN}],
+             "rejected": [{"role": "user", "content": " "}, {"role": "assistant", "content": REJECTED}]}]
+    _, _, found = splits(tmp_path, rows)
+    report = found.reports[0]
+    where = str(tmp_path / "pairs.jsonl")
+    assert report.kept == 1 and report.dropped == {"empty prompt": 2} and report.balance()
+    finding = next(f for f in report.findings if f.code == "empty_prompt")
+    assert finding.level == "warning" and finding.examples == [f"{where}, line 2", f"{where}, line 3"]
+
+
+def test_a_pairs_file_nested_too_deeply_names_its_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(f'{{"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}}\n{{"prompt": "Hi", "chosen": '
+                    f'{"[" * 100_000}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 2: JSON nested too deeply to read"):
+        build_pair_splits(DataConfig(train=[str(path)], cache_dir=None), make_tokenizer("chatml"),
+                          resolve_template(make_tokenizer("chatml"), "auto"))
+
+
 def test_truncation_error_stops_on_an_over_long_pair(tmp_path):
     with pytest.raises(DataError, match=r"pairs.jsonl, line 1: .*max_length"):
         splits(tmp_path, [{"prompt": "Hi", "chosen": "word " * 300, "rejected": "No."}], max_length=64,

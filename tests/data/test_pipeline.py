@@ -54,6 +54,24 @@ def test_drops_are_counted_with_their_origin(tmp_path):
     assert any("dropped 1: longer than max_length=64" in line for line in report.lines())
 
 
+def test_a_sample_with_an_empty_prompt_is_dropped_and_named(tmp_path):
+    path = write_jsonl(tmp_path / "e.jsonl", [
+        {"instruction": "Hi", "output": "Hello"},
+        {"instruction": "", "input": " ", "output": "An answer to nothing"},
+        {"instruction": "", "input": "2+2", "output": "4"},  # the input alone is a prompt
+    ])
+    other = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "", "completion": "Also an answer to nothing"}])
+    tokenizer = make_tokenizer("chatml")
+    splits = build_splits(DataConfig(train=[str(path), str(other)], shuffle=False, cache_dir=None), tokenizer,
+                          resolve_template(tokenizer, "auto"))
+    report = splits.reports[0]
+    assert report.kept == 2 and report.dropped == {"empty prompt": 2} and report.balance()
+    assert report.examples["empty prompt"] == [f"{path}, line 2", f"{other}, line 1"]
+    assert f"  dropped 2: empty prompt (e.g. {path}, line 2; {other}, line 1)" in report.lines()
+    finding = next(f for f in report.findings if f.code == "empty_prompt")
+    assert finding.level == "warning" and finding.count == 2 and finding.examples == report.examples["empty prompt"]
+
+
 @pytest.mark.parametrize(
     "content,expected",
     [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 
@@ -150,3 +152,72 @@ def test_read_records_stops_at_the_first_bad_line(tmp_path):
     path.write_text('{"a": 1}\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad.jsonl, line 2: each line must be a JSON object, got list"):
         read_records(path)
+
+
+# --- hostile input: nesting, encodings and links that must be errors naming the place (issue 25) ---
+
+DEEP = "[" * 100_000  # json.loads recurses once per bracket: a RecursionError, not a parse error
+
+
+@pytest.mark.parametrize("name,content,where", [
+    ("deep.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": ' + DEEP + "\n", "deep.jsonl, line 2"),
+    ("deep.json", '[\n {"instruction": "a", "output": "b"},\n {"instruction": ' + DEEP + "\n]", "deep.json, line 3"),
+])
+def test_json_nested_too_deeply_names_the_file_and_line(tmp_path, name, content, where):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        read_records(path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / where}: JSON nested too deeply to read (100,00")
+    assert "levels of [ and {, the deepest at column " in message
+
+
+@pytest.mark.parametrize("name,content,expected", [
+    # The bad byte is the 7th of line 3 and the 35th of the file: the message must give the 7.
+    ("bad.csv", b"instruction,output\nhi,there\nab,caf\xe9\n", "bad.csv, line 3: not UTF-8 text (byte 7 of the line"),
+    # A BOM is not counted: line 1 starts after it, as an editor shows it.
+    ("bom.csv", b"\xef\xbb\xbfinstruction,output\nab,caf\xe9\n", "bom.csv, line 2: not UTF-8 text (byte 7 of the line"),
+    ("bad.json", b'[\n {"instruction": "a",\n  "output": "caf\xe9"}\n]',
+     "bad.json, line 3: not UTF-8 text (byte 17 of the line"),
+    ("bad.jsonl", b'{"instruction": "a", "output": "b"}\n{"output": "caf\xe9"}\n',
+     "bad.jsonl, line 2: not UTF-8 text (byte 16 of the line"),
+])
+def test_bad_utf8_names_the_byte_within_its_line(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(expected)):
+        read_records(path)
+
+
+def test_a_symlink_loop_is_named_as_such_not_as_missing(tmp_path):
+    (tmp_path / "a.jsonl").symlink_to("b")
+    (tmp_path / "b").symlink_to("a.jsonl")
+    (tmp_path / "loop").symlink_to("loop")
+    for path, culprit in ((tmp_path / "a.jsonl", tmp_path / "a.jsonl"), (tmp_path / "loop" / "d.jsonl",
+                                                                        tmp_path / "loop")):
+        with pytest.raises(DataError, match=re.escape(f"cannot be read: {culprit} is a symlink loop")):
+            read_source(DataSource(path=str(path)))
+
+
+def test_a_glob_refuses_a_broken_link_it_matches(tmp_path):
+    write_jsonl(tmp_path / "good.jsonl", ROWS)
+    (tmp_path / "bad.jsonl").symlink_to("bad.jsonl")
+    (tmp_path / "gone.jsonl").symlink_to("nowhere.jsonl")
+    with pytest.raises(DataError) as info:
+        read_source(DataSource(path=str(tmp_path / "*.jsonl")))
+    assert f"matches {tmp_path / 'bad.jsonl'}, which cannot be read: " in str(info.value)
+    (tmp_path / "bad.jsonl").unlink()
+    with pytest.raises(DataError, match=r"gone.jsonl is a symlink to nowhere.jsonl, which does not exist"):
+        read_source(DataSource(path=str(tmp_path / "*.jsonl")))
+
+
+def test_a_recursive_glob_refuses_a_folder_link_back_up_the_tree(tmp_path):
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    write_jsonl(tmp_path / "data" / "a.jsonl", ROWS)
+    (tmp_path / "data" / "sub" / "up").symlink_to("..")  # '**' would read a.jsonl once per turn, 40 times
+    with pytest.raises(DataError) as info:
+        read_source(DataSource(path=str(tmp_path / "data" / "**" / "*.jsonl")))
+    data = os.path.realpath(tmp_path / "data")
+    assert f"'**' reaches {tmp_path / 'data' / 'sub' / 'up'}, which is {data} again" in str(info.value)
+    assert len(read_source(DataSource(path=str(tmp_path / "data" / "*.jsonl"))).records) == 2  # no '**': fine

@@ -52,6 +52,14 @@ def test_bad_prompt_records_name_their_line(tmp_path):
         read_prompts(path)
 
 
+def test_a_message_cell_nested_too_deeply_names_its_line(tmp_path):
+    path = tmp_path / "deep.csv"
+    path.write_text("messages\n" + "[" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"deep.csv, line 2: column 'messages' is not a JSON list of turns: "
+                                        r"JSON nested too deeply to read \(100,000 levels"):
+        read_prompts(path)
+
+
 def test_prompts_take_every_training_shape_and_data_columns(tmp_path):
     path = write_jsonl(tmp_path / "mapped.jsonl", [
         {"question": "Capital of France?", "answer": "Paris"},

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.data.collate import PadCollator
-from lorakit.data.encode import Encoded
+from lorakit.data.encode import EMPTY_PROMPT, Encoded
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding
 from lorakit.templates import EMPTY_THINK, ChatTemplate, Conversation
 
@@ -34,6 +34,15 @@ def no_loss(report: DataReport) -> list[Finding]:
     examples = [o for r in _NO_LOSS for o in report.examples.get(r, [])][:MAX_EXAMPLES]
     message = f"{count} samples had no token carrying loss and were dropped"
     return [Finding("warning", "no_loss_tokens", message, count, examples)]
+
+
+def empty_prompts(report: DataReport) -> list[Finding]:
+    count = report.dropped[EMPTY_PROMPT]
+    if not count:
+        return []
+    message = (f"{count} samples had an empty prompt (no user text, e.g. instruction and input both blank) and "
+               "were dropped; fill in the prompt or remove them")
+    return [Finding("warning", "empty_prompt", message, count, report.examples[EMPTY_PROMPT])]
 
 
 def doubled_bos(tokenizer: PreTrainedTokenizerBase, encoded: Sequence[Encoded]) -> list[Finding]:
@@ -150,7 +159,7 @@ def diagnose(
     has_text: bool,
 ) -> list[Finding]:
     """Every check, in the order a user should read them: errors of the data, then of the setup."""
-    findings = no_loss(report) + doubled_bos(tokenizer, encoded) + end_cut(report)
+    findings = no_loss(report) + empty_prompts(report) + doubled_bos(tokenizer, encoded) + end_cut(report)
     if has_conversations:
         findings += no_end_label(template, encoded) + empty_think(tokenizer, template)
     findings += instruct_without_template(tokenizer, template, has_conversations, has_text)

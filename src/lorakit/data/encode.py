@@ -108,6 +108,21 @@ def _fit(encoded: Encoded, end_positions: list[int], max_length: int, truncation
     return encoded
 
 
+EMPTY_PROMPT = "empty prompt"
+
+
+def empty_prompt(conv: Conversation) -> bool:
+    """Whether the conversation has user turns and not one holds text: an answer to nothing.
+
+    Almost always a data error (alpaca's instruction and input both blank, a prompt column
+    left empty); training on it teaches the model to answer a question nobody asked. A
+    conversation with no user turn at all (a system prompt and an answer) is left alone:
+    that is a choice of format, not a blank cell.
+    """
+    users = [m for m in conv if m["role"] == "user"]
+    return bool(users) and not any(m["content"].strip() for m in users)
+
+
 def content_problem(conv: Conversation, text: str | None, train_on: str) -> str | None:
     """Why a sample cannot be trained on, judged from its content alone (no tokenizer needed)."""
     if text is not None:
@@ -116,6 +131,8 @@ def content_problem(conv: Conversation, text: str | None, train_on: str) -> str 
         return "no assistant turn"
     if any(m["role"] == "assistant" and not m["content"].strip() for m in conv):
         return "empty assistant answer"
+    if empty_prompt(conv):
+        return EMPTY_PROMPT
     return None
 
 

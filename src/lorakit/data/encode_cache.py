@@ -35,7 +35,7 @@ from lorakit.data.encode import Encoded, SampleDropped, encode_conversation, enc
 from lorakit.templates import ChatTemplate, Conversation
 
 # Bump whenever encode.py can produce different ids or labels for the same input.
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2  # 2: a conversation whose user turns are all blank is dropped (empty prompt)
 # Below this many samples to encode, starting workers costs more than it saves.
 PARALLEL_FROM = 2000
 

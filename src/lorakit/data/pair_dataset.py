@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from lorakit.config import DataConfig, DataSource
 from lorakit.data.pipeline import SourceSamples, as_source, duplicates, eval_leaks, mix_sources
 from lorakit.data.doctor import doubled_bos, no_end_label
+from lorakit.data.encode import EMPTY_PROMPT
 from lorakit.data.encode_cache import BadSample, EncodeSettings, encode_cached
 from lorakit.data.mixing import hold_out
 from lorakit.data.pairs import (
@@ -36,6 +37,8 @@ _SKIPPED_HOW = {
                      "prompts were dropped: a preference compares two answers to one prompt"),
     SAME_ANSWER: ("warning", "identical_answers", "pairs whose chosen and rejected answers are identical were "
                   "dropped: they teach no preference"),
+    EMPTY_PROMPT: ("warning", "empty_prompt", "pairs with an empty prompt (no user text) were dropped: they "
+                   "compare answers to nothing; fill in the prompt or remove them"),
 }
 
 # Each side trains its final answer only, whatever data.train_on says: the pair compares two

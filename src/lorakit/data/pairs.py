@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorakit.data.encode import Encoded
+from lorakit.data.encode import EMPTY_PROMPT, Encoded, empty_prompt
 from lorakit.data.records import DataError, Record
 from lorakit.data.shapes import RecordView, read_turns, system_turn
 from lorakit.templates import Conversation
@@ -116,6 +116,8 @@ def to_pair(record: Record, system_prompt: str | None, columns: Mapping[str, str
         )
     if prompt[-1]["role"] == "assistant":
         raise view.fail("the prompt ends with an assistant turn; the answers must reply to a user turn")
+    if empty_prompt(prompt):
+        raise PairSkipped(EMPTY_PROMPT)
     if chosen == rejected:
         raise PairSkipped(SAME_ANSWER)
     if prompt[0]["role"] != "system":

@@ -5,42 +5,84 @@ what is written here is only the bookkeeping those parsers do not do: which line
 each record came from, and turning an unreadable record into a counted problem rather
 than an exception, so ``data.skip_bad_records`` can skip it and say so.
 
-Record and row numbers count from 0, as ``data[i]`` does in Python; line numbers count
-from 1, as an editor shows them.
+Record and row numbers count from 0, as ``data[i]`` does in Python; line numbers, and the
+columns and bytes within a line, count from 1, as an editor shows them.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from lorakit.data.records import DataError, Record
+from lorakit.paths import link_problem
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 # Columns that make a JSON object a sample itself rather than a wrapper around a list of them.
 _SAMPLE_KEYS = {"instruction", "messages", "conversations", "prompt", "text", "input", "output"}
 
 
-def _json_problem(err: json.JSONDecodeError) -> str:
+class JSONTooDeep(json.JSONDecodeError):
+    """JSON nested deeper than Python's parser can follow: it recurses once per [ or {."""
+
+
+# A JSON string (skipped whole, brackets in it are text) or one bracket.
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deepest(text: str) -> tuple[int, int]:
+    """(the position where the nesting of text first reaches its greatest depth, that depth)."""
+    depth, deepest, at = 0, 0, 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        if match.group() in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, match.start()
+        elif match.group() in "]}":
+            depth -= 1
+    return at, deepest
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads``; nesting too deep for it raises :class:`JSONTooDeep` (a JSONDecodeError) with its place.
+
+    Every parse of user data goes through here: json.loads itself raises a RecursionError,
+    which names no file and no line, on a file of 100,000 ``[``.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        at, depth = _deepest(text)
+        raise JSONTooDeep(f"{depth:,} levels of [ and {{", text, at) from None
+
+
+def json_problem(err: json.JSONDecodeError) -> str:
+    """What is wrong with unparsable JSON, with its column; the caller adds the file and line."""
+    if isinstance(err, JSONTooDeep):
+        return f"JSON nested too deeply to read ({err.msg}, the deepest at column {err.colno})"
     # Some of json's messages end in "at" ("Invalid control character at"): say "at" once.
-    return f"{err.msg.removesuffix(' at')} at column {err.colno}"
+    return f"not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})"
 
 
-def _line_of(raw: bytes, byte: int) -> int:
-    return raw.count(b"\n", 0, byte) + 1
+def _not_utf8(byte: int) -> str:
+    return f"not UTF-8 text (byte {byte} of the line cannot be decoded); re-save the file as UTF-8"
 
 
 def _decode(path: Path, raw: bytes) -> str:
+    # The BOM is taken off first so that err.start counts in the bytes searched for lines
+    # (decoding "utf-8-sig" counts from after it); line 1 then starts after it, as an editor shows it.
+    body = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return raw.decode("utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(
-            f"{path}, line {_line_of(raw, err.start)}: not UTF-8 text (byte {err.start} cannot be decoded); "
-            "re-save the file as UTF-8"
-        ) from None
+        line = body.count(b"\n", 0, err.start) + 1
+        line_start = body.rfind(b"\n", 0, err.start) + 1
+        raise DataError(f"{path}, line {line}: {_not_utf8(err.start - line_start + 1)}") from None
 
 
 def _jsonl(path: Path, raw: bytes) -> list[Record]:
@@ -48,16 +90,15 @@ def _jsonl(path: Path, raw: bytes) -> list[Record]:
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         try:
             line = line_bytes.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as err:
-            problem = f"not UTF-8 text (byte {err.start} of the line cannot be decoded); re-save the file as UTF-8"
-            records.append(Record({}, str(path), f"line {number}", problem))
+        except UnicodeDecodeError as err:  # err.start counts within the line (after a BOM on line 1)
+            records.append(Record({}, str(path), f"line {number}", _not_utf8(err.start + 1)))
             continue
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = parse_json(line)
         except json.JSONDecodeError as err:
-            problem = f"not valid JSON ({_json_problem(err)}); fix or remove the line"
+            problem = f"{json_problem(err)}; fix or remove the line"
             records.append(Record({}, str(path), f"line {number}", problem))
             continue
         if not isinstance(value, dict):
@@ -91,11 +132,11 @@ def _samples_in(path: Path, value: dict[str, Any], key: str | None) -> Any:
 def _json(path: Path, raw: bytes, key: str | None) -> list[Record]:
     text = _decode(path, raw)
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and text.lstrip().startswith("{"):  # JSON Lines in a .json file
             return _jsonl(path, raw)
-        raise DataError(f"{path}, line {err.lineno}: not valid JSON ({_json_problem(err)})") from None
+        raise DataError(f"{path}, line {err.lineno}: {json_problem(err)}") from None
     if isinstance(value, dict):
         value = _samples_in(path, value, key)
     if isinstance(value, dict):  # named samples: each is found again by its name
@@ -147,14 +188,19 @@ def _parquet(path: Path) -> list[Record]:
 def read_file(path: Path, key: str | None = None) -> list[Record]:
     """Every record of one data file, unreadable ones included with their problem."""
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        # is_file() is False for a symlink loop and a link to nothing too; those are not "missing".
+        problem = link_problem(path)
+        raise DataError(f"data file {path} " + (f"cannot be read: {problem}" if problem else "does not exist"))
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
     if suffix == ".parquet":
         records = _parquet(path)
     else:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as err:  # no permission, say; is_file() above already ruled out absence
+            raise DataError(f"data file {path} cannot be read: {err.strerror}") from None
         if not raw.strip():
             raise DataError(f"{path} is empty; it must hold at least one sample")
         if suffix in (".jsonl", ".ndjson"):

@@ -7,8 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit.data.shapes import to_prompt
+from lorakit.data.readers import json_problem, parse_json
 from lorakit.data.records import DataError, Record
+from lorakit.data.shapes import to_prompt
 from lorakit.data.sources import read_records
 from lorakit.infer.generate import Answer
 from lorakit.templates import Conversation
@@ -27,9 +28,10 @@ def _conversation(record: Record, system_prompt: str | None, columns: Mapping[st
         if isinstance(fields.get(key), str):
             # A CSV cell can only hold text: a message list arrives as JSON inside it.
             try:
-                fields[key] = json.loads(fields[key])
+                fields[key] = parse_json(fields[key])
             except json.JSONDecodeError as err:
-                raise DataError(f"{record.origin()}: column '{key}' is not a JSON list of turns ({err.msg})") from None
+                problem = json_problem(err)
+                raise DataError(f"{record.origin()}: column '{key}' is not a JSON list of turns: {problem}") from None
     conv = to_prompt(Record(fields, record.file, record.where), system_prompt, columns)
     if not conv or conv[-1]["role"] != "user":
         raise DataError(f"{record.origin()}: the conversation must end with a user turn to be answered")
