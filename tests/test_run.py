@@ -59,3 +59,21 @@ def test_a_summary_from_another_version_still_reads():
     assert summary.skipped_steps == [] and summary.eval is None
     with pytest.raises(KeyError):
         summary["a_key_from_later"]
+
+
+def test_every_file_a_run_writes_is_named_as_the_runs(trained):
+    """--overwrite deletes only RUN_WRITES, so a file train writes that is not named there would block it."""
+    from typing import get_args
+
+    from lorakit.config import TrainConfig
+    from lorakit.run import TRACKER_FOLDERS
+
+    cfg, _ = trained
+    assert RunFolder(cfg.output_dir).others() == []
+    (cfg.output_dir / "notes.txt").write_text("mine", encoding="utf-8")
+    try:
+        assert RunFolder(cfg.output_dir).others() == [cfg.output_dir / "notes.txt"]
+    finally:
+        (cfg.output_dir / "notes.txt").unlink()
+    trackers = get_args(TrainConfig.model_fields["report_to"].annotation)
+    assert set(get_args(trackers[0])) == set(TRACKER_FOLDERS)

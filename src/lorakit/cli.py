@@ -144,7 +144,7 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None
     # Resolved once here, so every rank is handed the same checkpoint.
     resume_from = checkpoints.resolve_resume(resume, RunFolder(cfg.resolved_output_dir()).checkpoints)
     # Rank 0 takes the folder's lock and checks it again; a taken or occupied folder fails here once.
-    run_folder.check_available(cfg.resolved_output_dir(), fresh=resume_from is None and not overwrite)
+    run_folder.check_available(cfg.resolved_output_dir(), fresh=resume_from is None, overwrite=overwrite)
     child = [*(["--debug"] if State.debug else []), "train", *([str(config)] if config is not None else [])]
     child += [f"--set={assignment}" for assignment in set_]
     child += [f"--resume={resume_from}"] if resume_from is not None else []

@@ -14,6 +14,9 @@ them back through it (``summary.json`` as a typed :class:`RunSummary`)::
       summary.json                 RunSummary: written last, so it means "finished"
       eval.json, eval.md           lorakit eval (or eval.at_end)
       .lorakit.lock                held while a run trains (train/run_folder.py)
+
+``RUN_WRITES`` names everything a run may put at the top of its folder: ``--overwrite``
+deletes those and nothing else, so a file of the user's in the folder stops it instead.
 """
 
 from __future__ import annotations
@@ -39,6 +42,21 @@ EVAL_MARKDOWN = "eval.md"
 LOCK = ".lorakit.lock"
 # What a run writes; any of them means the folder holds a run (finished, killed or failed).
 RUN_FILES = (CONFIG, METRICS, SUMMARY, ADAPTER_WEIGHTS, CHECKPOINTS)
+MODEL_CARD = "README.md"  # peft writes one beside the adapter
+PLOT_PARTIAL = "loss.tmp.png"  # the plot is written under this name and renamed (train/plot.py)
+TRACKER_FOLDERS = ("tensorboard", "wandb", "swanlab")  # one per train.report_to (train/tracking.py)
+# What tokenizer.save_pretrained may write: the fast tokenizer's files and the vocabularies of
+# the tokenizers that keep their own (sentencepiece, BPE and WordPiece files), and chat templates.
+TOKENIZER_FILES = (
+    TOKENIZER_CONFIG, "tokenizer.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+    "chat_template.json", "additional_chat_templates", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
+    "spiece.model", "sentencepiece.bpe.model",
+)
+# Every name a run (and `lorakit eval` on it) may write at the top of its folder.
+RUN_WRITES = frozenset({
+    CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, METRICS, PLOT, PLOT_PARTIAL, CHECKPOINTS, SUMMARY, EVAL_JSON,
+    EVAL_MARKDOWN, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
+})
 
 
 class NotARunError(LorakitError, FileNotFoundError):
@@ -135,6 +153,12 @@ class RunFolder:
 
     def is_finished(self) -> bool:
         return self.summary_file.is_file()
+
+    def others(self) -> list[Path]:
+        """What is in the folder that no run writes (the user's own files), sorted by name."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir() if p.name not in RUN_WRITES)
 
     def require(self) -> RunFolder:
         """This folder, refused with the reason when it is not a run."""

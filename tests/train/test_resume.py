@@ -142,6 +142,45 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_resume_finishes(reference, tmp
     assert_same_totals(json.loads((run_dir / "summary.json").read_text()), expected_summary)
 
 
+# Trains as `lorakit train CONFIG` does, but kills itself with SIGKILL while checkpoint-10 is being
+# written: after its files are written, before the marker that makes it complete.
+KILLED_WRITE = """
+import os, signal, sys
+from lorakit.train import checkpoints
+write = checkpoints._fsync_tree
+def killed(folder):
+    if folder.name == "checkpoint-10":
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(folder)
+checkpoints._fsync_tree = killed
+sys.argv = ["lorakit", "train", sys.argv[1]]
+from lorakit.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_one_before(reference, tmp_path):
+    model_dir, expected, expected_summary = reference
+    config = write_config(tmp_path, model_dir)
+    run_dir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(config)], capture_output=True, text=True,
+                            timeout=600, env=CHILD_ENV)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    torn = run_dir / "checkpoints" / "checkpoint-10"
+    assert torn.is_dir() and not checkpoints.is_complete(torn)
+    assert checkpoints.latest_complete(run_dir / "checkpoints").name == "checkpoint-5"
+
+    resumed = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--resume"],
+                             capture_output=True, text=True, timeout=600, env=CHILD_ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "its write never finished" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] == str(run_dir / "checkpoints" / "checkpoint-5")
+    assert_same_adapter(adapter(run_dir), expected)
+    assert_same_totals(summary, expected_summary)
+
+
 def test_resume_refuses_an_incomplete_checkpoint(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=2")
     partial = tmp_path / "run" / "checkpoints" / "checkpoint-2"
@@ -170,7 +209,8 @@ def test_a_checkpoint_without_totals_gives_a_summary_of_the_resumed_steps(tiny_m
                       "train.logging_steps=1", "train.save_total_limit=3")
     whole = recipe.run(cfg)
     old = cfg.output_dir / "checkpoints" / "checkpoint-2"
-    assert set(checkpoints.read_marker(old)) == {"step", "tokens", "loss_tokens", "loss_sum", "compiled_from_step"}
+    assert set(checkpoints.read_marker(old)) == {"step", "tokens", "loss_tokens", "loss_sum", "compiled_from_step",
+                                                 "files"}
     (old / checkpoints.MARKER).write_text(json.dumps({"step": 2}), encoding="utf-8")
     resumed = recipe.run(cfg, resume=str(old))
     after = [r["loss"] for r in metrics(cfg.output_dir) if "loss" in r and r["step"] > 2]

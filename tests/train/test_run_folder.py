@@ -175,3 +175,52 @@ def test_the_launcher_refuses_a_locked_or_occupied_folder_before_starting_worker
     (cfg.output_dir / "summary.json").write_text("{}", encoding="utf-8")
     occupied = subprocess.run(args, capture_output=True, text=True, timeout=300, env=CHILD_ENV)
     assert occupied.returncode == 2 and "already holds a finished run" in " ".join(occupied.stderr.split())
+
+
+def tree(folder) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder), to show nothing changed."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def test_overwrite_deletes_only_what_a_run_writes_and_refuses_beside_other_files(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    recipe.run(cfg)
+    notes = cfg.output_dir / "my_notes.txt"
+    notes.write_text("mine", encoding="utf-8")
+    before = tree(cfg.output_dir)
+    again = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=1", "train.batch_size=2", "train.save_steps=null")
+    with pytest.raises(RunFolderError, match=r"--overwrite: .* holds files no lorakit run writes \(my_notes.txt\), "
+                                             r"so nothing was deleted"):
+        recipe.run(again, overwrite=True)
+    assert tree(cfg.output_dir) == before
+
+    # Without the user's file, the run and what lorakit eval and the trackers add to it are replaced.
+    notes.unlink()
+    for name in ("eval.json", "eval.md"):
+        (cfg.output_dir / name).write_text("{}", encoding="utf-8")
+    (cfg.output_dir / "tensorboard").mkdir()
+    (cfg.output_dir / "tensorboard" / "events.out").write_bytes(b"x")
+    assert recipe.run(again, overwrite=True)["steps"] == 1
+    assert not any((cfg.output_dir / name).exists() for name in ("eval.json", "eval.md", "tensorboard"))
+    assert checkpoints.checkpoints(cfg.output_dir / "checkpoints") == []
+
+
+def test_a_fresh_run_into_a_folder_of_other_files_is_refused(tiny_model_dir, tmp_path):
+    cfg = tiny_config(tiny_model_dir, tmp_path, *SHORT)
+    cfg.output_dir.mkdir()
+    (cfg.output_dir / "notes.txt").write_text("mine", encoding="utf-8")
+    (cfg.output_dir / "data").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(RunFolderError, match=r"holds no lorakit run but is not empty \(data/, notes.txt\).*"
+                                                 r"new or empty folder"):
+            recipe.run(cfg, overwrite=overwrite)
+    assert sorted(p.name for p in cfg.output_dir.iterdir()) == ["data", "notes.txt"]
+
+
+def test_an_empty_folder_or_one_a_failed_start_left_may_take_a_fresh_run(tmp_path):
+    from lorakit.train.run_folder import check_fresh
+
+    check_fresh(tmp_path, overwrite=False)
+    (tmp_path / "checkpoints").mkdir()  # created, then the run failed before its first checkpoint
+    (tmp_path / LOCK).write_text("", encoding="utf-8")
+    check_fresh(tmp_path, overwrite=False)

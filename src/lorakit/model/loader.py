@@ -24,18 +24,43 @@ from lorakit.model.quantization import (check_4bit_cpu_shapes, checkpoint_quanti
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_ALIASES = {EMBEDDED_MODEL, "embedded", "smollm2", EMBEDDED_HUB_ID}
+# The embedded GGUF is a copy of its hub repo's default branch: these revisions are that copy.
+_DEFAULT_REVISIONS = (None, "main")
+
+
+def _embedded_revision(cfg: ModelConfig, weights: bool) -> str:
+    """Another revision of the embedded model: the hub's (cached or downloaded), never the embedded copy."""
+    if cfg.name != EMBEDDED_HUB_ID:
+        raise ModelNotFoundError(
+            f"model.revision '{cfg.revision}': the embedded model '{cfg.name}' has one revision, the hub's main; "
+            f"remove model.revision, or set model.name to {EMBEDDED_HUB_ID} to fetch that revision from the hub"
+        )
+    try:
+        return str(model_snapshot(cfg.name, cfg.revision, cfg.download, cfg.trust_remote_code, weights))
+    except ModelNotFoundError as err:
+        raise ModelNotFoundError(
+            f"{err} The embedded copy of {cfg.name} is its main revision only: remove model.revision to train on it"
+        ) from None
 
 
 def resolve_model_folder(cfg: ModelConfig, weights: bool = True) -> str:
     """Turn the configured model name into a local folder ``from_pretrained`` reads offline.
 
     ``weights=False``: a hub model's folder may lack the weights (only the tokenizer is needed yet).
+    A ``model.revision`` that cannot be honoured (on a local model, or a revision of the embedded
+    model that neither the cache nor the hub has) is refused, never quietly replaced.
     """
     name = cfg.name
     if name in EMBEDDED_ALIASES:
-        return str(converted_folder(embedded_gguf(), cfg.cache_dir))
+        if cfg.revision in _DEFAULT_REVISIONS:
+            return str(converted_folder(embedded_gguf(), cfg.cache_dir))
+        return _embedded_revision(cfg, weights)
     path = Path(name).expanduser()
+    if cfg.revision is not None and (path.suffix == ".gguf" or path.exists()):
+        raise ModelNotFoundError(f"model.revision '{cfg.revision}' is for hub models, and {path} is a local "
+                                 "model: remove model.revision")
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file {path} does not exist")

@@ -10,6 +10,10 @@ Before training, the folder is checked against what was asked: a fresh run into 
 that holds a run (finished or not) is refused unless ``--overwrite`` says to delete it; a
 ``--resume`` must train with the configuration its checkpoint was written with, apart from
 the keys that only say how long to go on and how often to save, evaluate and log.
+
+Files lorakit did not write are never deleted nor written among: ``--overwrite`` deletes only
+what a run writes (``lorakit.run.RUN_WRITES``) and refuses, naming them, when the folder holds
+anything else; a fresh run into a folder that holds no run but is not empty is refused too.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Any
 import yaml
 
 from lorakit.errors import LorakitError
-from lorakit.run import LOCK, RUN_FILES, RunFolder
+from lorakit.run import LOCK, RUN_FILES, RUN_WRITES, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +135,24 @@ def holds_run(folder: Path) -> bool:
     return False
 
 
+def _listed(paths: list[Path], most: int = 5) -> str:
+    """A few of ``paths`` by name (folders with a slash), and how many more there are."""
+    names = [p.name + ("/" if p.is_dir() else "") for p in paths]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _contents(folder: Path) -> list[Path]:
+    """What is in a folder that holds no run; our lock and run folders left empty by a failed start do not count."""
+    def left_empty(path: Path) -> bool:
+        return path.name in RUN_WRITES and path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+    return sorted(p for p in folder.iterdir() if p.name != LOCK and not left_empty(p))
+
+
 def clear(folder: Path) -> None:
-    """Delete the old run in ``folder`` (checkpoints, trackers' folders, everything but our lock)."""
+    """Delete the old run in ``folder``: what a run writes (checkpoints, trackers' folders), but not our lock."""
     for path in folder.iterdir():
-        if path.name == LOCK:
+        if path.name == LOCK or path.name not in RUN_WRITES:  # not ours to delete (check_fresh refused those)
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -142,18 +160,36 @@ def clear(folder: Path) -> None:
             path.unlink()
 
 
-def check_fresh(folder: Path, overwrite: bool) -> None:
-    """A fresh run may start here: the folder holds no run, or ``--overwrite`` asked to delete it."""
+def _check_fresh(folder: Path, overwrite: bool) -> bool:
+    """Refuse a folder a fresh run may not start in; True when it holds a run that ``overwrite`` may delete."""
     if not holds_run(folder):
-        return
+        found = _contents(folder)
+        if found:
+            raise RunFolderError(
+                f"{folder} holds no lorakit run but is not empty ({_listed(found)}); a run would write its files "
+                "among these. Set output_dir to a new or empty folder, or move those files out"
+            )
+        return False
     if not overwrite:
         status = "a finished run" if RunFolder(folder).is_finished() else "a run that did not finish"
         raise RunFolderError(
             f"{folder} already holds {status}. To continue it, add --resume; to replace it (its adapter "
             "and checkpoints are deleted), add --overwrite; or set another output_dir"
         )
-    log.warning("--overwrite: deleting the previous run in %s", folder)
-    clear(folder)
+    others = RunFolder(folder).others()
+    if others:
+        raise RunFolderError(
+            f"--overwrite: {folder} holds files no lorakit run writes ({_listed(others)}), so nothing was deleted. "
+            "Move them out of the folder and run again, or set another output_dir"
+        )
+    return True
+
+
+def check_fresh(folder: Path, overwrite: bool) -> None:
+    """A fresh run may start here: the folder is empty, or holds only a run that ``--overwrite`` asked to delete."""
+    if _check_fresh(folder, overwrite):
+        log.warning("--overwrite: deleting the previous run in %s", folder)
+        clear(folder)
 
 
 def holder(folder: Path) -> dict[str, Any] | None:
@@ -172,8 +208,9 @@ def holder(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_available(folder: Path, fresh: bool) -> None:
-    """Before starting workers: refuse a folder another run holds, or (``fresh``) one that holds a run."""
+def check_available(folder: Path, fresh: bool, overwrite: bool = False) -> None:
+    """Before starting workers: refuse a folder another run holds, or (``fresh``) one a fresh run may not
+    start in; nothing is deleted here (rank 0 does that, holding the lock)."""
     if not folder.exists():
         return
     taken = holder(folder)
@@ -181,7 +218,7 @@ def check_available(folder: Path, fresh: bool) -> None:
         raise RunFolderError(f"{folder} is in use by another lorakit run: {_describe(taken)}. Wait for it to end "
                              "or stop it, or train into another output_dir")
     if fresh:
-        check_fresh(folder, overwrite=False)
+        _check_fresh(folder, overwrite)
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

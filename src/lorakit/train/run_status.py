@@ -13,6 +13,14 @@ SHOWN = ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "lo
          "compiled_from_step", "compile_seconds")
 
 
+def _note(checkpoint: Path) -> str:
+    """Why a checkpoint cannot be resumed from, if it cannot."""
+    if not checkpoints.is_complete(checkpoint):
+        return " (incomplete)"
+    found = checkpoints.damage(checkpoint)
+    return f" (damaged: {found})" if found else ""
+
+
 def describe_run(folder: Path) -> dict:
     run = RunFolder(folder).require()
     rows = run.read_metrics()
@@ -35,7 +43,7 @@ def describe_run(folder: Path) -> dict:
         "first_train_loss": train_rows[0]["loss"] if train_rows else None,
         "best_eval_loss": min((r["eval_loss"] for r in eval_rows), default=None),
         "evaluations": len(eval_rows),
-        "checkpoints": [f"{p.name}{'' if checkpoints.is_complete(p) else ' (incomplete)'}" for _, p in ckpts],
+        "checkpoints": [p.name + _note(p) for _, p in ckpts],
         "elapsed_s": rows[-1].get("elapsed_s") if rows else None,
     }
     if summary:

@@ -206,6 +206,12 @@ class LorakitTrainer(Trainer):
 
     # --- checkpoints: complete or ignored
     def _save_checkpoint(self, model, trial):
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            # A run resumed from an older checkpoint writes this step's folder again (over a newer
+            # one it fell back from): its old marker must not vouch for the files while they change.
+            (folder / checkpoints.MARKER).unlink(missing_ok=True)
         super()._save_checkpoint(model, trial)
         # Every rank writes its own RNG state into the folder; mark it complete only after all have.
         self.accelerator.wait_for_everyone()
@@ -214,8 +220,6 @@ class LorakitTrainer(Trainer):
         loss_sum = self._loss_sum()
         if not self.args.should_save:
             return
-        run_dir = Path(self._get_output_dir(trial=trial))
-        folder = run_dir / f"checkpoint-{self.state.global_step}"
         checkpoints.mark_complete(folder, self.state.global_step,
                                   {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum,
                                    **self.compiling.marker_entry()})
