@@ -79,3 +79,37 @@ def test_a_symlink_loop_as_training_data_is_one_line_naming_it(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: data.train: {tmp_path / 'a.jsonl'} is a symlink loop")
+
+
+def _one_error_line(args: list[str]) -> str:
+    """Run a command that must be refused: exit 2, one ``error:`` line on stderr, no traceback; that line."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["train"], ["data", "inspect", "samples.jsonl"]])
+@pytest.mark.parametrize("item", ["data.train=[unclosed", "x=!!python/object:os.system ['echo owned']"])
+def test_set_with_bad_yaml_is_one_line_naming_the_item(command, item):
+    # Both were yaml tracebacks (a ParserError; a ConstructorError, the safe loader refusing the tag).
+    line = _one_error_line([*command, "--set", item])
+    assert f"--set {item}: the value is not valid YAML" in line and "quote it" in line
+
+
+@pytest.mark.parametrize("command", [["train"], ["data", "inspect", "samples.jsonl"]])
+@pytest.mark.parametrize("key", ["seed", "data.seed"])
+def test_a_seed_beyond_32_bits_is_refused_before_anything_loads(command, key):
+    # numpy takes seeds up to 2**32 - 1; a larger one failed training after the data and the model loaded.
+    result = CliRunner().invoke(app, [*command, "--set", f"{key}={2**32}"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.stderr.startswith("error: invalid configuration") and f"{key}: " in result.stderr
+    assert "4294967295" in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["generate", "nowhere", "--prompt", "hi"], ["chat", "nowhere"]])
+def test_a_sampling_seed_beyond_32_bits_is_refused_as_an_option(command):
+    line = _one_error_line([*command, "--seed", str(2**32)])
+    assert "--seed: " in line and "4294967295" in line

@@ -62,9 +62,19 @@ def test_bad_data_settings(overrides, expected):
         ("lora:\n  rnak: 8\n", "unknown key 'lora.rnak' (did you mean lora.rank?)"),
         ("trian:\n  epochs: 2\n", "unknown key 'trian' (did you mean train?)"),
         ("train:\n  batch_size: 0\n", "train.batch_size"),
+        # Types are strict, and the error says what was given; each was converted before (true to 1, "8" to 8).
+        ("lora:\n  rank: true\n", "lora.rank: expected an integer, got true (a boolean)"),
+        ("lora:\n  rank: '8'\n", 'lora.rank: expected an integer, got "8" (a string); write it without quotes'),
+        ("lora:\n  rank: 8.5\n", "lora.rank: expected an integer, got 8.5 (a decimal number)"),
+        ("train:\n  learning_rate: '1e-3'\n",
+         'train.learning_rate: expected a number, got "1e-3" (a string); write it without quotes'),
+        ("train:\n  learning_rate: true\n", "train.learning_rate: expected a number, got true (a boolean)"),
+        ("data:\n  shuffle: 'true'\n", 'data.shuffle: expected true or false, got "true" (a string)'),
+        ("data:\n  shuffle: 1\n", "data.shuffle: expected true or false, got 1 (an integer)"),
+        ("generation:\n  temperature: false\n", "generation.temperature: expected a number, got false (a boolean)"),
     ],
 )
-def test_bad_keys_are_errors_with_suggestions(tmp_path, text, expected):
+def test_bad_keys_and_values_are_errors_that_say_what_to_write(tmp_path, text, expected):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert expected in str(info.value)
@@ -129,3 +139,20 @@ def test_a_symlink_loop_among_the_paths_is_a_config_error_naming_it(tmp_path):
             load_config(path)
     with pytest.raises(ConfigError, match=f"data.template: {tmp_path / 'loop'} is a symlink loop"):
         load_config(write(tmp_path, "data:\n  template: loop/t.jinja\n"))
+
+
+def test_an_integer_fills_a_number_and_1e_4_is_a_number(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  learning_rate: 1\n  warmup: 1.0e-2\nlora:\n  alpha: 16\n"))
+    assert cfg.train.learning_rate == 1.0 and cfg.train.warmup == 0.01 and cfg.lora.alpha == 16.0
+    # YAML 1.1 (PyYAML) reads 1e-4 without a dot as a string; the strict config reads it as YAML 1.2 does.
+    assert load_config(write(tmp_path, "train:\n  learning_rate: 1e-4\n")).train.learning_rate == 1e-4
+    assert load_config(None, ["train.learning_rate=2E-5"]).train.learning_rate == 2e-5
+    assert load_config(None, ["model.cache_dir=some/folder"]).model.cache_dir == Path("some/folder")  # paths: text
+
+
+@pytest.mark.parametrize("key", ["seed", "data.seed", "generation.seed"])
+def test_seeds_range_over_32_bits(key):
+    assert load_config(None, [f"{key}={2**32 - 1}"])
+    for bad in (2**32, -1):
+        with pytest.raises(ConfigError, match=rf"{key}: Input should be"):
+            load_config(None, [f"{key}={bad}"])

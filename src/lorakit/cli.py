@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lorakit.commands import export, infer, look
@@ -43,7 +44,8 @@ def _handled(command: Callable) -> Callable:
         except LorakitError as e:
             if State.debug:
                 err.print("".join(traceback.format_exception(e)).rstrip(), markup=False, highlight=False)
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            # The message is text, not markup: "--set data.train=[a, b]" must print its brackets.
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(e.exit_code) from None
 
     return run

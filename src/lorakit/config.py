@@ -19,6 +19,9 @@ from lorakit.errors import LorakitError
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 # A data.template ending so is the user's own Jinja file (a path, relative to the config).
 TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")
+# numpy's generators (seeded by transformers' set_seed) take no wider seed: a larger one
+# passed validation and failed only after the data and the model had loaded.
+SEED_MAX = 2**32 - 1
 
 
 class ConfigError(LorakitError, ValueError):
@@ -26,7 +29,9 @@ class ConfigError(LorakitError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Strict: `rank: true` or `rank: "8"` is a mistake to name, not a value to convert (an int
+    # still fills a float). Paths alone are lax: YAML can only write them as strings.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class QuantizationConfig(_Section):
@@ -75,13 +80,13 @@ class ModelConfig(_Section):
         None, description="Pad token to use (added as a special token when new); default: the tokenizer's, else EOS."
     )
     adapter: Path | None = Field(
-        None,
+        None, strict=False,
         description="Start from this run's adapter (e.g. runs/sft) instead of a fresh one; it must be on the same "
         "base. For method: dpo it is also the frozen reference. Its own LoRA settings apply, not the lora section. "
         "Relative to where the command runs, as output_dir is.",
     )
     cache_dir: Path = Field(
-        Path("~/.cache/lorakit"),
+        Path("~/.cache/lorakit"), strict=False,
         description="Where converted GGUF models are cached so the second load takes a second.",
         validate_default=True,  # so the default's ~ is expanded too
     )
@@ -123,7 +128,7 @@ class DataConfig(_Section):
         0.0, ge=0, lt=1, description="Hold out this seeded fraction of each training source for eval instead."
     )
     shuffle: bool = Field(True, description="Shuffle the samples (seeded) before holding out and training.")
-    seed: int = Field(42, description="Seed of the shuffle, the held-out choice and fractional weights.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the shuffle, held-out choice, fractional weights.")
     format: Literal[
         "auto", "alpaca", "dolly", "prompt_completion", "text", "messages", "sharegpt", "preference"
     ] = Field(
@@ -160,9 +165,11 @@ class DataConfig(_Section):
     hub_download: bool = Field(
         True, description="Download a hub dataset missing from the local cache; false: use the cache only."
     )
-    hub_cache: Path | None = Field(None, description="Hugging Face hub cache to read from (default: HF's own).")
+    hub_cache: Path | None = Field(
+        None, strict=False, description="Hugging Face hub cache to read from (default: HF's own)."
+    )
     cache_dir: Path | None = Field(
-        Path("~/.cache/lorakit/tokens"),
+        Path("~/.cache/lorakit/tokens"), strict=False,
         description="Encoded samples are kept here, keyed on tokenizer, template and settings, so the next "
         "run over the same data skips tokenizing; null: no cache.",
         validate_default=True,
@@ -388,7 +395,7 @@ class GenerationConfig(_Section):
     min_p: float = Field(0.0, ge=0, le=1, description="Drop tokens below min_p x the top probability; 0: off.")
     repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages repeating tokens; 1: off.")
     seed: int | None = Field(
-        None, ge=-(2**63), le=2**64 - 1, description="Seed for sampling, so a sampled answer can be reproduced."
+        None, ge=0, le=SEED_MAX, description="Seed for sampling, so a sampled answer can be reproduced."
     )
     batch_size: int = Field(16, gt=0, description="Prompts answered per forward pass (left-padded).")
     context_length: int | None = Field(
@@ -427,8 +434,8 @@ class PreferenceConfig(_Section):
 
 class RunConfig(_Section):
     name: str = Field("run", description="The run's name; default: the config file's stem.")
-    output_dir: Path | None = Field(None, description="Default: runs/<name>.")
-    seed: int = Field(42, description="Seed of the model's initialisation and the training order.")
+    output_dir: Path | None = Field(None, strict=False, description="Default: runs/<name>.")
+    seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the model's initialisation and the training order.")
     method: Literal["sft", "dpo", "orpo"] = Field(
         "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data)."
     )

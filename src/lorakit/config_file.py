@@ -8,6 +8,8 @@ key of the schema in ``config.py`` with its default and description, for ``lorak
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -19,6 +21,74 @@ from pydantic_core import PydanticUndefined
 from lorakit.config import TEMPLATE_SUFFIXES, ConfigError, DataSource, RunConfig
 from lorakit.hub import looks_like_hub_id
 from lorakit.paths import link_problem, resolve
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-4`` as a number as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-4``) and ``1e-4`` is a string;
+    the strict config refuses a string for a number, and ``--set train.learning_rate=2e-5`` must
+    keep working. A quoted ``"1e-4"`` stays a string, and is refused.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader: tags such as !!python/object are refused
+
+
+# A strict field's kind of error: what it expects, in the words of the YAML (or JSON) that
+# gave it, and the types that would have filled it.
+_EXPECTED = {"int_type": ("an integer", (int,)), "float_type": ("a number", (int, float)),
+             "bool_type": ("true or false", (bool,)), "string_type": ("a string", (str,)),
+             "list_type": ("a list", (list,)), "dict_type": ("a mapping", (dict,))}
+_KINDS = {bool: "a boolean", int: "an integer", float: "a decimal number", str: "a string", list: "a list",
+          dict: "a mapping"}
+
+
+def _mismatch(key: str, error_type: str, value: Any) -> str:
+    """``lora.rank: expected an integer, got true (a boolean)``."""
+    expected, fits = _EXPECTED[error_type]
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    got = "null" if value is None else f"{text} ({_KINDS.get(type(value), type(value).__name__)})"
+    # "8", "1e-3", "true": the quotes made a string of what the field wanted.
+    hint = "; write it without quotes" if isinstance(value, str) and type(_unquoted(value)) in fits else ""
+    return f"{key}: expected {expected}, got {got}{hint}"
+
+
+def _unquoted(text: str) -> Any:
+    try:
+        return read_yaml(text)
+    except yaml.YAMLError:
+        return text
+
+
+def problems(err: ValidationError, model: type[BaseModel] = RunConfig, option: bool = False) -> list[str]:
+    """One line per problem: the key, what is wrong, and for a typo the closest real key.
+
+    ``option``: the fields are a command's options, named as on its command line (``--max-new-tokens``).
+    """
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        key = "--" + key.replace("_", "-") if option else key
+        message = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'{_suggest(model, tuple(e['loc']))}")
+        elif not e["loc"]:  # a check across sections (a model validator): its message says it all
+            lines.append(message)
+        elif e["type"] in _EXPECTED:
+            lines.append(_mismatch(key, e["type"], e["input"]))
+        else:
+            lines.append(f"{key}: {message}")
+    return lines
 
 
 def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
@@ -43,16 +113,8 @@ def _validate(raw: dict[str, Any], source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                lines.append(f"  unknown key '{key}'{_suggest(RunConfig, tuple(e['loc']))}")
-            elif not key:  # a check across sections (a model validator): its message says it all
-                lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
-            else:
-                lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
-        raise ConfigError(f"invalid configuration in {source}:\n" + "\n".join(lines)) from None
+        lines = "\n".join(f"  {line}" for line in problems(err))
+        raise ConfigError(f"invalid configuration in {source}:\n{lines}") from None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -67,7 +129,14 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override '{assignment}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    try:
+        node[parts[-1]] = read_yaml(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        # One line, as the CLI prints it: the parser's own message spans several, with a caret.
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--set {assignment}: the value is not valid YAML ({problem}); quote it to pass it as "
+                          f"text, e.g. --set '{key.strip()}=\"...\"', or write it as YAML (8, 1e-4, true, [a, b])"
+                          ) from None
 
 
 def _resolve_source(source: DataSource, base: Path, key: str) -> DataSource:
@@ -123,7 +192,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         if path.is_dir():
             raise ConfigError(f"{path} is a folder; give the YAML config file itself (e.g. {path / 'config.yaml'})")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = read_yaml(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise ConfigError(f"{path} is not a text file (byte {err.start} is not UTF-8); "
                               "give a YAML config file") from None
@@ -149,8 +218,7 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 def read_saved_config(path: Path) -> RunConfig:
     """Read a config written by :func:`save_config` (paths already resolved)."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return _validate(raw, str(path))
+    return _validate(read_yaml(path.read_text(encoding="utf-8")), str(path))
 
 
 @dataclass(frozen=True)

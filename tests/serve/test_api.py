@@ -69,6 +69,8 @@ def test_models_health_and_the_page(server):
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'id="model"' in page.text and "/v1/chat/completions" in page.text
+    # The API key typed into the page stays with the tab (test_openai.py checks it in a browser).
+    assert "sessionStorage" in page.text and "localStorage" not in page.text
 
 
 def test_each_model_name_answers_with_its_own_adapter(server):
@@ -156,7 +158,8 @@ def test_validation_errors_name_the_field(server):
         ({"model": "run", "messages": HI, "max_tokens": 200}, "messages"),  # 200 > the 96-token context
         # Every number has a range: none of these may reach generation (2**70 was a 500 there).
         ({"model": "run", "messages": HI, "seed": 2**70}, "seed"),
-        ({"model": "run", "messages": HI, "seed": -(2**70)}, "seed"),
+        ({"model": "run", "messages": HI, "seed": 2**32}, "seed"),  # numpy's range, as the config's seeds
+        ({"model": "run", "messages": HI, "seed": -1}, "seed"),
         ({"model": "run", "messages": HI, "max_tokens": 2**70}, "max_tokens"),
         ({"model": "run", "messages": HI, "max_tokens": 0}, "max_tokens"),
         ({"model": "run", "messages": HI, "max_completion_tokens": 2**70}, "max_completion_tokens"),
@@ -167,6 +170,13 @@ def test_validation_errors_name_the_field(server):
         ({"model": "run", "messages": HI, "repetition_penalty": 1e9}, "repetition_penalty"),
         ({"model": "run", "messages": HI, "temperature": float("nan")}, "temperature"),
         ({"model": "run", "messages": HI, "repetition_penalty": float("inf")}, "repetition_penalty"),
+        # Types are strict: each of these was converted (to 5, 1.0, True) and answered.
+        ({"model": "run", "messages": HI, "max_tokens": "5"}, "max_tokens"),
+        ({"model": "run", "messages": HI, "max_tokens": 5.0}, "max_tokens"),
+        ({"model": "run", "messages": HI, "temperature": True}, "temperature"),
+        ({"model": "run", "messages": HI, "top_p": "0.5"}, "top_p"),
+        ({"model": "run", "messages": HI, "stream": "true"}, "stream"),
+        ({"model": "run", "messages": HI, "seed": "7"}, "seed"),
     ]
     for body, param in cases:
         # Python's json writes NaN and Infinity (as JavaScript does), which the client's encoder refuses.
@@ -176,7 +186,7 @@ def test_validation_errors_name_the_field(server):
         error = response.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"], body
     assert chat(url, model="run").status_code == 200
-    seeded = chat(url, model="run", seed=2**63, temperature=1.0)  # large but in torch's range
+    seeded = chat(url, model="run", seed=2**32 - 1, temperature=1)  # the widest seed; an integer fills a float
     assert seeded.status_code == 200, seeded.text
 
 

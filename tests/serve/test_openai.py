@@ -121,6 +121,21 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
     assert still.choices[0].message.content
 
 
+def test_strict_request_types_take_what_the_client_sends(server):
+    url, _ = server
+    api = client(url)
+    # The official client sends JSON's own types for every field it knows: all accepted (0 for a float too).
+    sampled = api.chat.completions.create(
+        model="base", messages=FRANCE, max_completion_tokens=8, temperature=0.7, top_p=0.9, seed=5, stop=["\n\n"],
+        n=1, user="test", presence_penalty=0, frequency_penalty=0, stream_options=None,
+        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1},
+    )
+    assert sampled.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as typed:  # was read as 5
+        api.chat.completions.create(model="base", messages=FRANCE, extra_body={"max_tokens": "5"})
+    assert typed.value.param == "max_tokens" and typed.value.code == "invalid_value"
+
+
 def test_eight_concurrent_clients_each_get_their_own_answer(server):
     url, _ = server
 
@@ -181,6 +196,10 @@ def test_the_web_page_chats_with_a_streamed_answer(server):
         browser.execute_script("document.getElementById('api-key').dispatchEvent(new Event('change'))")
         wait = WebDriverWait(browser, 60)
         wait.until(lambda b: b.find_element("id", "model").get_attribute("data-loaded") == "true")
+        # The key is the tab's own (sessionStorage), not kept on disk for every later visit (localStorage).
+        stored = browser.execute_script("return [sessionStorage.getItem('lorakit-api-key'), "
+                                        "localStorage.getItem('lorakit-api-key')]")
+        assert stored == [KEY, None]
         picker = Select(browser.find_element("id", "model"))
         assert [o.text for o in picker.options] == ["base", "smol-zero"]
         picker.select_by_visible_text("smol-zero")

@@ -36,6 +36,13 @@ def fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
+def fail_options(error: ValidationError) -> NoReturn:
+    """Options refused by a settings model: each named as on the command line (``--seed: ...``), on one line."""
+    from lorakit.config_file import problems
+
+    fail("; ".join(problems(error, option=True)))
+
+
 def setup_logging(verbose: bool) -> None:
     """lorakit's own log at INFO when ``verbose``; third-party logs and warnings only with --debug."""
     logging.basicConfig(
@@ -90,7 +97,7 @@ def generation(max_new_tokens: int, temperature: float, top_p: float, top_k: int
             repetition_penalty=repetition_penalty, seed=seed, context_length=context_length, batch_size=batch_size,
         )
     except ValidationError as e:
-        fail(f"invalid generation option: {e}")
+        fail_options(e)
 
 
 def system_prompt(system: Optional[str], system_file: Optional[Path]) -> Optional[str]:

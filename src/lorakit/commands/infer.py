@@ -9,7 +9,7 @@ import typer
 
 from lorakit.commands.common import (DEFAULT_CACHE, AdapterOpt, BaseOpt, CacheOpt, ContextOpt, MaxNewOpt, MinPOpt,
                                      RepOpt, SeedOpt, SystemFileOpt, TargetArg, TempOpt, TopKOpt, TopPOpt, UseOpt, err,
-                                     fail, generation, out, setup_logging, system_prompt)
+                                     fail, fail_options, generation, out, setup_logging, system_prompt)
 
 
 def generate(
@@ -130,7 +130,7 @@ def serve(
     try:
         settings = ServeConfig(host=host, port=port, api_key=api_key, max_pending=max_pending)
     except ValidationError as e:
-        fail(str(e))
+        fail_options(e)
     catalog = open_catalog(target, cache_dir, parse_adapter_specs(adapter), use_adapter=not base)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: only requests addressed to "
@@ -176,7 +176,7 @@ def evaluate(
         settings = type(run_cfg.eval).model_validate({**run_cfg.eval.model_dump(), **overrides})
         gen = type(run_cfg.generation).model_validate({**run_cfg.generation.model_dump(), **gen_overrides})
     except ValidationError as e:
-        fail(str(e))
+        fail_options(e)
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
                       output or (Path(target) if is_run else Path.cwd()), console=err, method=run_cfg.method)

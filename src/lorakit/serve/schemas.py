@@ -4,7 +4,9 @@ Unknown fields are refused (400) rather than ignored, as OpenAI itself does: a c
 sends ``tools`` or ``logprobs`` must learn they were not honoured. ``top_k``, ``min_p`` and
 ``repetition_penalty`` are accepted besides the OpenAI fields, as other local servers do.
 Every number has a range (and no NaN or infinity), so an out-of-range value is a 400 that
-names the field, never a 500 from deep inside generation.
+names the field, never a 500 from deep inside generation. Types are strict: ``"max_tokens": "5"``
+or ``"temperature": true`` is a client's mistake, refused rather than guessed at (an integer
+still fills a float field, as JSON has one kind of number).
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lorakit.config import SEED_MAX
 
-# The widest counts and seeds accepted: far above any context, and what torch.manual_seed takes.
+# The widest count accepted: far above any context. Seeds take the config's range.
 MAX_COUNT = 2**31 - 1
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class TextPart(_Body):
@@ -53,7 +55,7 @@ class _Sampling(_Body):
     repetition_penalty: float | None = Field(None, gt=0, le=100)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = Field(None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
