@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 
 from lorakit.config import TEMPLATE_SUFFIXES, ConfigError, DataSource, RunConfig
 from lorakit.hub import looks_like_hub_id
+from lorakit.outputs import write_text
 from lorakit.paths import link_problem, resolve
 
 
@@ -213,7 +214,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     data = cfg.model_dump(mode="json")
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True), "the run's config")
 
 
 def read_saved_config(path: Path) -> RunConfig:

@@ -28,6 +28,7 @@ from typing import Any
 
 from lorakit.config import RunConfig, read_saved_config, save_config
 from lorakit.errors import LorakitError
+from lorakit.outputs import write_text
 
 CONFIG = "lorakit.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -180,7 +181,8 @@ class RunFolder:
         return RunSummary.from_dict(json.loads(self.summary_file.read_text(encoding="utf-8")))
 
     def write_summary(self, summary: RunSummary) -> None:
-        self.summary_file.write_text(json.dumps(summary.as_dict(), indent=2), encoding="utf-8")
+        # whole or not at all: summary.json's presence means the run finished
+        write_text(self.summary_file, json.dumps(summary.as_dict(), indent=2), "the run summary")
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics_file)

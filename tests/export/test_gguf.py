@@ -209,7 +209,7 @@ def test_export_command(tiny_run, tmp_path):
     text = (out.parent / "model.Modelfile").read_text()
     assert text.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
     with pytest.raises(GgufExportError, match="neither a run folder"):
-        export_gguf(tmp_path, out)
+        export_gguf(tmp_path, out, overwrite=True)  # out exists now: without --overwrite that is refused first
 
 
 def test_pre_tokenizer_names():

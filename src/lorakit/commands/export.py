@@ -41,6 +41,8 @@ def export_gguf(
         "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA (llama.cpp --lora, ollama ADAPTER).")] = False,
     with_base: Annotated[bool, typer.Option(
         "--with-base", help="With --adapter-only: also write the base model's GGUF beside the adapter.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="Replace --out and the files written beside it if they exist (regular files only).")] = False,
 ) -> None:
     """Write one GGUF file (weights, tokenizer, chat template) for llama.cpp and ollama, plus an Ollama Modelfile."""
     setup_logging(False)
@@ -50,9 +52,10 @@ def export_gguf(
     if with_base and not adapter_only:
         fail("--with-base goes with --adapter-only (a merged export already holds the base)")
     if adapter_only:
-        gguf_path, modelfile, base = export_adapter_gguf(source, output, type_, with_base, system_prompt=system)
+        gguf_path, modelfile, base = export_adapter_gguf(source, output, type_, with_base, system_prompt=system,
+                                                        overwrite=overwrite)
         if with_base:
             err.print(f"wrote {base}")
     else:
-        gguf_path, modelfile = write(source, output, type_, system_prompt=system)
+        gguf_path, modelfile = write(source, output, type_, system_prompt=system, overwrite=overwrite)
     err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")

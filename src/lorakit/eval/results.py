@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lorakit.eval.compare import Comparison, MetricRow, SampleResult, SideResult
+from lorakit.outputs import write_text
 from lorakit.run import EVAL_JSON, EVAL_MARKDOWN
 
 _SCORES_0_100 = ("chrf", "bleu", "rouge_l")
@@ -132,8 +133,8 @@ def markdown(result: Comparison) -> str:
 def write_reports(folder: Path, result: Comparison) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / EVAL_JSON, folder / EVAL_MARKDOWN
-    json_path.write_text(json.dumps(result.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
-    md_path.write_text(markdown(result), encoding="utf-8")
+    write_text(json_path, json.dumps(result.as_dict(), indent=2, ensure_ascii=False), "the evaluation")
+    write_text(md_path, markdown(result), "the evaluation report")
     return json_path, md_path
 
 

@@ -17,8 +17,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import gguf
@@ -32,9 +30,10 @@ from lorakit.export.gguf_arch import (
 )
 from lorakit.export.gguf_vocab import build_vocab, check_tokenizer, end_of_turn_id, write_vocab
 from lorakit.export.merge import merged_model
-from lorakit.export.modelfile import write_modelfile
+from lorakit.export.modelfile import modelfile_path, write_modelfile
 from lorakit.hub import looks_like_hub_id
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.outputs import Writing, atomic_output, check_output_files
 from lorakit.run import RunFolder, is_run
 
 __all__ = ["FILE_TYPES", "K_QUANTS", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
@@ -123,16 +122,16 @@ def write_gguf(
     """Write ``model`` with ``tokenizer`` (and its chat template) to ``out``."""
     check_type(qtype)
     if qtype in K_QUANTS:
-        with atomic_output(out) as tmp:
-            f16 = write_gguf(model, tokenizer, tmp.with_suffix(".f16.gguf"), "f16", name)
-            llama_cpp_quantize(f16, tmp, qtype)
+        with atomic_output(out, f"the {qtype} GGUF") as job:
+            f16 = write_gguf(model, tokenizer, job.tmp.with_suffix(".f16.gguf"), "f16", name)
+            llama_cpp_quantize(f16, job.tmp, qtype)
         log.info("wrote %s (%s, %.1f MiB)", out, qtype, out.stat().st_size / 2**20)
         return out
     spec = check_config(model.config)
     tensor_type, file_type = FILE_TYPES[qtype]
     vocab = build_vocab(tokenizer, model.get_input_embeddings().weight.shape[0], end_of_turn_id(tokenizer))
-    with atomic_output(out) as tmp:
-        writer = gguf.GGUFWriter(tmp, spec.name)
+    with atomic_output(out, f"the {qtype} GGUF") as job:
+        writer = gguf.GGUFWriter(job.tmp, spec.name)
         writer.add_type("model")
         writer.add_name(name)
         write_metadata(writer, model.config, spec)
@@ -142,35 +141,20 @@ def write_gguf(
         write_vocab(writer, vocab)
         for tensor_name, data, raw in _tensors(model, tensor_type):
             writer.add_tensor(tensor_name, data, raw_dtype=raw)
-        finish_writer(writer)
+        finish_writer(writer, job)
     log.info("wrote %s (%s %s, %.1f MiB)", out, spec.name, qtype, out.stat().st_size / 2**20)
     return out
 
 
-class atomic_output:
-    """Write into a temporary file beside ``out`` and rename: a failed export leaves no half file."""
-
-    def __init__(self, out: Path):
-        self.out = out
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=".gguf-", dir=self.out.parent)) / self.out.name
-        return self.tmp
-
-    def __exit__(self, kind, value, tb) -> None:
-        try:
-            if kind is None:
-                self.tmp.replace(self.out)
-        finally:
-            shutil.rmtree(self.tmp.parent, ignore_errors=True)
-
-
-def finish_writer(writer: gguf.GGUFWriter) -> None:
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+def finish_writer(writer: gguf.GGUFWriter, job: Writing) -> None:
+    """Write the file ``writer`` holds; ``job`` learns its size first (its tensors' bytes) for a full disk's message."""
+    job.needed = sum(info.nbytes for shard in writer.tensors for info in shard.values())
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()  # a failed write's file is deleted, and its room comes back only once it is closed
 
 
 def preflight(source: Path, qtype: str) -> str:
@@ -194,8 +178,13 @@ def preflight(source: Path, qtype: str) -> str:
     return folder
 
 
-def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None) -> tuple[Path, Path]:
-    """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths."""
+def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str | None = None,
+                overwrite: bool = False) -> tuple[Path, Path]:
+    """Export a run folder (merged in memory first) or a model folder; return the GGUF and Modelfile paths.
+
+    ``overwrite``: replace the GGUF and Modelfile if they exist (regular files only, never through a link).
+    """
+    check_output_files({"--out": out, "the Modelfile": modelfile_path(out)}, overwrite)  # before any loading
     folder = preflight(source, qtype)
     if is_run(source):
         model, tokenizer, cfg = merged_model(source)

@@ -26,12 +26,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from lorakit.export.gguf import FILE_TYPES, atomic_output, check_type, finish_writer, preflight, write_gguf
+from lorakit.export.gguf import FILE_TYPES, check_type, finish_writer, preflight, write_gguf
 from lorakit.export.gguf_arch import GgufExportError, TensorNames, check_config, row_transform
 from lorakit.export.merge import read_run
-from lorakit.export.modelfile import write_modelfile
+from lorakit.export.modelfile import modelfile_path, write_modelfile
 from lorakit.model.adapter import load_run_base
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.outputs import atomic_output, check_output_files
 from lorakit.run import RunFolder
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,23 @@ def _adapter_tensors(run_dir: Path, config: dict, model_cfg, dtype: gguf.GGMLQua
 
 def export_adapter_gguf(
     run_dir: Path, out: Path, qtype: str = "f16", with_base: bool = False, system_prompt: str | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path, Path]:
     """Write the run's adapter to ``out`` and a Modelfile (base + adapter); with ``with_base``, the base GGUF too.
 
-    Returns (adapter, Modelfile, base GGUF path the Modelfile names).
+    Returns (adapter, Modelfile, base GGUF path the Modelfile names). ``overwrite``: replace those files
+    if they exist (regular files only, never through a link).
     """
-    read_run(run_dir)
+    cfg = read_run(run_dir)
+    base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
+    base_path = out.with_name(f"{base_name}.{qtype}.gguf")
+    written = {"--out": out, "the Modelfile": modelfile_path(out)}
+    if with_base:
+        written["the base GGUF"] = base_path
+    check_output_files(written, overwrite)  # before the base is loaded or anything written
     preflight(run_dir, qtype)
     check_type(qtype)
     run = RunFolder(run_dir)
-    cfg = run.read_config()
     config = json.loads(run.adapter_config.read_text(encoding="utf-8"))
     _check_adapter(config, run_dir)
     base_folder = resolve_model_folder(cfg.model)
@@ -122,8 +130,8 @@ def export_adapter_gguf(
     alpha = float(config["lora_alpha"])
     # with a k-quant base the adapter stays f16: llama.cpp adds LoRA in float either way, and it is small
     dtype = FILE_TYPES.get(qtype, FILE_TYPES["f16"])[0]
-    with atomic_output(out) as tmp:
-        writer = gguf.GGUFWriter(tmp, spec.name)
+    with atomic_output(out, "the GGUF LoRA adapter") as job:
+        writer = gguf.GGUFWriter(job.tmp, spec.name)
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_name(run_dir.resolve().name)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -132,10 +140,8 @@ def export_adapter_gguf(
         for name, data, raw in _adapter_tensors(run_dir, config, model_cfg, dtype, alpha):
             writer.add_tensor(name, data, raw_dtype=raw)
             count += 1
-        finish_writer(writer)
+        finish_writer(writer, job)
     log.info("wrote %s (LoRA on %d matrices, %.1f MiB)", out, count // 2, out.stat().st_size / 2**20)
-    base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
-    base_path = out.with_name(f"{base_name}.{qtype}.gguf")
     if with_base:
         # The base as the adapter was trained on it, as merge loads it: a 4-bit base (QLoRA, or a
         # checkpoint saved quantized) dequantized to exactly the values training saw.

@@ -25,6 +25,7 @@ from lorakit.errors import LorakitError
 from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.outputs import writing
 from lorakit.run import ADAPTER_CONFIG, CONFIG, RunFolder
 from lorakit.templates import resolve_template
 
@@ -130,6 +131,9 @@ def merge_run(
 ) -> Path:
     """Write the merged model to ``out_dir``; ``dtype``: 'base' (the base checkpoint's), or a dtype name."""
     read_run(run_dir)  # refuse a wrong folder before anything else
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        # --overwrite deletes a folder it replaces: never a file, a device or what a link points to
+        raise MergeError(f"--out {out_dir} is a file or a link, not a folder; give a folder for the merged model")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     model, tokenizer, cfg = merged_model(run_dir, others, weights)
@@ -140,18 +144,16 @@ def merge_run(
     else:
         raise MergeError(f"--dtype {dtype!r}: choose base, {', '.join(DTYPES)}")
     model.to(target)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    needed = sum(p.numel() for p in model.parameters()) * target.itemsize  # a tied matrix is saved once
     # Write beside the target and rename, so a failed merge never leaves a half folder that loads.
-    tmp = Path(tempfile.mkdtemp(prefix=".merge-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _ordinary_permissions(tmp)
+    with writing("the merged model", out_dir, needed=needed) as job:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        job.undo = Path(tempfile.mkdtemp(prefix=".merge-", dir=out_dir.parent))
+        model.save_pretrained(job.undo)
+        tokenizer.save_pretrained(job.undo)
+        _ordinary_permissions(job.undo)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        job.undo.rename(out_dir)
     log.info("merged %s into %s (%s)", run_dir, out_dir, str(target).replace("torch.", ""))
     return out_dir

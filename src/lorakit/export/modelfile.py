@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_vocab import space_rule
+from lorakit.outputs import write_text
 from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
@@ -225,5 +226,4 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
         lines.append("SYSTEM " + _quoted(system_prompt))
     for token in stop_tokens(tokenizer):
         lines.append(f"PARAMETER stop {json.dumps(token)}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_text(path, "\n".join(lines) + "\n", "the Modelfile")  # a link there is replaced, not followed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from lorakit.outputs import writing
 from lorakit.train.distributed import sum_over_ranks
 from lorakit.train.plot import plot_losses
 from lorakit.train.trainer import TokenCount
@@ -49,8 +51,12 @@ class MetricsLog(TrainerCallback):
         if "loss" in row:
             row["tokens_seen"] = tokens
             row["loss_tokens_seen"] = loss_tokens
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        # A line cut short by a full disk would break every later read of the file: cut it off again.
+        with writing("a line of metrics", self.path, undo=lambda: os.truncate(self.path, size),
+                     needed=len(line.encode())), self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
 
 
 class LossPlot(TrainerCallback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorakit.outputs import atomic_output
 from lorakit.run import read_metrics
 
 
@@ -30,8 +31,9 @@ def plot_losses(metrics: Path, picture: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = picture.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(picture)
+    try:
+        with atomic_output(picture, "the loss plot") as job:
+            fig.savefig(job.tmp)  # the same name as picture: matplotlib takes the format from it
+    finally:
+        plt.close(fig)
     return True

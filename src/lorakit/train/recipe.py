@@ -33,6 +33,7 @@ from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
+from lorakit.outputs import staged_into
 from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
@@ -247,10 +248,11 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
     # carrying the template we trained with (so chat and serving render exactly the same
-    # text), and the resolved config.
-    model.save_pretrained(out, selected_adapters=[model.active_adapter])  # not a dpo run's frozen reference
+    # text), and the resolved config. Saved apart and moved in: a half-written adapter never looks like one.
     tokenizer.chat_template = template.jinja
-    tokenizer.save_pretrained(out)
+    with staged_into(out, "the trained adapter and tokenizer") as job:
+        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a dpo run's frozen reference
+        tokenizer.save_pretrained(job.tmp)
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()
     summary = RunSummary(

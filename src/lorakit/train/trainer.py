@@ -23,6 +23,7 @@ from lorakit.errors import LorakitError
 from lorakit.labels import loss_positions
 from lorakit.model.compiled_layers import CompiledLayers
 from lorakit.model.loss import answer_only_loss, output_head, selective_loss_supported
+from lorakit.outputs import writing
 from lorakit.run import RunFolder
 from lorakit.train import checkpoints, distributed
 from lorakit.train.auto_compile import LayerCompiling
@@ -212,17 +213,19 @@ class LorakitTrainer(Trainer):
             # A run resumed from an older checkpoint writes this step's folder again (over a newer
             # one it fell back from): its old marker must not vouch for the files while they change.
             (folder / checkpoints.MARKER).unlink(missing_ok=True)
-        super()._save_checkpoint(model, trial)
-        # Every rank writes its own RNG state into the folder; mark it complete only after all have.
-        self.accelerator.wait_for_everyone()
-        # Collectives, so every rank takes part; only rank 0 writes them down.
-        tokens, loss_tokens = distributed.sum_over_ranks(self.count.tokens, self.count.loss_tokens)
-        loss_sum = self._loss_sum()
-        if not self.args.should_save:
-            return
-        checkpoints.mark_complete(folder, self.state.global_step,
-                                  {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum,
-                                   **self.compiling.marker_entry()})
+        # A save that fails (a full disk) deletes the folder it started: no half checkpoint is left.
+        with writing(f"checkpoint {self.state.global_step}", folder, undo=None if folder.exists() else folder):
+            super()._save_checkpoint(model, trial)
+            # Every rank writes its own RNG state into the folder; mark it complete only after all have.
+            self.accelerator.wait_for_everyone()
+            # Collectives, so every rank takes part; only rank 0 writes them down.
+            tokens, loss_tokens = distributed.sum_over_ranks(self.count.tokens, self.count.loss_tokens)
+            loss_sum = self._loss_sum()
+            if not self.args.should_save:
+                return
+            checkpoints.mark_complete(folder, self.state.global_step,
+                                      {"tokens": tokens, "loss_tokens": loss_tokens, "loss_sum": loss_sum,
+                                       **self.compiling.marker_entry()})
         best = Path(self.state.best_model_checkpoint) if self.state.best_model_checkpoint else None
         checkpoints.rotate(run_dir, self.keep_checkpoints, protect=best)
 
