@@ -27,6 +27,7 @@ import torch
 
 from lorakit.errors import LorakitError
 from lorakit.model.loss import causal_lm
+from lorakit.transformers_internals import no_split_modules
 
 
 class CompileError(LorakitError, RuntimeError):
@@ -36,7 +37,7 @@ class CompileError(LorakitError, RuntimeError):
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's repeated decoder layers: the classes transformers keeps whole (``_no_split_modules``)."""
     base = causal_lm(model)
-    kept_whole = set(getattr(base, "_no_split_modules", None) or [])
+    kept_whole = no_split_modules(base)
     return [m for m in base.modules() if type(m).__name__ in kept_whole]
 
 

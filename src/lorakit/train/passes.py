@@ -25,6 +25,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lorakit.model import fused_lora, packed_attention
 from lorakit.model.loss import causal_lm
+from lorakit.transformers_internals import attention_implementation, can_set_attention, supports_attention_backend
 
 
 def reads_packed_positions(model: torch.nn.Module) -> bool:
@@ -34,12 +35,11 @@ def reads_packed_positions(model: torch.nn.Module) -> bool:
     boundaries where the position ids restart; models with their own attention code may not.
     """
     base = causal_lm(model)
-    return bool(getattr(base, "_supports_attention_backend", False)) and _can_switch_attention(base)
+    return supports_attention_backend(base) and _can_switch_attention(base)
 
 
 def _can_switch_attention(base: torch.nn.Module) -> bool:
-    check = getattr(type(base), "_can_set_attn_implementation", None)
-    return bool(check and check() and hasattr(base, "set_attn_implementation"))
+    return can_set_attention(base) and hasattr(base, "set_attn_implementation")
 
 
 def row_length(inputs: dict[str, torch.Tensor]) -> int:
@@ -59,7 +59,7 @@ class PassRunner:
         self.base = causal_lm(model)
         self.packed = reads_packed_positions(model) if packing is None else packing
         config = getattr(self.base, "config", None)
-        self.own_attention = getattr(config, "_attn_implementation", None)
+        self.own_attention = attention_implementation(config)
         # Only a model that can change its attention between passes, and only away from sdpa:
         # a model set up with flash attention or eager keeps it.
         switchable = self.own_attention == "sdpa" and _can_switch_attention(self.base)
@@ -80,7 +80,7 @@ class PassRunner:
     @contextmanager
     def run(self, inputs: dict[str, torch.Tensor]):
         wanted = self.attention_for(inputs)
-        before = self.base.config._attn_implementation if wanted is not None else None
+        before = attention_implementation(self.base.config) if wanted is not None else None
         if wanted is not None and wanted != before:
             self.base.set_attn_implementation(wanted)
         casting = [m.cast_input_dtype_enabled for m in self.adapters]
@@ -99,5 +99,5 @@ class PassRunner:
 
     def restore(self) -> None:
         """The model's own attention again (for evaluation, generation and saving)."""
-        if self.own_attention is not None and self.base.config._attn_implementation != self.own_attention:
+        if self.own_attention is not None and attention_implementation(self.base.config) != self.own_attention:
             self.base.set_attn_implementation(self.own_attention)

@@ -38,6 +38,7 @@ from lorakit.data.collate import PairCollator
 from lorakit.model.loss import sequence_logps
 from lorakit.train.microbatch import Batch, plan
 from lorakit.train.trainer import LorakitTrainer
+from lorakit.transformers_internals import prepare_inputs
 
 REFERENCE = "reference"  # the name of the frozen copy of a starting adapter
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
@@ -180,7 +181,7 @@ class PreferenceTrainer(LorakitTrainer):
         return (loss, {}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
+        inputs = prepare_inputs(self, inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None

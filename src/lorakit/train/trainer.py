@@ -29,6 +29,9 @@ from lorakit.train import checkpoints, distributed
 from lorakit.train.auto_compile import LayerCompiling
 from lorakit.train.microbatch import split_batch
 from lorakit.train.passes import PassRunner
+from lorakit.transformers_internals import (
+    LoopStateCheck, check_installed, initial_global_step, logged_loss, output_dir, pending_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,10 @@ class LorakitTrainer(Trainer):
         compile_blocker: str | None = None,
         **kwargs,
     ):
+        # A transformers release that changed a private name we use fails here, not at the first checkpoint.
+        check_installed()
         super().__init__(*args, **kwargs)
+        self.add_callback(LoopStateCheck(self))
         self.count = TokenCount()
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size
@@ -112,14 +118,14 @@ class LorakitTrainer(Trainer):
 
     def _loss_sum(self) -> float:
         """The run's summed step losses so far: logged ones, the not yet logged ones, and those before a resume."""
-        pending = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
-        return self.before_resume.loss_sum + self._total_loss_scalar + pending
+        pending = nested_gather(pending_loss(self), self.args.parallel_mode).mean().item()
+        return self.before_resume.loss_sum + logged_loss(self) + pending
 
     def whole_run_train_loss(self) -> float:
         """Mean train loss over every step of the run, the steps before a resume included."""
-        # After train() the Trainer has added its last unlogged losses to _total_loss_scalar.
-        steps = self.state.global_step - (self._initial_global_step if self._steps_before_unknown else 0)
-        return (self.before_resume.loss_sum + self._total_loss_scalar) / max(steps, 1)
+        # After train() the Trainer has added its last unlogged losses to the logged ones.
+        steps = self.state.global_step - (initial_global_step(self) if self._steps_before_unknown else 0)
+        return (self.before_resume.loss_sum + logged_loss(self)) / max(steps, 1)
 
     # --- counting and guarding each step
     def count_tokens(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -207,7 +213,7 @@ class LorakitTrainer(Trainer):
 
     # --- checkpoints: complete or ignored
     def _save_checkpoint(self, model, trial):
-        run_dir = Path(self._get_output_dir(trial=trial))
+        run_dir = output_dir(self, trial)
         folder = run_dir / f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
             # A run resumed from an older checkpoint writes this step's folder again (over a newer
