@@ -39,7 +39,7 @@ def worker(kind: str, n: int, out: Path, cache: Path) -> None:
     import torch
     from transformers import TrainerCallback
 
-    from lorakit.config import load_config
+    from lorakit.config_file import load_config
     from lorakit.train import recipe
 
     class StepClock(TrainerCallback):

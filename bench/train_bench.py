@@ -205,7 +205,7 @@ def work_hand_loop(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
 
 
 def work_lorakit(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
-    from lorakit.config import load_config
+    from lorakit.config_file import load_config
     from lorakit.train import recipe
 
     data = tmp / "train.jsonl"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
 
-from lorakit.config import ConfigError, load_config, read_saved_config, save_config
+from lorakit.config import ConfigError, RunConfig, resumable
+from lorakit.config_file import load_config, read_saved_config, reference, save_config
+from tests.conftest import REPO
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -18,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_and_overrides(tmp_path):
     path = write(tmp_path, "data:\n  train: d.jsonl\nlora:\n  rank: 4\n")
     cfg = load_config(path, ["lora.rank=8", "train.learning_rate=1e-3", "data.eval=[a.jsonl, b.jsonl]"])
-    assert cfg.name == "exp" and cfg.resolved_output_dir() == Path("runs/exp")
+    assert cfg.name == "exp" and cfg.output_dir == Path("runs/exp")
     assert cfg.lora.rank == 8 and cfg.train.learning_rate == pytest.approx(1e-3)
     # Data paths are relative to the config file, not to where the command runs.
     assert [s.path for s in cfg.data.train] == [str(tmp_path / "d.jsonl")]
@@ -156,3 +160,32 @@ def test_seeds_range_over_32_bits(key):
     for bad in (2**32, -1):
         with pytest.raises(ConfigError, match=rf"{key}: Input should be"):
             load_config(None, [f"{key}={bad}"])
+
+
+def test_the_keys_a_resume_may_change_are_marked_on_the_schema_and_documented():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    documented = readme.split("Only these may change on resume:", 1)[1].split("`--resume PATH`", 1)[0]
+    listed = set(re.findall(r"`([a-z_.]+)`", documented))
+    assert set(resumable()) == listed
+    # Each names a key (or a section) the schema has.
+    keys = {k.name for k in reference()}
+    assert all(k in keys or any(other.startswith(k + ".") for other in keys) for k in resumable())
+
+
+def test_paths_are_fixed_once_wherever_the_config_comes_from(tmp_path):
+    home = Path("~").expanduser()
+    for cfg in (RunConfig(name="x", model={"cache_dir": "~/m"}, data={"cache_dir": "~/t"}),
+                load_config(None, ["name=x", "model.cache_dir=~/m", "data.cache_dir=~/t"])):
+        assert cfg.model.cache_dir == home / "m" and cfg.data.cache_dir == home / "t"
+        assert cfg.output_dir == Path("runs/x")
+    save_config(load_config(None, ["name=x"]), tmp_path / "c.yaml")
+    assert read_saved_config(tmp_path / "c.yaml").output_dir == Path("runs/x")
+
+
+def test_the_schema_imports_nothing_from_the_file_reader():
+    package = REPO / "src" / "lorakit" / "config"
+    for module in package.glob("*.py"):
+        imported = [n.module for n in ast.walk(ast.parse(module.read_text(encoding="utf-8")))
+                    if isinstance(n, ast.ImportFrom) and n.module]
+        assert not [m for m in imported if m.startswith("lorakit.") and not m.startswith("lorakit.config.")
+                    and m != "lorakit.errors"], module.name

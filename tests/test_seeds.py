@@ -19,7 +19,7 @@ import gguf
 import pytest
 import yaml
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from tests.conftest import write_jsonl
 from tests.seedrepos import write_alpaca_zh_disk
 

@@ -20,7 +20,8 @@ from rich.table import Table
 
 from lorakit.commands import export, infer, look
 from lorakit.commands.common import State, err, out, setup_logging
-from lorakit.config import RunConfig, load_config
+from lorakit.config import RunConfig
+from lorakit.config_file import load_config
 from lorakit.errors import LorakitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune, chat with and evaluate LoRA adapters.")
@@ -97,7 +98,7 @@ def train(
 
     if not is_main_process():
         return
-    table = Table(title=f"run {cfg.name} -> {cfg.resolved_output_dir()}", show_header=False)
+    table = Table(title=f"run {cfg.name} -> {cfg.output_dir}", show_header=False)
     for key in ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
                 "tokens_per_second", "loss_tokens_per_second", "precision"):
         value = summary[key]
@@ -114,7 +115,7 @@ def train(
         from lorakit.eval.results import print_comparison
         from lorakit.eval.run import evaluate_at_end
 
-        print_comparison(out, evaluate_at_end(cfg.resolved_output_dir(), cfg.train.progress_bar))
+        print_comparison(out, evaluate_at_end(cfg.output_dir, cfg.train.progress_bar))
 
 
 def _compile_line(summary) -> str:
@@ -144,9 +145,9 @@ def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None
 
     distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
     # Resolved once here, so every rank is handed the same checkpoint.
-    resume_from = checkpoints.resolve_resume(resume, RunFolder(cfg.resolved_output_dir()).checkpoints)
+    resume_from = checkpoints.resolve_resume(resume, RunFolder(cfg.output_dir).checkpoints)
     # Rank 0 takes the folder's lock and checks it again; a taken or occupied folder fails here once.
-    run_folder.check_available(cfg.resolved_output_dir(), fresh=resume_from is None, overwrite=overwrite)
+    run_folder.check_available(cfg.output_dir, fresh=resume_from is None, overwrite=overwrite)
     child = [*(["--debug"] if State.debug else []), "train", *([str(config)] if config is not None else [])]
     child += [f"--set={assignment}" for assignment in set_]
     child += [f"--resume={resume_from}"] if resume_from is not None else []

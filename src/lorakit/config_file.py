@@ -2,7 +2,7 @@
 
 Validation errors name the key and, for a typo, the closest real key (``did you mean
 lora.rank?``); data paths are made relative to the config file. ``reference`` lists every
-key of the schema in ``config.py`` with its default and description, for ``lorakit config show``.
+key of the schema (``lorakit.config``) with its default and description, for ``lorakit config show``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
 from lorakit.config import TEMPLATE_SUFFIXES, ConfigError, DataSource, RunConfig
+from lorakit.config.section import section_of
 from lorakit.hub import looks_like_hub_id
 from lorakit.outputs import write_text
 from lorakit.paths import link_problem, resolve
@@ -98,11 +99,9 @@ def _suggest(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> str:
     for part in loc[:-1]:
         field = cls.model_fields.get(part) if isinstance(part, str) else None
         # An optional section (``QuantizationConfig | None``) suggests from the section's keys.
-        options = (field.annotation, *get_args(field.annotation)) if field is not None else ()
-        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not sections:
+        cls = section_of(field) if field is not None else None
+        if cls is None:
             return ""
-        cls = sections[0]
     prefix = ".".join(str(p) for p in loc[:-1])
     close = difflib.get_close_matches(str(loc[-1]), list(cls.model_fields), n=1, cutoff=0.5)
     if close:
@@ -168,7 +167,6 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         cfg.data.template = str(fix(Path(cfg.data.template), "data.template"))
     if cfg.data.hub_cache is not None:
         cfg.data.hub_cache = fix(cfg.data.hub_cache, "data.hub_cache")
-    cfg.model.cache_dir = cfg.model.cache_dir.expanduser()
     if cfg.model.adapter is not None:  # a run folder, like output_dir relative to where the command runs
         cfg.model.adapter = resolve(cfg.model.adapter.expanduser(), ConfigError, "model.adapter")
     name_path = Path(cfg.model.name).expanduser()
@@ -177,8 +175,6 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
         file, _, function = cfg.eval.scorer.rpartition(":")
         cfg.eval.scorer = f"{fix(Path(file), 'eval.scorer')}:{function}"
-    if cfg.output_dir is None:
-        cfg.output_dir = Path("runs") / cfg.name
     return cfg
 
 
@@ -247,12 +243,11 @@ def reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[Key]
     """Every key of ``model``, sections first-level-down in order, each with its default and description."""
     keys: list[Key] = []
     for name, field in model.model_fields.items():
-        options = (field.annotation, *get_args(field.annotation))
-        sections = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
-        if sections and sections[0] is not DataSource:
+        section = section_of(field)
+        if section is not None and section is not DataSource:
             if field.description:  # an optional section (model.quantization) says what it is for
                 keys.append(Key(prefix + name, "section", _default(field), field.description))
-            keys += reference(sections[0], f"{prefix}{name}.")
+            keys += reference(section, f"{prefix}{name}.")
             continue
         keys.append(Key(prefix + name, _type_name(field.annotation), _default(field), field.description or ""))
     return keys

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from lorakit.config import RunConfig, read_saved_config, save_config
+from lorakit.config import RunConfig
+from lorakit.config_file import read_saved_config, save_config
 from lorakit.errors import LorakitError
 from lorakit.outputs import write_text
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from lorakit.train import recipe
 from tests.conftest import make_tiny_model_dir, write_jsonl
 from tests.test_cli import lorakit

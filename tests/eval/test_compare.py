@@ -11,7 +11,8 @@ import torch
 from markdown_it import MarkdownIt
 from transformers import AutoModelForCausalLM
 
-from lorakit.config import EvalConfig, GenerationConfig, LoraConfig, load_config
+from lorakit.config import EvalConfig, GenerationConfig, LoraConfig
+from lorakit.config_file import load_config
 from lorakit.data.encode import encode_conversation
 from lorakit.data.pipeline import read_conversations
 from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare

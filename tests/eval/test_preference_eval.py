@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from lorakit.config import EvalConfig, GenerationConfig, load_config
+from lorakit.config import EvalConfig, GenerationConfig
+from lorakit.config_file import load_config
 from lorakit.eval.results import markdown
 from lorakit.eval.run import evaluate
 from lorakit.infer.session import open_session

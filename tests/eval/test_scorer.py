@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from lorakit.eval.scorer import ScorerError, load_scorer
 
 SCORERS = '''

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.config import load_config, save_config
+from lorakit.config_file import load_config, save_config
 from lorakit.model.adapter import load_run_base
 from lorakit.model.lora import apply_lora
 from lorakit.model.loader import load_tokenizer, resolve_model_folder

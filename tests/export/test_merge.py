@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorakit.config import read_saved_config
+from lorakit.config_file import read_saved_config
 from lorakit.export.merge import MergeError, merge_run
 from lorakit.model.adapter import load_run_model
 from tests.export.conftest import make_run_dir

@@ -12,7 +12,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorakit.config import ModelConfig, RunConfig, save_config
+from lorakit.config import ModelConfig, RunConfig
+from lorakit.config_file import save_config
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.data.shapes import Conversation
 from lorakit.infer.catalog import Catalog, Choice, open_catalog

@@ -10,7 +10,8 @@ import torch
 from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from lorakit.config import LoraConfig, load_config
+from lorakit.config import LoraConfig
+from lorakit.config_file import load_config
 from lorakit.model.lora import TargetModulesError, apply_lora
 from lorakit.train import recipe
 from tests.conftest import write_jsonl

@@ -17,7 +17,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorakit.config import QuantizationConfig, load_config, read_saved_config
+from lorakit.config import QuantizationConfig
+from lorakit.config_file import load_config, read_saved_config
 from lorakit.model.adapter import load_run_model
 from lorakit.model.dtype import resolve_dtype
 from lorakit.model.loader import load_model

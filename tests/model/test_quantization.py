@@ -10,7 +10,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from lorakit.config import QuantizationConfig, load_config, read_saved_config
+from lorakit.config import QuantizationConfig
+from lorakit.config_file import load_config, read_saved_config
 from lorakit.export.merge import merge_run
 from lorakit.model import quantization
 from lorakit.model.adapter import load_run_model

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from lorakit.infer.session import open_session
 from lorakit.model.loader import load_tokenizer
 from lorakit.model.tokens import add_tokens, embedding_module_names, fit_embeddings

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from lorakit.config import RunConfig, load_config
+from lorakit.config import RunConfig
+from lorakit.config_file import load_config
 from tests.conftest import write_jsonl
 
 ROWS = [

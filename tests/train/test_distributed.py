@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.config import ConfigError, DistributedConfig, load_config
+from lorakit.config import ConfigError
+from lorakit.config.train import DistributedConfig
+from lorakit.config_file import load_config
 from lorakit.train import distributed
 from lorakit.train.trainer import training_arguments
 from tests.train.helpers import LOSS_RTOL as PRECISION_LOSS_RTOL

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import Trainer
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from lorakit.outputs import OutputWriteError
 from lorakit.run import RunFolder, RunSummary
 from lorakit.train import recipe

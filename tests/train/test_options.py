@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from lorakit.config import ConfigError, load_config
+from lorakit.config import ConfigError
+from lorakit.config_file import load_config
 from lorakit.train import recipe
 from lorakit.hardware import pick_precision
 from tests.train.helpers import metrics, tiny_config

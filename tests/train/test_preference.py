@@ -10,7 +10,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, TrainingArguments
 
-from lorakit.config import LoraConfig, PreferenceConfig, load_config, save_config
+from lorakit.config import LoraConfig, PreferenceConfig
+from lorakit.config_file import load_config, save_config
 from lorakit.data.encode import IGNORE_INDEX, encode_conversation
 from lorakit.data.collate import PairCollator
 from lorakit.data.pairs import EncodedPair
@@ -202,7 +203,8 @@ def test_accumulated_and_split_steps_equal_one_large_batch(tiny_model_dir, tmp_p
     (["method=dpo", "preference.loss=hinge"], "preference.loss"),
 ])
 def test_preference_settings_that_cannot_work_are_refused(settings, message):
-    from lorakit.config import ConfigError, load_config
+    from lorakit.config import ConfigError
+    from lorakit.config_file import load_config
 
     with pytest.raises(ConfigError, match=message):
         load_config(None, settings)

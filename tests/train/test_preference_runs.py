@@ -41,7 +41,7 @@ def dpo_config(tmp: Path, model_dir: Path) -> Path:
 
 @pytest.mark.slow  # starts training subprocesses
 def test_dpo_sigkill_then_resume_is_exact(tiny_model_dir, tmp_path):
-    from lorakit.config import load_config
+    from lorakit.config_file import load_config
 
     reference_config = dpo_config(tmp_path / "reference", tiny_model_dir)
     summary = run_on_one_thread(load_config(reference_config))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakit.config import DistributedConfig, QuantizationConfig, load_config
+from lorakit.config import QuantizationConfig
+from lorakit.config.train import DistributedConfig
+from lorakit.config_file import load_config
 from lorakit.train import distributed, recipe
 from lorakit.train.trainer import training_arguments
 from tests.train.helpers import tiny_config

@@ -9,7 +9,7 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 from lorakit.train import recipe
 from tests.conftest import REPO, needs_embedded, write_jsonl
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
-from lorakit.config import GenerationConfig
+from lorakit.config import GenerationConfig, ModelConfig
 from lorakit.errors import LorakitError
 
 err = Console(stderr=True, soft_wrap=True)
@@ -66,20 +66,30 @@ def setup_logging(verbose: bool) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-DEFAULT_CACHE = Path("~/.cache/lorakit").expanduser()
+DEFAULT_CACHE = ModelConfig().cache_dir
 CacheOpt = Annotated[Path, typer.Option(help="Cache of converted GGUF models.")]
 BaseOpt = Annotated[bool, typer.Option("--base", help="Ignore the run's adapter: use the base model alone.")]
 UseOpt = Annotated[Optional[str], typer.Option(help="Answer with this adapter (its NAME, or a run folder's name).")]
 
-# Sampling options shared by generate, chat and serve (see GenerationConfig for what each does).
-MaxNewOpt = Annotated[int, typer.Option(help="Longest answer, in tokens.")]
-TempOpt = Annotated[float, typer.Option(help="0 is greedy.")]
-TopPOpt = Annotated[float, typer.Option(help="Nucleus sampling: keep the likeliest tokens up to this mass.")]
-TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest tokens; 0: no limit.")]
-MinPOpt = Annotated[float, typer.Option(help="Drop tokens below min-p x the top probability; 0: off.")]
-RepOpt = Annotated[float, typer.Option(help="Above 1 discourages repeats; 1: off.")]
-SeedOpt = Annotated[Optional[int], typer.Option(help="Seed for sampling, for reproducible answers.")]
-ContextOpt = Annotated[Optional[int], typer.Option(help="Prompt + answer limit in tokens; default: the model's.")]
+# The sampling options of generate, chat and serve are GenerationConfig's fields: each option's
+# help is its field's description and its default the field's (GEN.<field>), so the command line
+# and a config's generation section cannot drift apart (tests/test_cli_options.py holds them to it).
+GEN = GenerationConfig()
+
+
+def _sampling(field: str) -> Any:
+    return typer.Option(help=GenerationConfig.model_fields[field].description)
+
+
+MaxNewOpt = Annotated[int, _sampling("max_new_tokens")]
+TempOpt = Annotated[float, _sampling("temperature")]
+TopPOpt = Annotated[float, _sampling("top_p")]
+TopKOpt = Annotated[int, _sampling("top_k")]
+MinPOpt = Annotated[float, _sampling("min_p")]
+RepOpt = Annotated[float, _sampling("repetition_penalty")]
+SeedOpt = Annotated[Optional[int], _sampling("seed")]
+ContextOpt = Annotated[Optional[int], _sampling("context_length")]
+BatchOpt = Annotated[int, _sampling("batch_size")]
 SystemFileOpt = Annotated[Optional[Path], typer.Option(help="Read the system prompt from this file.")]
 AdapterOpt = Annotated[
     list[str], typer.Option("--adapter", help="Another adapter on the same base: NAME=PATH, or a run folder named after "
@@ -88,14 +98,11 @@ AdapterOpt = Annotated[
 TargetArg = Annotated[str, typer.Argument(help="A run folder, or a model (name, hub id, folder or .gguf).")]
 
 
-def generation(max_new_tokens: int, temperature: float, top_p: float, top_k: int, min_p: float,
-               repetition_penalty: float, seed: Optional[int], context_length: Optional[int],
-               batch_size: int = 1) -> GenerationConfig:
+def generation(*, batch_size: int = 1, **sampling: Any) -> GenerationConfig:
+    """The sampling options given, by name, as a GenerationConfig (the rest at its defaults), refused as a config's
+    would be; one prompt per pass unless ``batch_size`` says otherwise (chat and serve answer one at a time)."""
     try:
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-            repetition_penalty=repetition_penalty, seed=seed, context_length=context_length, batch_size=batch_size,
-        )
+        return GenerationConfig(batch_size=batch_size, **sampling)
     except ValidationError as e:
         fail_options(e)
 

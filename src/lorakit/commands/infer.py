@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from lorakit.commands.common import (DEFAULT_CACHE, AdapterOpt, BaseOpt, CacheOpt, ContextOpt, MaxNewOpt, MinPOpt,
-                                     RepOpt, SeedOpt, SystemFileOpt, TargetArg, TempOpt, TopKOpt, TopPOpt, UseOpt, err,
-                                     fail, fail_options, generation, out, setup_logging, system_prompt)
+from lorakit.commands.common import (DEFAULT_CACHE, GEN, AdapterOpt, BaseOpt, BatchOpt, CacheOpt, ContextOpt,
+                                     MaxNewOpt, MinPOpt, RepOpt, SeedOpt, SystemFileOpt, TargetArg, TempOpt, TopKOpt,
+                                     TopPOpt, UseOpt, err, fail, fail_options, generation, out, setup_logging,
+                                     system_prompt)
 
 
 def generate(
@@ -21,15 +22,15 @@ def generate(
     output: Annotated[Optional[Path], typer.Option("--out", help="Write answers as JSONL here.")] = None,
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     system_file: SystemFileOpt = None,
-    max_new_tokens: MaxNewOpt = 256,
-    temperature: TempOpt = 0.0,
-    top_p: TopPOpt = 1.0,
-    top_k: TopKOpt = 0,
-    min_p: MinPOpt = 0.0,
-    repetition_penalty: RepOpt = 1.0,
-    seed: SeedOpt = None,
-    context_length: ContextOpt = None,
-    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass (left-padded).")] = 16,
+    max_new_tokens: MaxNewOpt = GEN.max_new_tokens,
+    temperature: TempOpt = GEN.temperature,
+    top_p: TopPOpt = GEN.top_p,
+    top_k: TopKOpt = GEN.top_k,
+    min_p: MinPOpt = GEN.min_p,
+    repetition_penalty: RepOpt = GEN.repetition_penalty,
+    seed: SeedOpt = GEN.seed,
+    context_length: ContextOpt = GEN.context_length,
+    batch_size: BatchOpt = GEN.batch_size,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
     base: BaseOpt = False,
     adapter: AdapterOpt = [],
@@ -46,8 +47,9 @@ def generate(
     from lorakit.infer.session import open_session
     from lorakit.run import RunFolder
 
-    gen = generation(max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed,
-                     context_length, batch_size)
+    gen = generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                     repetition_penalty=repetition_penalty, seed=seed, context_length=context_length,
+                     batch_size=batch_size)
     system = system_prompt(system, system_file)
     if (prompt is None) == (file is None):
         fail("give exactly one of --prompt or --file")
@@ -78,14 +80,14 @@ def chat(
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     system_file: SystemFileOpt = None,
     stats: Annotated[bool, typer.Option(help="Print tokens per second after each answer (/stats toggles).")] = False,
-    max_new_tokens: MaxNewOpt = 256,
-    temperature: TempOpt = 0.0,
-    top_p: TopPOpt = 1.0,
-    top_k: TopKOpt = 0,
-    min_p: MinPOpt = 0.0,
-    repetition_penalty: RepOpt = 1.0,
-    seed: SeedOpt = None,
-    context_length: ContextOpt = None,
+    max_new_tokens: MaxNewOpt = GEN.max_new_tokens,
+    temperature: TempOpt = GEN.temperature,
+    top_p: TopPOpt = GEN.top_p,
+    top_k: TopKOpt = GEN.top_k,
+    min_p: MinPOpt = GEN.min_p,
+    repetition_penalty: RepOpt = GEN.repetition_penalty,
+    seed: SeedOpt = GEN.seed,
+    context_length: ContextOpt = GEN.context_length,
     base: BaseOpt = False,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
@@ -97,7 +99,8 @@ def chat(
     from lorakit.infer.catalog import open_catalog, parse_adapter_specs
     from lorakit.infer.chat import chat_loop
 
-    gen = generation(max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, seed, context_length)
+    gen = generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                     repetition_penalty=repetition_penalty, seed=seed, context_length=context_length)
     system = system_prompt(system, system_file)
     catalog = open_catalog(target, cache_dir, parse_adapter_specs(adapter), use_adapter=not base)
     chat_loop(catalog, gen, system_prompt=system, stats=stats)
@@ -112,9 +115,11 @@ def serve(
         Optional[str], typer.Option(envvar="LORAKIT_API_KEY", help="Require 'Authorization: Bearer KEY'.")
     ] = None,
     max_pending: Annotated[int, typer.Option(help="Requests running or waiting; more get 429.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length when a request sets no max_tokens.")] = 256,
-    temperature: TempOpt = 0.0,
-    context_length: ContextOpt = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Answer length when a request sets no max_tokens.")
+    ] = GEN.max_new_tokens,
+    temperature: TempOpt = GEN.temperature,
+    context_length: ContextOpt = GEN.context_length,
     base: BaseOpt = False,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
@@ -123,16 +128,17 @@ def serve(
     from pydantic import ValidationError
 
     from lorakit.infer.catalog import open_catalog, parse_adapter_specs
-    from lorakit.serve.app import ServeConfig
+    from lorakit.serve.app import LOOPBACK_NAMES, ServeConfig
     from lorakit.serve.app import serve as run_server
 
-    gen = generation(max_new_tokens, temperature, 1.0, 0, 0.0, 1.0, None, context_length)
+    # A request's own sampling settings replace these; top_p and the rest default as in a config.
+    gen = generation(max_new_tokens=max_new_tokens, temperature=temperature, context_length=context_length)
     try:
         settings = ServeConfig(host=host, port=port, api_key=api_key, max_pending=max_pending)
     except ValidationError as e:
         fail_options(e)
     catalog = open_catalog(target, cache_dir, parse_adapter_specs(adapter), use_adapter=not base)
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if host not in LOOPBACK_NAMES and api_key is None:
         err.print(f"[yellow]warning:[/] serving on {host} without --api-key: only requests addressed to "
                   "localhost, 127.0.0.1 or [::1] are answered; set --api-key to serve other machines")
     err.print(f"models: {', '.join(catalog.names())}; web chat at http://{host}:{port}/", highlight=False)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from lorakit.commands.common import out, setup_logging
-from lorakit.config import load_config
+from lorakit.config_file import load_config
 
 
 def data_inspect(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lorakit.config import DistributedConfig
+from lorakit.config.train import DistributedConfig
 from lorakit.errors import LorakitError
 
 log = logging.getLogger(__name__)

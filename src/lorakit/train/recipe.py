@@ -119,7 +119,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
 
     # --- the run folder: ours alone while we train; a fresh run never writes over an old one
-    out = cfg.resolved_output_dir()
+    out = cfg.output_dir
     with run_folder.owned(out, main):
         resume_from = distributed.same_on_all_ranks(checkpoints.resolve_resume(resume, RunFolder(out).checkpoints))
         if main and resume_from is None:

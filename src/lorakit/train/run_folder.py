@@ -33,19 +33,11 @@ from typing import Any
 
 import yaml
 
+from lorakit.config import resumable
 from lorakit.errors import LorakitError
 from lorakit.run import LOCK, RUN_FILES, RUN_WRITES, RunFolder
 
 log = logging.getLogger(__name__)
-
-# Keys a resumed run may change: how long it goes on, how often it saves, evaluates and logs,
-# and what is done or shown around training. Everything else must match the checkpoint's run.
-RESUMABLE_KEYS = (
-    "name", "output_dir", "train.max_steps", "train.epochs", "train.save_steps", "train.save_total_limit",
-    "train.eval_steps", "train.logging_steps", "train.progress_bar", "train.report_to",
-    "train.early_stopping_patience", "train.distributed.timeout_s", "model.cache_dir", "model.download",
-    "data.cache_dir", "data.num_proc", "data.hub_download", "generation", "eval",
-)
 
 
 class RunFolderError(LorakitError, ValueError):
@@ -231,7 +223,8 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _may_change(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS)
+    # The schema marks the keys a resumed run may change; everything else must match the checkpoint's run.
+    return any(key == k or key.startswith(k + ".") for k in resumable())
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -5,15 +5,21 @@ Each stage then receives only its own section (``cfg.data``, ``cfg.lora`` ...), 
 reader can see from a function's signature what it depends on. Unknown keys are an
 error with a suggestion, because a silently ignored typo (``lora.rnak``) is the
 classic way a fine-tune runs with settings nobody asked for.
+
+This package is the schema alone: the train section is in ``train.py``, what every section
+shares in ``section.py``. Reading a YAML file and ``--set`` into it is ``lorakit.config_file``'s.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
+from lorakit.config.section import EXPAND_HOME, RESUMABLE, Section, resumable_keys
+from lorakit.config.train import TrainConfig
 from lorakit.errors import LorakitError
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
@@ -28,13 +34,7 @@ class ConfigError(LorakitError, ValueError):
     """A configuration the user wrote cannot be used; the message says how to fix it."""
 
 
-class _Section(BaseModel):
-    # Strict: `rank: true` or `rank: "8"` is a mistake to name, not a value to convert (an int
-    # still fills a float). Paths alone are lax: YAML can only write them as strings.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
-
-
-class QuantizationConfig(_Section):
+class QuantizationConfig(Section):
     """Load the base quantized through bitsandbytes (QLoRA): LoRA trains on top of frozen 4/8-bit weights."""
 
     bits: Literal[4, 8] = Field(4, description="4 (QLoRA) or 8.")
@@ -45,7 +45,7 @@ class QuantizationConfig(_Section):
     )
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str = Field(
         EMBEDDED_MODEL,
         description="'smollm2-135m-instruct' (embedded, no download), a local model folder, a .gguf file, "
@@ -56,7 +56,8 @@ class ModelConfig(_Section):
         None, description="Hub branch, tag or commit of model.name; None: the default branch (main)."
     )
     download: bool = Field(
-        True, description="Download a hub model missing from the cache; false: cache only (air-gapped use)."
+        True, json_schema_extra=RESUMABLE,
+        description="Download a hub model missing from the cache; false: cache only (air-gapped use).",
     )
     trust_remote_code: bool = Field(
         False,
@@ -85,19 +86,14 @@ class ModelConfig(_Section):
         "base. For method: dpo it is also the frozen reference. Its own LoRA settings apply, not the lora section. "
         "Relative to where the command runs, as output_dir is.",
     )
-    cache_dir: Path = Field(
-        Path("~/.cache/lorakit"), strict=False,
+    cache_dir: Annotated[Path, EXPAND_HOME] = Field(
+        Path("~/.cache/lorakit"), strict=False, json_schema_extra=RESUMABLE,
         description="Where converted GGUF models are cached so the second load takes a second.",
         validate_default=True,  # so the default's ~ is expanded too
     )
 
-    @field_validator("cache_dir")
-    @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
 
-
-class DataSource(_Section):
+class DataSource(Section):
     """One place samples come from; a plain string in the YAML is a source with weight 1."""
 
     path: str = Field(
@@ -119,7 +115,7 @@ class DataSource(_Section):
         return self.path
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     train: list[DataSource] = Field(
         default_factory=list, description="Training sources: paths, globs, hub names, or {path, weight}."
     )
@@ -163,25 +159,22 @@ class DataConfig(_Section):
         False, description="Skip malformed records (counted and reported) instead of stopping at the first."
     )
     hub_download: bool = Field(
-        True, description="Download a hub dataset missing from the local cache; false: use the cache only."
+        True, json_schema_extra=RESUMABLE,
+        description="Download a hub dataset missing from the local cache; false: use the cache only.",
     )
     hub_cache: Path | None = Field(
         None, strict=False, description="Hugging Face hub cache to read from (default: HF's own)."
     )
-    cache_dir: Path | None = Field(
-        Path("~/.cache/lorakit/tokens"), strict=False,
+    cache_dir: Annotated[Path | None, EXPAND_HOME] = Field(
+        Path("~/.cache/lorakit/tokens"), strict=False, json_schema_extra=RESUMABLE,
         description="Encoded samples are kept here, keyed on tokenizer, template and settings, so the next "
         "run over the same data skips tokenizing; null: no cache.",
         validate_default=True,
     )
     num_proc: int = Field(
-        0, ge=0, description="Processes that tokenize; 0: one per core when there are thousands of samples."
+        0, ge=0, json_schema_extra=RESUMABLE,
+        description="Processes that tokenize; 0: one per core when there are thousands of samples.",
     )
-
-    @field_validator("cache_dir")
-    @classmethod
-    def _expand(cls, value: Path | None) -> Path | None:
-        return value.expanduser() if value is not None else None
 
     @model_validator(mode="before")
     @classmethod
@@ -204,7 +197,7 @@ class DataConfig(_Section):
         return self
 
 
-class LoraConfig(_Section):
+class LoraConfig(Section):
     rank: int = Field(16, gt=0, description="Higher: more capacity, more memory.")
     alpha: float = Field(32, gt=0, description="Scale of the update is alpha / rank.")
     dropout: float = Field(
@@ -233,161 +226,7 @@ class LoraConfig(_Section):
     )
 
 
-class DistributedConfig(_Section):
-    strategy: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
-        "ddp",
-        description="How several processes share the work: ddp (a full copy per process; CPU or GPU), "
-        "fsdp or deepspeed_zero2/3 (shard optimizer state, gradients and with fsdp/zero3 the weights; GPUs only).",
-    )
-    timeout_s: int = Field(
-        600, gt=0, description="A collective that waits longer (a rank hung or lost) fails the run instead of hanging."
-    )
-
-
-class TrainConfig(_Section):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed).")
-    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1: run the epochs.")
-    batch_size: int = Field(8, gt=0, description="Samples per forward pass.")
-    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate, after warm-up.")
-    warmup: float = Field(0.05, ge=0, description="Warm-up: a fraction of all steps if < 1, else steps.")
-    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="How the learning rate moves after warm-up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the trained weights.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip the gradient norm to this before each step.")
-    logging_steps: int = Field(5, gt=0, description="Log the train loss (metrics.jsonl) every N steps.")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto",
-        description="Autocast for the forward and backward. 'auto': bf16 on a GPU that has it (else fp16); on a CPU "
-        "bf16 where a one-off matmul probe (cached in ~/.cache/lorakit) measured it faster than fp32, else fp32.",
-    )
-    gradient_checkpointing: bool = Field(False, description="Recompute activations: less memory, ~30% slower.")
-    progress_bar: bool = Field(True, description="Draw a progress bar on the terminal.")
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"] = Field(
-        "adamw", description="The 8-bit and paged variants need bitsandbytes."
-    )
-    save_steps: int | None = Field(
-        100, gt=0, description="Checkpoint every N steps (None: never); a killed run resumes from the last one."
-    )
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept (the best one is kept besides).")
-    eval_steps: int | None = Field(
-        None, gt=0, description="Eval loss every N steps when there is eval data (None: at each checkpoint)."
-    )
-    keep_best: bool = Field(True, description="With eval data: the saved adapter is the one with the best eval loss.")
-    early_stopping_patience: int | None = Field(
-        None, gt=0, description="Stop after this many evaluations without a better eval loss."
-    )
-    on_nonfinite: Literal["stop", "skip"] = Field(
-        "stop", description="A NaN/inf loss or gradient: stop naming the step, or skip that optimizer step."
-    )
-    report_to: list[Literal["tensorboard", "wandb", "swanlab"]] = Field(
-        default_factory=list,
-        description="Experiment trackers, logging inside the run folder; wandb and swanlab run offline "
-        "(no login, no network) unless WANDB_MODE / SWANLAB_MODE says otherwise.",
-    )
-    auto_batch_size: bool = Field(False, description="GPU only: halve batch_size until it fits in memory.")
-    selective_loss: bool = Field(
-        True, description="Project only answer positions to the vocabulary (same loss, less compute and memory)."
-    )
-    loss_chunk_size: int = Field(2048, gt=0, description="Answer tokens projected at a time by selective_loss.")
-    packing: bool = Field(
-        False, description="Concatenate each batch into one unpadded row (attention kept within each sample)."
-    )
-    micro_batch_tokens: int | None = Field(
-        None, ge=0,
-        description="Run each batch as forward passes of at most this many token positions, their boundaries "
-        "chosen by a cost model (a fixed cost per pass, one per position, attention's square); same gradient, no "
-        "padding computed, lower peak memory. 0: never split; None: 1024 on CPU, never on GPU (where wide batches "
-        "are cheap). Not with packing (a packed batch is one unpadded row, never split).",
-    )
-    pass_packing: bool | None = Field(
-        None,
-        description="Each pass of micro_batch_tokens packs its samples into one row with position ids (no padding; "
-        "attention stays within each sample); false: rows padded to the pass's longest. None: packed where the "
-        "model reads sample boundaries from position ids (transformers' own architectures).",
-    )
-    eager_attention_tokens: int | None = Field(
-        None, ge=0,
-        description="Samples of a packed row (or padded rows) at most this long use eager attention, longer ones "
-        "the model's own (sdpa): on a CPU eager's forward and backward are faster for short ones, sdpa's for long "
-        "ones. None: on CPU the crossover a probe measures once per machine (hardware.py), 0 on GPU; 0: always sdpa.",
-    )
-    per_sample_attention: bool | None = Field(
-        None,
-        description="A packed row's attention computed per sample (each sample's own causal attention) instead of "
-        "as the row's square with all but each sample's block masked; the same result. None: on CPU, for the "
-        "families with plain causal attention (llama, mistral, qwen2/3, phi3, ...); false: the model's own.",
-    )
-    fused_lora: bool | None = Field(
-        None,
-        description="Each plain LoRA linear (dropout 0, no DoRA, unquantized base) as one fused autograd op; the "
-        "same products, fewer per-layer operations. None: on CPU, off on GPU (not yet measured there).",
-    )
-    compile: bool | Literal["auto"] = Field(
-        "auto",
-        description="Compile each decoder layer with torch.compile (fuses the work between matmuls; needs a C++ "
-        "compiler on a CPU). auto: on a CPU, one process, after timing two steps, only if the steps left would "
-        "save well over the compile's cost (about a minute); true: from the first step; false: never.",
-    )
-    group_by_length: bool = Field(
-        False, description="Batch samples of similar length together (less padding) when not packing."
-    )
-    distributed: DistributedConfig = Field(
-        default_factory=DistributedConfig, description="Multi-process training (lorakit train --nproc N, torchrun)."
-    )
-
-    @field_validator("max_steps")
-    @classmethod
-    def _some_steps(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("0 steps would train nothing; give a number of steps, or -1 to run train.epochs")
-        return value
-
-    @model_validator(mode="after")
-    def _packing_or_micro_batches(self) -> TrainConfig:
-        if self.packing and self.micro_batch_tokens:
-            # A packed batch is one row: there is no padding to save by splitting it into passes.
-            raise ValueError(
-                f"train.packing and train.micro_batch_tokens ({self.micro_batch_tokens}) do not combine: a packed "
-                "batch is one unpadded row that is never split; drop micro_batch_tokens or set packing: false"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _eval_fits_checkpoints(self) -> TrainConfig:
-        if self.keep_best and self.save_steps and self.eval_steps and self.save_steps % self.eval_steps:
-            raise ValueError(
-                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
-                "so the best adapter is in a checkpoint; or set keep_best: false"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _sharding_fits(self) -> TrainConfig:
-        strategy = self.distributed.strategy
-        if strategy == "ddp":
-            return self
-        if self.on_nonfinite == "skip":
-            # Each rank sees only its shard of the gradients, so ranks could disagree on skipping.
-            raise ValueError(f"train.on_nonfinite=skip is not supported with distributed.strategy={strategy}; use stop")
-        if self.selective_loss and strategy in ("fsdp", "deepspeed_zero3"):
-            # selective_loss applies the output head outside the model's forward, where
-            # fsdp and ZeRO-3 hold only a shard of its weights.
-            raise ValueError(
-                f"train.selective_loss is not supported with distributed.strategy={strategy}; "
-                "set train.selective_loss=false"
-            )
-        if self.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
-            raise ValueError(
-                f"train.optimizer={self.optimizer} is not supported with distributed.strategy={strategy}; "
-                "use adamw, adafactor or sgd"
-            )
-        if self.auto_batch_size:
-            raise ValueError(f"train.auto_batch_size is not supported with distributed.strategy={strategy}")
-        return self
-
-
-class GenerationConfig(_Section):
+class GenerationConfig(Section):
     max_new_tokens: int = Field(256, gt=0, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0, description="0: greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: the likeliest tokens up to this mass.")
@@ -399,11 +238,11 @@ class GenerationConfig(_Section):
     )
     batch_size: int = Field(16, gt=0, description="Prompts answered per forward pass (left-padded).")
     context_length: int | None = Field(
-        None, gt=8, description="Prompt plus answer, in tokens; None: the model's max_position_embeddings."
+        None, gt=8, description="Prompt plus answer, in tokens; default: the model's max_position_embeddings."
     )
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     at_end: bool = Field(
         False, description="After training, score base against tuned on data.eval (writes eval.json, eval.md)."
     )
@@ -417,7 +256,7 @@ class EvalConfig(_Section):
     )
 
 
-class PreferenceConfig(_Section):
+class PreferenceConfig(Section):
     """How method dpo and orpo weigh the chosen answer against the rejected one."""
 
     beta: float = Field(0.1, gt=0, description="DPO: how far the tuned model may move from the reference; higher: "
@@ -432,9 +271,13 @@ class PreferenceConfig(_Section):
     )
 
 
-class RunConfig(_Section):
-    name: str = Field("run", description="The run's name; default: the config file's stem.")
-    output_dir: Path | None = Field(None, strict=False, description="Default: runs/<name>.")
+class RunConfig(Section):
+    name: str = Field(
+        "run", json_schema_extra=RESUMABLE, description="The run's name; default: the config file's stem."
+    )
+    output_dir: Path | None = Field(
+        None, strict=False, json_schema_extra=RESUMABLE, description="Default: runs/<name>; always set once validated."
+    )
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the model's initialisation and the training order.")
     method: Literal["sft", "dpo", "orpo"] = Field(
         "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data)."
@@ -444,8 +287,8 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, json_schema_extra=RESUMABLE)
+    eval: EvalConfig = Field(default_factory=EvalConfig, json_schema_extra=RESUMABLE)
 
     @model_validator(mode="after")
     def _eval_at_end_needs_data(self) -> RunConfig:
@@ -466,14 +309,15 @@ class RunConfig(_Section):
                              "train.group_by_length do not apply; set them to false")
         return self
 
-    def resolved_output_dir(self) -> Path:
-        return self.output_dir if self.output_dir is not None else Path("runs") / self.name
+    @model_validator(mode="after")
+    def _output_dir_from_name(self) -> RunConfig:
+        # Fixed once, here, so every reader of cfg.output_dir (and the saved lorakit.yaml) sees the same folder.
+        if self.output_dir is None:
+            self.output_dir = Path("runs") / self.name
+        return self
 
 
-def __getattr__(name: str) -> Any:
-    """``from lorakit.config import load_config``: config_file.py (which needs the classes above), imported on use."""
-    if name in ("load_config", "save_config", "read_saved_config", "apply_override"):
-        from lorakit import config_file
-
-        return getattr(config_file, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+@functools.cache
+def resumable() -> tuple[str, ...]:
+    """The dotted keys a resumed run may change (``train.max_steps``, ``generation`` ...), as marked above."""
+    return tuple(resumable_keys(RunConfig))
