@@ -164,6 +164,9 @@ def test_the_formulas_worked_examples():
     torch.testing.assert_close(weighted, losses * torch.tensor([2.0, 0.5]))
     assert kl_estimate(torch.tensor([-20.0, -15.0]), torch.tensor([-21.0, -15.5])).item() == 0.75
     assert kl_estimate(torch.tensor([-22.0]), torch.tensor([-21.0])).item() == 0.0
+    # Over processes, the mean of their means is clamped, not each one: 0.75 here, -1.75 on another.
+    assert kl_estimate(torch.tensor([-20.0, -15.0]), torch.tensor([-21.0, -15.5]),
+                       average=lambda mean: (mean - 1.75) / 2).item() == 0.0
     only_desirable = kto_metrics(rewards[:1], torch.tensor([-10.0]), torch.tensor([True]), torch.tensor(0.5))
     assert set(only_desirable) == {"kl", "rewards/chosen", "logps/chosen"}  # no margin without both kinds
 

@@ -25,7 +25,7 @@ its chosen answer (desirable) and its rejected one (undesirable).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -142,14 +142,16 @@ def kl_rows(batches: Sequence[Batch], pad_token_id: int, max_length: int | None 
     return PadCollator(pad_token_id)(mismatched(answers, max_length))
 
 
-def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
+def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor,
+                average: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """z = max(0, mean over the mismatched rows of log p(y'|x) - log p_ref(y'|x)), without gradient.
 
     For rows with policy log-probs [-20.0, -15.0] and reference ones [-21.0, -15.5]: the mean
-    difference is (1.0 + 0.5) / 2 = 0.75, so z = 0.75; had it been negative, z = 0. TRL takes the
-    mean on each process and averages the processes' means before the clamp.
+    difference is (1.0 + 0.5) / 2 = 0.75, so z = 0.75; had it been negative, z = 0.
+    ``average``: the mean of this value over processes, taken before the clamp, as TRL takes it.
     """
-    return (policy_kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    mean = (policy_kl_logps - ref_kl_logps).mean().detach()
+    return (mean if average is None else average(mean)).clamp(min=0)
 
 
 def kto_loss(
