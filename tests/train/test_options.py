@@ -9,7 +9,7 @@ import torch
 
 from lorakit.config import ConfigError, load_config
 from lorakit.train import recipe
-from lorakit.hardware import pick_precision
+from lorakit.train.plan import pick_precision
 from tests.train.helpers import metrics, tiny_config
 from tests.tolerance import assert_close_at_scale
 
