@@ -34,13 +34,16 @@ def test_the_reason_fp16_autocast_is_refused_on_a_cpu():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    # A fresh state before and after, as TrainingArguments makes before each run: an earlier
+    # Trainer's state would refuse another mixed precision.
+    AcceleratorState._reset_state(reset_partial_state=True)
     try:
         accelerator = Accelerator(cpu=True, mixed_precision="fp16")
         with accelerator.autocast():
             product = torch.ones(2, 2) @ torch.ones(2, 2)
         assert not accelerator.native_amp and accelerator.scaler is None and product.dtype is torch.float32
     finally:
-        AcceleratorState._reset_state(reset_partial_state=True)  # as TrainingArguments does before each run
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_the_plan_is_logged_once_and_saved_as_the_run_used_it(tiny_model_dir, tmp_path, monkeypatch, caplog):

@@ -31,7 +31,7 @@ PROBE_VERSION = 2  # 2: one thread, CPU seconds
 # probe's answer belongs to the machine, not to a run, so no config key moves it; and like those
 # defaults it does not follow XDG_CACHE_HOME, so all of lorakit's cache is in one place
 # (tests/test_hardware.py checks the roots agree).
-CACHE_ROOT = Path("~/.cache/lorakit")
+_CACHE_ROOT = Path("~/.cache/lorakit")
 
 
 class PinError(LorakitError, ValueError):
@@ -39,7 +39,7 @@ class PinError(LorakitError, ValueError):
 
 
 def _cache_file() -> Path:
-    return CACHE_ROOT.expanduser() / "cpu-probe.json"
+    return _CACHE_ROOT.expanduser() / "cpu-probe.json"
 
 
 def _machine_key() -> str:
