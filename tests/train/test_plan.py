@@ -90,6 +90,22 @@ def test_the_plan_is_logged_once_and_saved_as_the_run_used_it(tiny_model_dir, tm
         assert summary["compile_note"].startswith("auto: 0 more steps")
 
 
+def test_on_a_gpu_the_plan_keeps_the_models_own_ways(tiny_model_dir, monkeypatch):
+    from lorakit.config import load_config
+    from tests.conftest import tiny_lora_model
+
+    model = tiny_lora_model(tiny_model_dir)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cfg = load_config(None, [])
+    plan = plan_module.resolve_plan(cfg.model, cfg.train, "sft", model)
+    assert (plan.device.value, plan.precision.value, plan.micro_batch_tokens.value) == ("cuda", "bf16", 0)
+    assert plan.eager_attention_tokens.value == 0 and plan.attention.value == "sdpa"
+    assert not plan.per_sample_attention.value and not plan.fused_lora.value
+    assert plan.compile.value == "auto" and plan.compile_blocker.startswith("a GPU")
+    assert plan.trainer_options()["compile_blocker"] == plan.compile_blocker
+
+
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("LORAKIT_CPU_PRECISION", "fast", "LORAKIT_CPU_PRECISION='fast': use fp32 or bf16"),
     ("LORAKIT_CPU_EAGER_TOKENS", "many", "LORAKIT_CPU_EAGER_TOKENS='many': give a number of positions"),

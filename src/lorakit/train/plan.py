@@ -66,7 +66,8 @@ class Plan:
         return asdict(self)
 
     def lines(self) -> list[str]:
-        return [f"{name}: {d['value']} ({d['why']})" for name, d in self.as_dict().items() if isinstance(d, dict)]
+        decided = {name: d for name, d in self.as_dict().items() if isinstance(d, dict)}
+        return [f"{name}: {_shown(d['value'])} ({d['why']})" for name, d in decided.items()]
 
     def trainer_options(self) -> dict:
         return {
@@ -80,9 +81,12 @@ class Plan:
         }
 
 
+def _shown(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)  # as the YAML says it
+
+
 def _configured(key: str, value) -> Decided:
-    shown = str(value).lower() if isinstance(value, bool) else value  # as the YAML says it
-    return Decided(value, f"train.{key}={shown}")
+    return Decided(value, f"train.{key}={_shown(value)}")
 
 
 def _precision(requested: str) -> Decided[str]:
