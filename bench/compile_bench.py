@@ -81,7 +81,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.n, args.out, args.cache)
         return
-    from lorakit.hardware import cpu_flag_list, cpu_name
+    from lorakit.hardware.cpu import cpu_flag_list, cpu_name
 
     inductor_cache = Path(tempfile.mkdtemp(prefix="inductor-"))  # empty: the cold run fills it
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)}

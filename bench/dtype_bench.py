@@ -58,7 +58,7 @@ def worker(name: str, n: int, held_out: int, out: Path, cache: Path) -> None:
     from lorakit.eval.compare import answer_loss
     from lorakit.infer.session import open_session
     from lorakit.train import recipe
-    from lorakit.hardware import peak_rss_bytes
+    from lorakit.hardware.memory import peak_rss_bytes
 
     rows = [r for r in json.loads(SHARED.read_text(encoding="utf-8")) if r["output"].strip()]
     data = out / "train.jsonl"
@@ -111,7 +111,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.n, args.held_out, args.out, args.cache)
         return
-    from lorakit.hardware import cpu_has_bf16
+    from lorakit.hardware.cpu import cpu_has_bf16
 
     names = args.only.split(",")
     best: dict[str, dict] = {}

@@ -1,4 +1,4 @@
-"""The cost of one training pass against its length: where microbatch.PassCost comes from (the eager-attention crossover is now probed per machine: hardware.probe_attention).
+"""The cost of one training pass against its length: where microbatch.PassCost comes from (the eager-attention crossover is now probed per machine: hardware/probes.py).
 
     OMP_NUM_THREADS=2 python bench/pass_cost.py            # SmolLM2, LoRA r16 all-linear, this CPU's precision
     python bench/pass_cost.py --precision fp32 --lengths 64,256,512
@@ -48,7 +48,8 @@ def main() -> None:
     from lorakit.config import LoraConfig, ModelConfig
     from lorakit.model.loader import resolve_model_folder
     from lorakit.model.lora import apply_lora
-    from lorakit.hardware import cpu_name, pick_precision
+    from lorakit.hardware.cpu import cpu_name
+    from lorakit.train.plan import pick_precision
     from lorakit.model.loss import output_head
 
     precision = pick_precision(args.precision)

@@ -103,7 +103,7 @@ def _lora(model):
 
 
 def _precision_flags() -> dict:
-    from lorakit.hardware import pick_precision
+    from lorakit.train.plan import pick_precision
 
     return {"bf16": pick_precision("auto") == "bf16"}
 
@@ -170,7 +170,7 @@ def work_hand_loop(name: str, rows: list[dict], tmp: Path, cache: Path) -> dict:
     import torch
     from lorakit.data.encode import encode_conversation
     from lorakit.templates import resolve_template
-    from lorakit.hardware import cpu_has_bf16
+    from lorakit.hardware.cpu import cpu_has_bf16
     from transformers import get_linear_schedule_with_warmup
 
     _, model, tok = _model_and_tokenizer(cache)
@@ -391,7 +391,7 @@ def main() -> None:
 
     import torch
 
-    from lorakit.hardware import physical_cores
+    from lorakit.hardware.cpu import physical_cores
     from train_report import machine, print_report
 
     # Every worker and the matmul probe compute on the same number of threads.

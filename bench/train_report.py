@@ -24,13 +24,14 @@ FLAGS_OF_NOTE = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx_vn
 def machine(gpu: str | None) -> dict:
     import torch
 
-    from lorakit.hardware import cpu_flag_list, cpu_has_bf16, cpu_name, cpu_prefers_bf16, physical_cores
+    from lorakit.hardware.cpu import cpu_flag_list, cpu_has_bf16, cpu_name, physical_cores
+    from lorakit.hardware.speed import auto_half
 
     flags = cpu_flag_list()
     return {
         "cpu": cpu_name(), "flags_of_note": [f for f in FLAGS_OF_NOTE if f in flags], "flags": flags,
         "physical_cores": physical_cores(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "native_bf16": cpu_has_bf16(), "lorakit_cpu_precision_auto": "bf16" if cpu_prefers_bf16() else "fp32",
+        "native_bf16": cpu_has_bf16(), "lorakit_cpu_precision_auto": auto_half()[0] or "fp32",
         "host": platform.node(), "gpu": gpu,
         "isa_caps": {v: os.environ[v] for v in ISA_CAPS if os.environ.get(v)},
     }

@@ -27,7 +27,7 @@ from transformers import (
 from lorakit.templates import NAMED_TEMPLATES
 
 # precision and model.dtype 'auto' follow a speed probe of the CPU they run on; the tests pin the
-# answer to float32, so their results never depend on the machine (tests/train/test_hardware.py
+# answer to float32, so their results never depend on the machine (tests/test_hardware.py
 # tests the probe with injected timings).
 os.environ.setdefault("LORAKIT_CPU_PRECISION", "fp32")
 # The same for the length up to which a CPU pass uses eager attention (its own probe).

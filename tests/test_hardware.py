@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from lorakit.model.dtype import resolve_dtype
-from lorakit import hardware
-from lorakit.hardware import PRECISION_ENV, CpuSpeed, cpu_speed, pick_precision
+from lorakit.hardware import cpu as hardware_cpu, probes, speed as hardware_speed
+from lorakit.hardware.probes import CpuSpeed
+from lorakit.hardware.speed import PRECISION_ENV, cpu_speed
+from lorakit.train.plan import pick_precision
 
 
 @pytest.fixture
@@ -34,22 +36,22 @@ def test_bf16_wins_only_by_a_margin():
     (CpuSpeed(0.010, 0.030, 2), "fp32", torch.float32),
 ])
 def test_auto_follows_the_probe(cpu, speed, precision, dtype):
-    cpu.setattr(hardware, "cpu_has_bf16", lambda: True)
-    cpu.setattr(hardware, "cpu_speed", lambda: speed)
+    cpu.setattr(hardware_speed, "cpu_has_bf16", lambda: True)
+    cpu.setattr(hardware_speed, "cpu_speed", lambda: speed)
     assert pick_precision("auto") == precision
     assert resolve_dtype("auto") is dtype
     assert pick_precision("fp32") == "fp32" and resolve_dtype("float32") is torch.float32  # asked for: kept
 
 
 def test_no_native_bf16_is_fp32_without_probing(cpu):
-    cpu.setattr(hardware, "cpu_has_bf16", lambda: False)
-    cpu.setattr(hardware, "cpu_speed", lambda: pytest.fail("probed a CPU without bf16"))
+    cpu.setattr(hardware_speed, "cpu_has_bf16", lambda: False)
+    cpu.setattr(hardware_speed, "cpu_speed", lambda: pytest.fail("probed a CPU without bf16"))
     assert pick_precision("auto") == "fp32" and resolve_dtype("auto") is torch.float32
 
 
 def test_the_pin_skips_the_probe(cpu):
-    cpu.setattr(hardware, "cpu_speed", lambda: pytest.fail("probed despite the pin"))
-    cpu.setattr(hardware, "cpu_has_bf16", lambda: True)
+    cpu.setattr(hardware_speed, "cpu_speed", lambda: pytest.fail("probed despite the pin"))
+    cpu.setattr(hardware_speed, "cpu_has_bf16", lambda: True)
     cpu.setenv(PRECISION_ENV, "bf16")
     assert pick_precision("auto") == "bf16"
     cpu.setenv(PRECISION_ENV, "fp32")
@@ -77,48 +79,48 @@ def test_measured_once_per_machine_and_torch(tmp_path, monkeypatch):
     assert cpu_speed(probe, cache).bf16_faster and len(calls) == 3
 
 
-@pytest.mark.skipif(not hardware.cpu_has_bf16(), reason="only a CPU with native bf16 is probed")
+@pytest.mark.skipif(not hardware_cpu.cpu_has_bf16(), reason="only a CPU with native bf16 is probed")
 def test_the_probe_times_both_ways():
     threads = torch.get_num_threads()
-    speed = hardware.probe_cpu()
+    speed = probes.probe_cpu()
     assert speed.fp32_s > 0 and speed.bf16_s > 0 and speed.threads == 1
     assert torch.get_num_threads() == threads  # the probe's one thread is given back
 
 
 def test_eager_attention_up_to_the_first_length_where_sdpa_wins():
     lengths = (64, 128, 256, 512)
-    assert hardware.AttentionSpeed(lengths, (1, 2, 5, 9), (2, 3, 4, 5)).eager_up_to == 128
-    assert hardware.AttentionSpeed(lengths, (1, 2, 3, 4), (2, 3, 4, 5)).eager_up_to == 512
-    assert hardware.AttentionSpeed(lengths, (3, 2, 1, 1), (2, 3, 4, 5)).eager_up_to == 0  # sdpa from the start
+    assert probes.AttentionSpeed(lengths, (1, 2, 5, 9), (2, 3, 4, 5)).eager_up_to == 128
+    assert probes.AttentionSpeed(lengths, (1, 2, 3, 4), (2, 3, 4, 5)).eager_up_to == 512
+    assert probes.AttentionSpeed(lengths, (3, 2, 1, 1), (2, 3, 4, 5)).eager_up_to == 0  # sdpa from the start
     # A win past a loss does not count: the crossover is where eager first stops winning.
-    assert hardware.AttentionSpeed(lengths, (1, 4, 1, 9), (2, 3, 4, 5)).eager_up_to == 64
+    assert probes.AttentionSpeed(lengths, (1, 4, 1, 9), (2, 3, 4, 5)).eager_up_to == 64
 
 
 def test_attention_probe_cached_per_dtype_and_pinned_by_env(tmp_path, monkeypatch):
     cache, calls = tmp_path / "cpu-probe.json", []
-    monkeypatch.delenv(hardware.EAGER_ENV, raising=False)
+    monkeypatch.delenv(hardware_speed.EAGER_ENV, raising=False)
 
     def probe(dtype):
         calls.append(dtype)
-        return hardware.AttentionSpeed((64, 128), (1, 9), (2, 3)) if dtype == torch.bfloat16 else \
-            hardware.AttentionSpeed((64, 128), (3, 9), (2, 3))
+        return probes.AttentionSpeed((64, 128), (1, 9), (2, 3)) if dtype == torch.bfloat16 else \
+            probes.AttentionSpeed((64, 128), (3, 9), (2, 3))
 
-    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
-    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
-    assert hardware.cpu_eager_attention_tokens(torch.float32, probe, cache) == 0
+    assert hardware_speed.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
+    assert hardware_speed.cpu_eager_attention_tokens(torch.bfloat16, probe, cache) == 64
+    assert hardware_speed.cpu_eager_attention_tokens(torch.float32, probe, cache) == 0
     assert calls == [torch.bfloat16, torch.float32]  # each dtype measured once, then read back
     cpu_speed(lambda: CpuSpeed(0.03, 0.01, 1), cache)  # the precision probe shares the file
     assert len(json.loads(cache.read_text())) == 3
-    monkeypatch.setenv(hardware.EAGER_ENV, "300")
-    assert hardware.cpu_eager_attention_tokens(torch.bfloat16, lambda d: pytest.fail("probed"), cache) == 300
-    monkeypatch.setenv(hardware.EAGER_ENV, "many")
+    monkeypatch.setenv(hardware_speed.EAGER_ENV, "300")
+    assert hardware_speed.cpu_eager_attention_tokens(torch.bfloat16, lambda d: pytest.fail("probed"), cache) == 300
+    monkeypatch.setenv(hardware_speed.EAGER_ENV, "many")
     with pytest.raises(ValueError, match="LORAKIT_CPU_EAGER_TOKENS='many'"):
-        hardware.cpu_eager_attention_tokens(torch.bfloat16, probe, cache)
+        hardware_speed.cpu_eager_attention_tokens(torch.bfloat16, probe, cache)
 
 
 def test_the_attention_probe_times_both_kernels():
     threads = torch.get_num_threads()
-    speed = hardware.probe_attention(torch.float32, rounds=1)
+    speed = probes.probe_attention(torch.float32, rounds=1)
     assert len(speed.eager_s) == len(speed.sdpa_s) == len(speed.lengths) and min(speed.eager_s + speed.sdpa_s) > 0
     assert torch.get_num_threads() == threads
 
@@ -131,3 +133,12 @@ def test_a_capped_instruction_set_is_another_machine(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the same CPU with oneDNN kept to AVX2
     cpu_speed(probe, cache)
     assert len(calls) == 2
+
+
+def test_the_probe_cache_sits_in_the_configs_cache_root(monkeypatch, tmp_path):
+    from lorakit.config import load_config
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # followed by none of them (hardware/speed.py says why)
+    defaults = load_config(None, [])
+    assert hardware_speed._cache_file().parent == defaults.model.cache_dir
+    assert defaults.data.cache_dir.parent == defaults.model.cache_dir

@@ -97,6 +97,7 @@ class RunSummary:
     compile_seconds: float | None = None  # what the compile added to the first compiled step
     compile_note: str = ""  # why the layers were compiled or not
     eval: dict[str, dict[str, float | None]] | None = None  # eval.at_end: metric -> {base, tuned}
+    plan: dict[str, Any] | None = None  # train/plan.py: what each "auto" came to, {"value", "why"} per setting
 
     def __getitem__(self, key: str) -> Any:
         """``summary["steps"]``: read by the names summary.json uses, as code written against the file does."""

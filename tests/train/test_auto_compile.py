@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 
 from lorakit.model.compiled_layers import compiler_missing
 from lorakit.train import auto_compile, checkpoints, recipe
+from lorakit.train.plan import compile_blocker
 from lorakit.train.auto_compile import LayerCompiling, compile_pays
 
 from tests.train.helpers import ROWS, adapter, metrics, tiny_config
@@ -98,13 +99,14 @@ def test_auto_never_compiles_where_it_was_not_measured_but_true_does(clock):
 
 def test_auto_is_off_for_each_setup_it_was_not_measured_on(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path)
-    assert recipe._compile_blocker(cfg, on_gpu=False, quantized=False) == compiler_missing("cpu")
-    assert recipe._compile_blocker(cfg, on_gpu=True, quantized=False).startswith("a GPU")
-    assert recipe._compile_blocker(cfg, on_gpu=False, quantized=True) == "a quantized base"
+    assert compile_blocker(cfg.train, cfg.method, on_gpu=False, quantized=False) == compiler_missing("cpu")
+    assert compile_blocker(cfg.train, cfg.method, on_gpu=True, quantized=False).startswith("a GPU")
+    assert compile_blocker(cfg.train, cfg.method, on_gpu=False, quantized=True) == "a quantized base"
     checkpointed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"gradient_checkpointing": True})})
-    assert recipe._compile_blocker(checkpointed, on_gpu=False, quantized=False) == "activation checkpointing"
+    assert compile_blocker(checkpointed.train, checkpointed.method, on_gpu=False,
+                           quantized=False) == "activation checkpointing"
     dpo = cfg.model_copy(update={"method": "dpo"})
-    assert recipe._compile_blocker(dpo, on_gpu=False, quantized=False) == "dpo (measured for sft only)"
+    assert compile_blocker(dpo.train, dpo.method, on_gpu=False, quantized=False) == "dpo (measured for sft only)"
 
 
 def test_a_resumed_run_follows_the_decision_its_checkpoint_records(clock):

@@ -10,7 +10,7 @@ import torch
 from lorakit.config import ConfigError
 from lorakit.config_file import load_config
 from lorakit.train import recipe
-from lorakit.hardware import pick_precision
+from lorakit.train.plan import pick_precision
 from tests.train.helpers import metrics, tiny_config
 from tests.tolerance import assert_close_at_scale
 

@@ -80,7 +80,7 @@ def test_nan_loss_can_be_skipped(tiny_model_dir, tmp_path):
 
 
 def test_bf16_autocast_matches_fp32(tiny_model_dir):
-    from lorakit.hardware import cpu_has_bf16
+    from lorakit.hardware.cpu import cpu_has_bf16
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(0, 300, (2, 24))

@@ -97,7 +97,7 @@ class TrainConfig(Section):
         None, ge=0,
         description="Samples of a packed row (or padded rows) at most this long use eager attention, longer ones "
         "the model's own (sdpa): on a CPU eager's forward and backward are faster for short ones, sdpa's for long "
-        "ones. None: on CPU the crossover a probe measures once per machine (hardware.py), 0 on GPU; 0: always sdpa.",
+        "ones. None: on CPU the crossover a probe measures once per machine (hardware/probes.py), 0 on GPU; 0: always sdpa.",
     )
     per_sample_attention: bool | None = Field(
         None,

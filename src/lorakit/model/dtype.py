@@ -11,11 +11,13 @@ import logging
 import torch
 
 from lorakit.errors import LorakitError
-from lorakit.hardware import cpu_has_bf16, cpu_has_fp16, cpu_prefers_bf16
+from lorakit.hardware.cpu import cpu_has_bf16, cpu_has_fp16
+from lorakit.hardware.speed import auto_half
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_AUTO = {"bf16": torch.bfloat16, "fp16": torch.float16, None: torch.float32}  # hardware.speed.auto_half's answers
 
 
 class DtypeError(LorakitError, ValueError):
@@ -30,15 +32,12 @@ def resolve_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
     """Map a config dtype name to a torch dtype for the device this process uses.
 
     'auto' is bfloat16 on a GPU that has it, float16 on an older GPU. On a CPU it is bfloat16 where
-    this CPU's probe measured bf16 faster (``cpu_prefers_bf16``; the frozen weights then need no cast
-    per step under bf16 autocast, and take half the memory), else float32: without native bf16 it
-    is emulated and far slower.
+    this CPU's probe measured bf16 faster, else float32 (``hardware.speed.auto_half``, which
+    ``train.precision: auto`` follows too).
     """
     on_gpu = torch.cuda.is_available()
     if name == "auto":
-        if on_gpu:
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
+        return _AUTO[auto_half()[0]]
     if name not in DTYPES:
         raise DtypeError(f"{key}={name!r} is not a dtype; choose auto, float32, bfloat16 or float16")
     if name == "bfloat16":
@@ -52,6 +51,8 @@ def resolve_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
                 "%s=bfloat16: this CPU has no native bfloat16 (no AVX512-BF16 or AMX), so torch emulates it: "
                 "half the memory of float32 but slower", key
             )
+    # Float16 weights need only a CPU that computes float16; train.precision=fp16 (autocast) is
+    # refused on every CPU for another reason (train/plan.py: pick_precision).
     if name == "float16" and not on_gpu and not cpu_has_fp16():
         raise DtypeError(
             f"{key}=float16 needs a CUDA GPU or a CPU with native float16 (AVX512-FP16 or AMX-FP16); "

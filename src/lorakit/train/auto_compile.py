@@ -38,6 +38,7 @@ GAIN = 0.10
 COMPILE_SECONDS = 60.0
 MARGIN = 2.0
 MARKER_KEY = "compiled_from_step"
+NO_LAYERS = "a model whose decoder layers lorakit cannot find"
 
 
 def compile_pays(step_seconds: float, steps_left: int, gain: float = GAIN,
@@ -71,7 +72,7 @@ class LayerCompiling(TrainerCallback):
         self._session_steps = 0
         self._started = 0.0
         if blocker is None and not layers.layers:
-            blocker = "a model whose decoder layers lorakit cannot find"
+            blocker = NO_LAYERS
         if setting is False or (setting == "auto" and blocker is not None):
             self.decided = True
             self.report.reason = "train.compile is false" if setting is False else f"auto: off for {blocker}"

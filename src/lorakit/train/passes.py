@@ -19,6 +19,7 @@ computes it. Each choice here changes the speed, never the result (tests/train/t
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -51,22 +52,41 @@ def is_packed_row(inputs: dict[str, torch.Tensor]) -> bool:
     return inputs["input_ids"].shape[0] == 1 and "position_ids" in inputs and inputs.get("attention_mask") is None
 
 
+@dataclass(frozen=True)
+class PassSetup:
+    """What a model allows of the pass settings asked for (train/plan.py records it)."""
+
+    packed: bool  # passes packed into one row with position ids
+    own_attention: str | None  # the model's attention implementation as loaded
+    eager_tokens: int  # rows (or a packed row's samples) up to this long run eager attention
+    per_sample: bool  # a packed row's attention computed per sample
+
+
+def pass_setup(model: torch.nn.Module, packing: bool | None, eager_tokens: int,
+               per_sample_attention: bool) -> PassSetup:
+    base = causal_lm(model)
+    config = getattr(base, "config", None)
+    own = attention_implementation(config)
+    # Only a model that can change its attention between passes, and only away from sdpa:
+    # a model set up with flash attention or eager keeps it.
+    switchable = own == "sdpa" and _can_switch_attention(base)
+    return PassSetup(
+        packed=reads_packed_positions(model) if packing is None else packing,
+        own_attention=own,
+        eager_tokens=eager_tokens if switchable else 0,
+        per_sample=per_sample_attention and switchable and packed_attention.supports_packed_attention(config),
+    )
+
+
 class PassRunner:
     """Runs passes of one model; built once per trainer."""
 
     def __init__(self, model: torch.nn.Module, packing: bool | None, eager_tokens: int, autocast: bool,
                  per_sample_attention: bool = False, fuse_lora: bool = False):
         self.base = causal_lm(model)
-        self.packed = reads_packed_positions(model) if packing is None else packing
-        config = getattr(self.base, "config", None)
-        self.own_attention = attention_implementation(config)
-        # Only a model that can change its attention between passes, and only away from sdpa:
-        # a model set up with flash attention or eager keeps it.
-        switchable = self.own_attention == "sdpa" and _can_switch_attention(self.base)
-        self.eager_tokens = eager_tokens if switchable else 0
-        self.per_sample = None
-        if per_sample_attention and switchable and packed_attention.supports_packed_attention(config):
-            self.per_sample = packed_attention.register(eager_tokens)
+        setup = pass_setup(model, packing, eager_tokens, per_sample_attention)
+        self.packed, self.own_attention, self.eager_tokens = setup.packed, setup.own_attention, setup.eager_tokens
+        self.per_sample = packed_attention.register(setup.eager_tokens) if setup.per_sample else None
         self.adapters = [m for m in model.modules() if isinstance(m, BaseTunerLayer)] if autocast else []
         self.fused = [m for m in model.modules() if fused_lora.fusable(m)] if fuse_lora else []
 

@@ -20,16 +20,10 @@ from lorakit.config import ConfigError, RunConfig
 from lorakit.data.collate import PackCollator, PadCollator, PairCollator
 from lorakit.data.pair_dataset import build_pair_splits
 from lorakit.data.pipeline import build_splits
-from lorakit.hardware import (
-    cpu_eager_attention_tokens,
-    cuda_peak_bytes,
-    peak_rss_bytes,
-    pick_precision,
-    set_compute_threads,
-)
+from lorakit.hardware.memory import cuda_peak_bytes, peak_rss_bytes
+from lorakit.hardware.threads import set_compute_threads
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
 from lorakit.model.adapter import check_same_base
-from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
@@ -38,6 +32,7 @@ from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
+from lorakit.train.plan import resolve_plan
 from lorakit.train.preference import PreferenceTrainer, check_start_adapter, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
@@ -58,44 +53,6 @@ def _trim_metrics(path: Path, step: int) -> None:
     """A resumed run redoes the steps after its checkpoint; drop their old log lines."""
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= step]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
-def _micro_batch_tokens(configured: int | None, on_gpu: bool) -> int:
-    """On a CPU every padded position costs as much as a real token; a GPU pads nearly for free."""
-    if configured is not None:
-        return configured
-    return 0 if on_gpu else 1024
-
-
-def _eager_attention_tokens(configured: int | None, on_gpu: bool, precision: str) -> int:
-    """Eager attention is the faster one on a CPU for short samples (up to the probe's crossover);
-    a GPU keeps the model's own."""
-    if configured is not None:
-        return configured
-    if on_gpu:
-        return 0
-    return cpu_eager_attention_tokens(torch.bfloat16 if precision == "bf16" else torch.float32)
-
-
-def _on_cpu(configured: bool | None, on_gpu: bool) -> bool:
-    """A speed switch that defaults to on where it was measured: on a CPU."""
-    return (not on_gpu) if configured is None else configured
-
-
-def _compile_blocker(cfg: RunConfig, on_gpu: bool, quantized: bool) -> str | None:
-    """What keeps train.compile auto from compiling here: it compiles only the setups it was measured on."""
-    if on_gpu:
-        return "a GPU (not yet measured there; train.compile=true compiles)"
-    if distributed.world_size() > 1:
-        return "several processes"
-    if quantized:
-        return "a quantized base"
-    if cfg.train.gradient_checkpointing:
-        return "activation checkpointing"
-    if cfg.method != "sft":
-        # Each step also runs the reference (adapter off), a second graph to compile: not measured.
-        return f"{cfg.method} (measured for sft only)"
-    return compiler_missing("cpu")
 
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
@@ -137,7 +94,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     for partial in checkpoints.incomplete(ckpt_dir):
         log.warning("ignoring %s: its write never finished (the run was killed during it)", partial)
     set_seed(cfg.seed)
-    threads = set_compute_threads()
+    set_compute_threads()
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads (and, for a
     # hub model, before its weights are downloaded)
@@ -163,9 +120,9 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     else:
         model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
-    precision = pick_precision(cfg.train.precision)
-    log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision,
-             "cuda" if on_gpu else f"cpu, {threads} threads")
+    plan = resolve_plan(cfg.model, cfg.train, cfg.method, model)
+    log.info("plan (train/plan.py: what each setting comes to here):\n  %s", "\n  ".join(plan.lines()))
+    precision = plan.precision.value
 
     args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
                               quantized=is_quantized(base))
@@ -187,13 +144,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         keep_checkpoints=cfg.train.save_total_limit,
         selective_loss=cfg.train.selective_loss,
         loss_chunk_size=cfg.train.loss_chunk_size,
-        micro_batch_tokens=_micro_batch_tokens(cfg.train.micro_batch_tokens, on_gpu),
-        pass_packing=cfg.train.pass_packing,
-        eager_attention_tokens=_eager_attention_tokens(cfg.train.eager_attention_tokens, on_gpu, precision),
-        per_sample_attention=_on_cpu(cfg.train.per_sample_attention, on_gpu),
-        fused_lora=_on_cpu(cfg.train.fused_lora, on_gpu),
-        compile_layers=cfg.train.compile,
-        compile_blocker=_compile_blocker(cfg, on_gpu, is_quantized(base)),
+        **plan.trainer_options(),
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:
@@ -284,6 +235,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         compiled_from_step=trainer.compiling.report.compiled_from_step,
         compile_seconds=trainer.compiling.report.compile_seconds,
         compile_note=trainer.compiling.report.reason,
+        plan=plan.as_dict(),
     )
     run.write_summary(summary)
     return summary
