@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -113,3 +115,54 @@ def test_a_seed_beyond_32_bits_is_refused_before_anything_loads(command, key):
 def test_a_sampling_seed_beyond_32_bits_is_refused_as_an_option(command):
     line = _one_error_line([*command, "--seed", str(2**32)])
     assert "--seed: " in line and "4294967295" in line
+
+
+
+@pytest.fixture(scope="module")
+def not_runs(tmp_path_factory) -> dict[str, Path]:
+    """A plain folder holding a file of the user's, a transformers model folder (neither is a run), and a run."""
+    from tests.conftest import make_tiny_model_dir
+    from tests.export.conftest import make_run_dir
+
+    root = tmp_path_factory.mktemp("not-runs")
+    plain = root / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("not a run", encoding="utf-8")
+    model = make_tiny_model_dir(root / "model")
+    pairs = root / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n', encoding="utf-8")
+    return {"plain": plain, "model": model, "run": make_run_dir(root / "run", str(model), "lora.rank=4"),
+            "pairs": pairs}
+
+
+# Each command that takes a run, given FOLDER; and whether it takes a model folder as well.
+TAKE_A_RUN = {
+    "merge": ("merge FOLDER --out OUT", False),
+    "merge --with": ("merge RUN --with FOLDER --out OUT", False),
+    "export gguf": ("export gguf FOLDER --out OUT/m.gguf", True),
+    "export gguf --adapter-only": ("export gguf FOLDER --adapter-only --out OUT/a.gguf", False),
+    "chat": ("chat FOLDER", True),
+    "generate": ("generate FOLDER --prompt hi", True),
+    "eval": ("eval FOLDER --data PAIRS", True),
+    "serve": ("serve FOLDER", True),
+    "chat --adapter": ("chat smollm2 --adapter x=FOLDER", False),
+    "runs show": ("runs show FOLDER", False),
+    "model.adapter": ("train --no-verbose --set method=dpo --set model.adapter=FOLDER --set data.train=PAIRS "
+                      "--set output_dir=OUT", False),
+}
+
+
+NOT_RUNS = [(command, which) for command, (_, takes_models) in TAKE_A_RUN.items()
+            for which in ("plain", "model") if which == "plain" or not takes_models]
+
+
+@pytest.mark.parametrize(("command", "which"), NOT_RUNS)
+def test_a_folder_that_is_no_run_gets_the_same_one_line_error_from_every_command(not_runs, command, which, tmp_path):
+    line = TAKE_A_RUN[command][0]
+    folder, out = not_runs[which], tmp_path / "out"
+    places = {"FOLDER": folder, "OUT": out, "RUN": not_runs["run"], "PAIRS": not_runs["pairs"]}
+    args = [re.sub("|".join(places), lambda m: str(places[m.group(0)]), word) for word in line.split()]
+    error = _one_error_line(args)
+    assert error.startswith(f"error: {folder} is not a lorakit run folder (no "), error
+    assert "; give " in error and "`lorakit train`" in error
+    assert not out.exists()

@@ -1,4 +1,4 @@
-"""The README's Layout section names every module in src/, and only modules that exist."""
+"""The README's Layout section names every module in src/ at its path, and only modules that exist."""
 
 from __future__ import annotations
 
@@ -6,22 +6,42 @@ import re
 
 from tests.conftest import REPO
 
+SRC = REPO / "src" / "lorakit"
+
 
 def _layout() -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     return text.split("## Layout", 1)[1].split("```", 2)[1]
 
 
-def test_every_module_is_in_the_layout_section():
-    layout = _layout()
-    src = REPO / "src" / "lorakit"
-    modules = [p for p in src.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")]
-    missing = [str(p.relative_to(src)) for p in modules if not re.search(rf"(?<![\w/]){re.escape(p.name)}", layout)]
-    assert missing == []
+def _named_paths() -> set[str]:
+    """Each ``x.py`` the tree under ``src/lorakit/`` names, as a path: an entry's folder, then the name.
+
+    An entry starts two spaces in (``  train/ ...`` or ``  run.py ...``); deeper lines continue it.
+    A name written with its folder (``train/plot.py``) stands for that path wherever it is.
+    """
+    lines = _layout().splitlines()
+    start = lines.index("src/lorakit/") + 1
+    named: set[str] = set()
+    folder = ""
+    for line in lines[start:]:
+        if not line.startswith(" "):
+            break  # the tree of src/lorakit/ ends where examples/ and tests/ begin
+        entry = re.match(r"  (\S+)", line)
+        if entry is not None:
+            folder = entry.group(1) if entry.group(1).endswith("/") else ""
+        for name in re.findall(r"(?<![\w/.])([\w/]*\w\.py)\b", line):
+            named.add(name if "/" in name else folder + name)
+    return named
+
+
+def _modules() -> set[str]:
+    return {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+
+
+def test_every_module_is_in_the_layout_section_at_its_path():
+    assert sorted(_modules() - _named_paths()) == []
 
 
 def test_the_layout_section_names_no_module_that_is_gone():
-    src = REPO / "src" / "lorakit"
-    named = set(re.findall(r"([a-z_]+\.py)", _layout()))
-    existing = {p.name for p in src.rglob("*.py")}
-    assert named - existing == set()
+    assert sorted(_named_paths() - _modules()) == []

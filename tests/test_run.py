@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from lorakit.run import NotARunError, RunFolder, RunSummary, is_run, open_run
+from lorakit.run import (CHECKPOINTS, CONFIG, SAVED_ADAPTER, NotARunError, RunFolder, RunSummary, of_checkpoint,
+                         open_run, run_or_model)
 from lorakit.train import recipe
 from tests.conftest import make_tiny_model_dir
 from tests.train.helpers import tiny_config
@@ -37,7 +38,7 @@ def test_a_folder_train_wrote_reads_back_as_a_run_summary(trained):
 def test_the_folder_answers_for_its_config_metrics_and_files(trained):
     cfg, _ = trained
     run = RunFolder(cfg.output_dir)
-    assert run.is_run() and is_run(str(cfg.output_dir)) and run.is_finished()
+    assert run.is_run() and open_run(str(cfg.output_dir)) == run and run.is_finished()
     assert run.read_config() == cfg
     assert [r["step"] for r in run.read_metrics() if "loss" in r] == [1, 2, 3]
     assert run.has_adapter() and run.has_tokenizer() and run.adapter_weights.is_file()
@@ -45,11 +46,31 @@ def test_the_folder_answers_for_its_config_metrics_and_files(trained):
 
 
 def test_a_folder_without_a_run_is_refused_with_the_reason(tmp_path):
-    assert not is_run(tmp_path) and RunFolder(tmp_path).read_summary() is None
+    assert not RunFolder(tmp_path).is_run() and RunFolder(tmp_path).read_summary() is None
     with pytest.raises(NotARunError, match=r"not a lorakit run folder \(no lorakit.yaml\)"):
         open_run(tmp_path)
     with pytest.raises(FileNotFoundError):  # also what callers that predate NotARunError catch
         RunFolder(tmp_path).read_config()
+
+
+def test_a_command_opens_the_run_it_needs_or_says_what_is_missing(tmp_path):
+    killed = tmp_path / "killed"  # a run stopped before it saved its adapter
+    killed.mkdir()
+    (killed / CONFIG).write_text("seed: 1\n", encoding="utf-8")
+    assert open_run(killed).path == killed and run_or_model(str(killed)) == RunFolder(killed)
+    with pytest.raises(NotARunError, match=r"killed is not a lorakit run folder \(no adapter_config.json: the run "
+                                           r"did not finish saving its adapter\); give a folder written by"):
+        open_run(killed, SAVED_ADAPTER)
+    with pytest.raises(NotARunError, match=r"gone is not a lorakit run folder \(no such folder\)"):
+        open_run(tmp_path / "gone")
+    # What is not a folder, or is a model folder, is a model for the loader to resolve.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}", encoding="utf-8")
+    assert run_or_model(model) is None and run_or_model("owner/name") is None
+    with pytest.raises(NotARunError, match=r"\(no lorakit.yaml or config.json\); give .* a transformers model folder"):
+        run_or_model(tmp_path)
+    assert of_checkpoint(killed / CHECKPOINTS / "checkpoint-4") == RunFolder(killed)
 
 
 def test_a_summary_from_another_version_still_reads():

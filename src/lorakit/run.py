@@ -2,7 +2,9 @@
 
 Every other stage asks this module where a run keeps its config, adapter, tokenizer,
 metrics, checkpoints, summary and evaluation, whether a folder is a run at all, and reads
-them back through it (``summary.json`` as a typed :class:`RunSummary`)::
+them back through it (``summary.json`` as a typed :class:`RunSummary`). Every command that
+takes a run opens it with :func:`open_run` (or :func:`run_or_model` where a model will do too),
+so a folder that is not one is refused alike everywhere, as a :class:`NotARunError`::
 
     runs/demo/
       lorakit.yaml                 the resolved config (written first: a killed run has it)
@@ -10,7 +12,7 @@ them back through it (``summary.json`` as a typed :class:`RunSummary`)::
       adapter_model.safetensors
       tokenizer.json ...           the tokenizer, carrying the template it was trained with
       metrics.jsonl, loss.png      one line per logging step and evaluation; the curves
-      checkpoints/                 resumable checkpoints
+      checkpoints/                 resumable checkpoints, checkpoint-N (named in train/checkpoints.py)
       summary.json                 RunSummary: written last, so it means "finished"
       eval.json, eval.md           lorakit eval (or eval.at_end)
       .lorakit.lock                held while a run trains (train/run_folder.py)
@@ -25,6 +27,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from lorakit.config import RunConfig
 from lorakit.config_file import read_saved_config, save_config
@@ -61,8 +65,13 @@ RUN_WRITES = frozenset({
 })
 
 
+SAVED_ADAPTER = (CONFIG, ADAPTER_CONFIG)  # a run that saved its adapter: what merge, export and model.adapter take
+MODEL_CONFIG = "config.json"  # a transformers model folder's; a run folder has none
+TRAINED_BY = "a folder written by `lorakit train`"
+
+
 class NotARunError(LorakitError, FileNotFoundError):
-    """A folder given as a run holds no run; the message says what to give."""
+    """A folder given as a run is not one, or lacks what the command needs; the message says what to give."""
 
 
 @dataclass
@@ -163,15 +172,12 @@ class RunFolder:
             return []
         return sorted(p for p in self.path.iterdir() if p.name not in RUN_WRITES)
 
-    def require(self) -> RunFolder:
-        """This folder, refused with the reason when it is not a run."""
-        if not self.is_run():
-            raise NotARunError(f"{self.path} is not a lorakit run folder (no {CONFIG}); "
-                               "give a folder written by `lorakit train`")
-        return self
-
     def read_config(self) -> RunConfig:
-        return read_saved_config(self.require().config_file)
+        return read_saved_config(open_run(self.path).config_file)
+
+    def read_config_as_saved(self) -> dict[str, Any]:
+        """The config as the run wrote it, not validated: what a resume compares key by key."""
+        return yaml.safe_load(open_run(self.path).config_file.read_text(encoding="utf-8")) or {}
 
     def write_config(self, cfg: RunConfig) -> None:
         save_config(cfg, self.config_file)
@@ -190,10 +196,40 @@ class RunFolder:
         return read_metrics(self.metrics_file)
 
 
-def is_run(target: str | Path) -> bool:
-    return RunFolder(Path(target)).is_run()
+def of_checkpoint(checkpoint: Path) -> RunFolder:
+    """The run a checkpoint folder belongs to (it holds the config the checkpoint was trained with)."""
+    return RunFolder(checkpoint.parent.parent)
 
 
-def open_run(target: str | Path) -> RunFolder:
-    """``target`` as a run folder; refused, saying why, when it is not one."""
-    return RunFolder(Path(target)).require()
+def _refuse(path: Path, missing: list[str], instead: str) -> NotARunError:
+    what = f"no {' or '.join(missing)}" if path.is_dir() else "no such folder"
+    if path.is_dir() and missing == [ADAPTER_CONFIG] and (path / CONFIG).is_file():
+        what += ": the run did not finish saving its adapter"
+    return NotARunError(f"{path} is not a lorakit run folder ({what}); give {instead}")
+
+
+def open_run(target: str | Path, needs: tuple[str, ...] = (CONFIG,), instead: str = TRAINED_BY) -> RunFolder:
+    """``target`` as a run folder holding the files ``needs`` names; refused, saying what is missing, when not.
+
+    ``needs``: the config (any run, finished or not); with ``ADAPTER_CONFIG`` a run that saved its
+    adapter; ``ADAPTER_CONFIG`` alone also takes an adapter folder peft saved. ``instead``: what to give.
+    """
+    run = RunFolder(Path(target))
+    missing = [name for name in needs if not (run.path / name).is_file()]
+    if missing:
+        raise _refuse(run.path, missing, instead)
+    return run
+
+
+def run_or_model(target: str | Path, needs: tuple[str, ...] = (CONFIG,)) -> RunFolder | None:
+    """The run ``target`` names (holding what ``needs`` names), or None where it names a model instead.
+
+    A model is a transformers folder, a file or a name that is no folder (a hub id, the embedded
+    model), for the model loader to resolve; a folder that is neither a run nor a model is refused.
+    """
+    path = Path(target)
+    if (path / CONFIG).is_file():
+        return open_run(path, needs)
+    if path.is_dir() and not (path / MODEL_CONFIG).is_file():
+        raise _refuse(path, [CONFIG, MODEL_CONFIG], f"{TRAINED_BY}, a transformers model folder or a hub id")
+    return None

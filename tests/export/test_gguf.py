@@ -19,20 +19,21 @@ import numpy as np
 import pytest
 from jinja2 import Template
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
 from lorakit.config import ModelConfig
 from lorakit.data.encode import encode_conversation
 from lorakit.templates import resolve_template
-from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, gguf_tensor_name, interleave_rope_rows
-from lorakit.export.gguf_arch import check_config, split_qkv_per_head
+from lorakit.export.gguf import GgufExportError, _tensors, export_gguf, interleave_rope_rows
+from lorakit.export.gguf_arch import TensorNames, check_config, split_qkv_per_head
 from lorakit.export.gguf_vocab import (
     LLAMA3_SPLIT, QWEN2_SPLIT, VocabExportError, build_vocab, check_tokenizer, end_of_turn_id, llama_cpp_pre_name,
 )
 from lorakit.export.merge import merged_model
 from lorakit.model.gguf_cache import embedded_gguf
 from lorakit.model.loader import resolve_model_folder
+from lorakit.run import NotARunError
 from tests.conftest import ARCHITECTURES, arch_config, make_tokenizer, needs_embedded
 from tests.export.conftest import make_run_dir
 
@@ -80,7 +81,7 @@ def test_every_tensor_gets_a_name_llama_cpp_expects_for_the_architecture(arch):
     assert "token_embd.weight" in written and "blk.1.attn_output.weight" in written
     assert ("output.weight" in written) == (spec.output_when_tied or not model.config.tie_word_embeddings)
     with pytest.raises(GgufExportError, match="no place"):
-        gguf_tensor_name("model.layers.0.self_attn.rotary.weight")
+        TensorNames(check_config(AutoConfig.for_model("llama")), 1000)("model.layers.0.self_attn.rotary.weight")
 
 
 def test_rope_row_order_is_what_transformers_reader_undoes():
@@ -208,7 +209,7 @@ def test_export_command(tiny_run, tmp_path):
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
     text = (out.parent / "model.Modelfile").read_text()
     assert text.startswith("FROM ./model.gguf\n") and 'PARAMETER stop "<|im_end|>"' in text
-    with pytest.raises(GgufExportError, match="neither a run folder"):
+    with pytest.raises(NotARunError, match="not a lorakit run folder"):
         export_gguf(tmp_path, out, overwrite=True)  # out exists now: without --overwrite that is refused first
 
 

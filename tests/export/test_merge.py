@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorakit.config_file import read_saved_config
 from lorakit.export.merge import MergeError, merge_run
+from lorakit.run import NotARunError
 from lorakit.model.adapter import load_run_model
 from tests.export.conftest import make_run_dir
 
@@ -67,7 +68,7 @@ def test_merge_dtype_and_refusals(tiny_run, tmp_path):
     assert config["dtype"] == "bfloat16"
     with pytest.raises(MergeError, match="not empty"):
         merge_run(tiny_run, out)
-    with pytest.raises(MergeError, match="not a run folder"):
+    with pytest.raises(NotARunError, match="not a lorakit run folder"):
         merge_run(tmp_path, tmp_path / "x")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lorakit.infer.catalog import parse_adapter_specs
 from lorakit.infer.session import open_session
 from tests.conftest import make_tiny_model_dir
 from tests.export.conftest import make_run_dir
@@ -30,7 +31,7 @@ def logits(session) -> torch.Tensor:
 
 def test_switching_gives_each_adapters_own_model(two_runs, tmp_path):
     _, first, second = two_runs
-    both = open_session(str(first), tmp_path, others=[str(second)])
+    both = open_session(str(first), tmp_path, adapters=parse_adapter_specs([str(second)]))
     assert both.adapters == ("extract", "style")
     only_first, only_second = open_session(str(first), tmp_path), open_session(str(second), tmp_path)
     assert torch.equal(logits(both), logits(only_first))
@@ -45,7 +46,7 @@ def test_adapters_from_other_bases_are_refused(two_runs, tmp_path):
     _, first, _ = two_runs
     elsewhere = make_run_dir(tmp_path / "elsewhere", str(make_tiny_model_dir(tmp_path / "b2", seed=9)), "lora.rank=4")
     with pytest.raises(ValueError, match="same base model"):
-        open_session(str(first), tmp_path, others=[str(elsewhere)])
+        open_session(str(first), tmp_path, adapters=parse_adapter_specs([str(elsewhere)]))
 
 
 def test_generate_command_uses_the_named_adapter(two_runs):

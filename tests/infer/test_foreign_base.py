@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lorakit.cli import app
-from lorakit.infer.catalog import open_catalog
+from lorakit.infer.catalog import open_catalog, parse_adapter_specs
 from lorakit.infer.session import open_session
 from lorakit.model.adapter import AdapterError
 from tests.conftest import make_tiny_model_dir
@@ -61,4 +61,4 @@ def test_the_python_api_refuses_them_too(runs, tmp_path):
         with pytest.raises(AdapterError, match="same base model"):
             open_catalog(str(runs["run"]), tmp_path, [("x", runs[other])])
         with pytest.raises(AdapterError, match="same base model"):
-            open_session(str(runs["run"]), tmp_path, others=[str(runs[other])])
+            open_session(str(runs["run"]), tmp_path, adapters=parse_adapter_specs([str(runs[other])]))

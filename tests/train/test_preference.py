@@ -214,5 +214,6 @@ def test_preference_settings_that_cannot_work_are_refused(settings, message):
 def test_a_missing_starting_adapter_is_named(tiny_model_dir, tmp_path):
     cfg = tiny_config(tiny_model_dir, tmp_path, "method=dpo", f"model.adapter={tmp_path / 'nothing'}",
                       "data.cache_dir=null", rows=PAIRS)
-    with pytest.raises(FileNotFoundError, match=r"nothing is not a finished lorakit run \(no adapter_config.json"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"nothing is not a lorakit run folder \(no such folder\); give model.adapter a folder"):
         recipe.run(cfg)

@@ -203,6 +203,15 @@ def test_rotation_keeps_the_last_k_and_the_best(tmp_path):
         "checkpoint-10", "checkpoint-30", "checkpoint-40", "checkpoint-50"]
 
 
+def test_a_checkpoint_is_named_as_the_trainer_names_it(tmp_path):
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    folder = checkpoints.step_folder(tmp_path, 7)
+    assert folder == tmp_path / f"{PREFIX_CHECKPOINT_DIR}-7"
+    folder.mkdir()
+    assert checkpoints.checkpoints(tmp_path) == [(7, folder)]
+
+
 def test_a_checkpoint_without_totals_gives_a_summary_of_the_resumed_steps(tiny_model_dir, tmp_path):
     """Checkpoints written before the totals were kept: the summary says what it can, not a wrong mean."""
     cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=4", "train.batch_size=2", "train.save_steps=2",

@@ -45,7 +45,7 @@ def generate(
     from lorakit.infer.generate import answer_all
     from lorakit.infer.prompts import one_prompt, read_prompts, write_answers
     from lorakit.infer.session import open_session
-    from lorakit.run import RunFolder
+    from lorakit.run import run_or_model
 
     gen = generation(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                      repetition_penalty=repetition_penalty, seed=seed, context_length=context_length,
@@ -53,8 +53,8 @@ def generate(
     system = system_prompt(system, system_file)
     if (prompt is None) == (file is None):
         fail("give exactly one of --prompt or --file")
-    run = RunFolder(Path(target))
-    columns = run.read_config().data.columns if run.is_run() else {}  # prompts laid out as the training data
+    run = run_or_model(target)
+    columns = run.read_config().data.columns if run is not None else {}  # prompts laid out as the training data
     items = read_prompts(file, system, columns) if file is not None else [one_prompt(prompt, system)]
     session = open_session(target, cache_dir, use_adapter=not base, adapters=parse_adapter_specs(adapter))
     if use is not None:
@@ -165,12 +165,12 @@ def evaluate(
     from lorakit.eval.results import print_comparison
     from lorakit.eval.run import evaluate as run_eval
     from lorakit.infer.session import open_session
-    from lorakit.run import RunFolder
+    from lorakit.run import run_or_model
 
-    run = RunFolder(Path(target))
-    is_run = run.is_run()
+    run = run_or_model(target)
+    is_run = run is not None
     # A plain model has no run config: the defaults stand in for it, and the table has one column.
-    run_cfg = run.read_config() if is_run else RunConfig()
+    run_cfg = run.read_config() if run is not None else RunConfig()
     files = data or run_cfg.data.eval
     if not files:
         fail("no evaluation data: pass --data FILE" + (" (the run has no data.eval)" if is_run else ""))

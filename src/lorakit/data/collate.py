@@ -43,7 +43,7 @@ class PackCollator:
 
     Position ids restart at 0 for each sample; with no attention mask and no KV cache,
     transformers' attention reads sample boundaries from them and keeps each sample's
-    attention inside the sample (tested in tests/data/test_collate.py). The first label of
+    attention inside the sample (tested in tests/model/test_loss.py). The first label of
     each sample is ignored too, so no sample is trained to predict its start from the
     previous sample's end.
     """

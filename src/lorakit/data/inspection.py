@@ -18,9 +18,6 @@ from lorakit.data.pipeline import build_splits
 from lorakit.data.report import DataReport
 from lorakit.templates import ChatTemplate
 
-KINDS = ("prompt", "answer", "total")
-
-
 @dataclass
 class Segment:
     text: str

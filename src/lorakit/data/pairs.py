@@ -24,9 +24,6 @@ from lorakit.data.records import DataError, Record
 from lorakit.data.shapes import RecordView, read_turns, system_turn
 from lorakit.templates import Conversation
 
-SHAPE = "preference"
-
-
 @dataclass
 class Pair:
     prompt: Conversation  # ends with the turn both answers reply to

@@ -15,9 +15,6 @@ from collections.abc import Sequence
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU, CHRF
 
-# Per-sample score names, in the order the report lists them.
-TEXT_METRICS = ("exact_match", "chrf", "bleu", "rouge_l")
-
 _CHRF = CHRF()
 _BLEU = BLEU()
 # Single sentences often share no 4-gram with the reference; effective order keeps their

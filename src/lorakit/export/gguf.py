@@ -34,9 +34,9 @@ from lorakit.export.modelfile import modelfile_path, write_modelfile
 from lorakit.hub import looks_like_hub_id
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 from lorakit.outputs import Writing, atomic_output, check_output_files
-from lorakit.run import RunFolder, is_run
+from lorakit.run import CONFIG, MODEL_CONFIG, SAVED_ADAPTER, run_or_model
 
-__all__ = ["FILE_TYPES", "K_QUANTS", "GgufExportError", "export_gguf", "gguf_tensor_name", "interleave_rope_rows", "write_gguf"]
+__all__ = ["FILE_TYPES", "K_QUANTS", "GgufExportError", "export_gguf", "interleave_rope_rows", "write_gguf"]
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,6 @@ def llama_cpp_quantize(source: Path, out: Path, qtype: str) -> None:
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if status != 0:
         raise GgufExportError(f"llama.cpp's quantizer failed ({status}) making {qtype} from {source}")
-
-
-def gguf_tensor_name(hf_name: str, arch: str = "llama", n_blocks: int = 1000) -> str:
-    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``."""
-    return TensorNames(check_config(AutoConfig.for_model(arch)), n_blocks)(hf_name)
 
 
 def _tensors(model: PreTrainedModel, qtype: gguf.GGMLQuantizationType):
@@ -163,15 +158,16 @@ def preflight(source: Path, qtype: str) -> str:
     Returns the model folder: the run's base, the folder itself, or a hub id's snapshot.
     """
     check_type(qtype)
-    if is_run(source):
-        folder = resolve_model_folder(RunFolder(source).read_config().model)
+    run = run_or_model(source, SAVED_ADAPTER)
+    if run is not None:
+        folder = resolve_model_folder(run.read_config().model)
         tokenizer_source = str(source)  # the run's tokenizer, carrying its template
-    elif (source / "config.json").is_file() or (not source.exists() and looks_like_hub_id(str(source))):
+    elif (source / MODEL_CONFIG).is_file() or (not source.exists() and looks_like_hub_id(str(source))):
         # A model folder, or a hub id resolved to its cached (or downloaded) snapshot like any base.
         folder = tokenizer_source = resolve_model_folder(ModelConfig(name=str(source)))
     else:
         raise GgufExportError(
-            f"{source} is neither a run folder (lorakit.yaml), a model folder (config.json) nor a hub id (owner/name)"
+            f"{source} is neither a run folder ({CONFIG}), a model folder ({MODEL_CONFIG}) nor a hub id (owner/name)"
         )
     check_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     check_tokenizer(load_tokenizer(tokenizer_source))
@@ -186,7 +182,7 @@ def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str 
     """
     check_output_files({"--out": out, "the Modelfile": modelfile_path(out)}, overwrite)  # before any loading
     folder = preflight(source, qtype)
-    if is_run(source):
+    if run_or_model(source) is not None:
         model, tokenizer, cfg = merged_model(source)
         system_prompt = system_prompt or cfg.data.system_prompt
     else:

@@ -26,14 +26,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
-from lorakit.export.gguf import FILE_TYPES, check_type, finish_writer, preflight, write_gguf
+from lorakit.export.gguf import FILE_TYPES, finish_writer, preflight, write_gguf
 from lorakit.export.gguf_arch import GgufExportError, TensorNames, check_config, row_transform
-from lorakit.export.merge import read_run
 from lorakit.export.modelfile import modelfile_path, write_modelfile
 from lorakit.model.adapter import load_run_base
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 from lorakit.outputs import atomic_output, check_output_files
-from lorakit.run import RunFolder
+from lorakit.run import SAVED_ADAPTER, RunFolder, open_run
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,8 @@ def export_adapter_gguf(
     Returns (adapter, Modelfile, base GGUF path the Modelfile names). ``overwrite``: replace those files
     if they exist (regular files only, never through a link).
     """
-    cfg = read_run(run_dir)
+    run = open_run(run_dir, SAVED_ADAPTER)
+    cfg = run.read_config()
     base_name = Path(cfg.model.name.rstrip("/")).name.removesuffix(".gguf")  # the name the run's config gives
     base_path = out.with_name(f"{base_name}.{qtype}.gguf")
     written = {"--out": out, "the Modelfile": modelfile_path(out)}
@@ -114,8 +114,6 @@ def export_adapter_gguf(
         written["the base GGUF"] = base_path
     check_output_files(written, overwrite)  # before the base is loaded or anything written
     preflight(run_dir, qtype)
-    check_type(qtype)
-    run = RunFolder(run_dir)
     config = json.loads(run.adapter_config.read_text(encoding="utf-8"))
     _check_adapter(config, run_dir)
     base_folder = resolve_model_folder(cfg.model)

@@ -26,7 +26,7 @@ from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES
 from lorakit.model.loader import load_tokenizer, resolve_model_folder
 from lorakit.outputs import writing
-from lorakit.run import ADAPTER_CONFIG, CONFIG, RunFolder
+from lorakit.run import SAVED_ADAPTER, open_run
 from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ log = logging.getLogger(__name__)
 
 class MergeError(LorakitError, ValueError):
     """The folder cannot be merged as asked; the message says why and what to give instead."""
-
-
-def read_run(run_dir: Path) -> RunConfig:
-    run = RunFolder(run_dir)
-    if not run.is_run():
-        raise MergeError(f"{run_dir} is not a run folder (no {CONFIG}); give a folder written by `lorakit train`")
-    if not run.has_adapter():
-        raise MergeError(f"{run_dir} has no {ADAPTER_CONFIG}: the run did not finish saving its adapter")
-    return run.read_config()
 
 
 def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
@@ -81,10 +72,10 @@ def merged_model(
 
     ``others``: more runs on the same base, folded in too with ``weights`` (default 1 each).
     """
-    cfg = read_run(run_dir)
+    cfg = open_run(run_dir, SAVED_ADAPTER).read_config()
     others = others or []
     for other in others:
-        read_run(other)
+        open_run(other, SAVED_ADAPTER)
     weights = weights or [1.0] * (1 + len(others))
     if len(weights) != 1 + len(others):
         raise MergeError(f"{len(weights)} weights for {1 + len(others)} adapters; give one weight per adapter")
@@ -130,7 +121,7 @@ def merge_run(
     others: list[Path] | None = None, weights: list[float] | None = None,
 ) -> Path:
     """Write the merged model to ``out_dir``; ``dtype``: 'base' (the base checkpoint's), or a dtype name."""
-    read_run(run_dir)  # refuse a wrong folder before anything else
+    open_run(run_dir, SAVED_ADAPTER)  # refuse a wrong folder before anything else
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         # --overwrite deletes a folder it replaces: never a file, a device or what a link points to
         raise MergeError(f"--out {out_dir} is a file or a link, not a folder; give a folder for the merged model")

@@ -25,7 +25,7 @@ from lorakit.config import ModelConfig
 from lorakit.errors import LorakitError
 from lorakit.model.adapter import check_same_base, folder_name, load_run_base, load_run_model
 from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
-from lorakit.run import ADAPTER_CONFIG, RunFolder
+from lorakit.run import ADAPTER_CONFIG, CONFIG, SAVED_ADAPTER, TRAINED_BY, RunFolder, open_run, run_or_model
 from lorakit.templates import ChatTemplate, resolve_template
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ class Choice:
 
 class CatalogError(LorakitError, ValueError):
     """The adapters asked for cannot share this base, or are named wrongly; the message says why."""
-
-
-class NoAdapterError(CatalogError, FileNotFoundError):
-    """A folder given as an adapter holds none."""
 
 
 class UnknownModel(LorakitError, KeyError):
@@ -119,8 +115,8 @@ def _tokenizer_for(path: Path, fallback: Choice) -> tuple[PreTrainedTokenizerBas
 
 def _open_base(target: str, cache_dir: Path, use_adapter: bool) -> tuple[ModelConfig, PreTrainedModel, Choice, bool]:
     """The model ``target`` names, its base's config, the base's choice, and whether a run's adapter is on it."""
-    run = RunFolder(Path(target))
-    if run.is_run():
+    run = run_or_model(target, SAVED_ADAPTER if use_adapter else (CONFIG,))
+    if run is not None:
         run_cfg = run.read_config()
         tokenizer = load_tokenizer(str(target))
         # The run's template as trained: its saved Jinja, with the run's think-block choice.
@@ -145,6 +141,8 @@ def open_catalog(
     A run folder's own adapter is named after the folder; ``adapters`` are more (name, folder)
     pairs on the same base. ``use_adapter=False`` leaves the run's own adapter off (``--base``).
     """
+    for _, path in adapters:  # before the base loads
+        open_run(path, (ADAPTER_CONFIG,), f"{TRAINED_BY} or an adapter folder saved by peft")
     base_cfg, model, base, has_own = _open_base(target, cache_dir, use_adapter)
     choices = {BASE: base}
     if has_own:
@@ -153,11 +151,6 @@ def open_catalog(
     for index, (name, path) in enumerate(adapters):
         if name in choices:
             raise CatalogError(f"the model name {name!r} is taken ({', '.join(choices)}); pick another name")
-        if not RunFolder(path).has_adapter():
-            raise NoAdapterError(
-                f"{path} holds no adapter (no {ADAPTER_CONFIG}); give a run folder written by "
-                "`lorakit train` or a folder saved by peft"
-            )
         # Each adapter renders with its own template, so only the base and the vocabulary must match.
         check_same_base(Path(target), base_cfg, path, base.tokenizer, same_template=False)
         # peft keys modules by adapter name, so user names (which may hold dots) stay outside it.

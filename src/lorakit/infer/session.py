@@ -15,7 +15,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.infer.catalog import BASE, Catalog, CatalogError, Choice, folder_name, open_catalog
+from lorakit.infer.catalog import BASE, Catalog, CatalogError, Choice, open_catalog
 from lorakit.templates import ChatTemplate
 
 
@@ -65,18 +65,13 @@ class Session:
         return nullcontext()
 
 
-def open_session(target: str, cache_dir: Path, use_adapter: bool = True, others: list[str] | None = None,
+def open_session(target: str, cache_dir: Path, use_adapter: bool = True,
                  adapters: list[tuple[str, Path]] | None = None) -> Session:
     """The catalog of ``target`` (see ``open_catalog``), answering with its default model.
 
-    ``others``: more run folders whose adapters load on the same base, named after their
-    folders; ``adapters``: (name, folder) pairs, as ``--adapter NAME=PATH`` gives them.
+    ``adapters``: more (name, folder) pairs on the same base, as ``--adapter NAME=PATH`` gives them.
     """
-    named = list(adapters or [])
-    for other in others or []:
-        taken = [folder_name(Path(target)), *(n for n, _ in named)]
-        named.append((folder_name(Path(other), taken), Path(other)))
-    catalog = open_catalog(target, cache_dir, named, use_adapter=use_adapter)
+    catalog = open_catalog(target, cache_dir, adapters or [], use_adapter=use_adapter)
     return Session(catalog, catalog.default)
 
 

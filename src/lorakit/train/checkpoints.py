@@ -27,7 +27,8 @@ from lorakit.errors import LorakitError
 log = logging.getLogger(__name__)
 
 MARKER = "lorakit-complete.json"
-_STEP = re.compile(r"^checkpoint-(\d+)$")
+_PREFIX = "checkpoint-"  # the Trainer names a step's folder so too (transformers' PREFIX_CHECKPOINT_DIR)
+_STEP = re.compile(rf"^{_PREFIX}(\d+)$")
 # The model weights the Trainer resumes from (one of them, or an FSDP entry, must be in a checkpoint).
 _WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin",
             "model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -66,6 +67,11 @@ def is_complete(folder: Path) -> bool:
 
 def read_marker(folder: Path) -> dict:
     return json.loads((folder / MARKER).read_text(encoding="utf-8"))
+
+
+def step_folder(folder: Path, step: int) -> Path:
+    """Where the checkpoint of ``step`` goes under ``folder`` (a run's checkpoints/)."""
+    return folder / f"{_PREFIX}{step}"
 
 
 def checkpoints(folder: Path) -> list[tuple[int, Path]]:

@@ -15,7 +15,7 @@ rows, so the quadratic search is instant).
 
 A packed pass is one row with position ids that restart at 0 for each sample; transformers
 reads the sample boundaries from them and keeps attention within each sample (tested in
-tests/data/test_collate.py). A padded pass keeps rows apart and pads each to the pass's
+tests/model/test_loss.py). A padded pass keeps rows apart and pads each to the pass's
 longest; it is for models that cannot read packed rows.
 """
 

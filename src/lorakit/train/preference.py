@@ -201,17 +201,8 @@ class PreferenceTrainer(LorakitTrainer):
         super().log(logs, start_time)
 
 
-def check_start_adapter(adapter_dir: Path) -> None:
-    """model.adapter must be a finished run: its adapter, and the config that names its base."""
-    missing = [f for f in ("adapter_config.json", "lorakit.yaml") if not (adapter_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"model.adapter: {adapter_dir} is not a finished lorakit run (no "
-                                f"{' or '.join(missing)}); give the folder lorakit train wrote, e.g. runs/sft")
-
-
 def start_from_adapter(base, adapter_dir: Path, with_reference: bool) -> PeftModel:
-    """A run's adapter to train further; for DPO also loaded a second time, frozen, as the reference."""
-    check_start_adapter(adapter_dir)
+    """A run's adapter (the recipe opened it) to train further; for DPO also loaded again, frozen, as the reference."""
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     if with_reference:
         model.load_adapter(str(adapter_dir), adapter_name=REFERENCE, is_trainable=False)

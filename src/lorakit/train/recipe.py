@@ -28,12 +28,12 @@ from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
 from lorakit.model.tokens import add_tokens, fit_embeddings
 from lorakit.outputs import staged_into
-from lorakit.run import RunFolder, RunSummary, read_metrics
+from lorakit.run import SAVED_ADAPTER, TRAINED_BY, RunFolder, RunSummary, of_checkpoint, open_run, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.plan import resolve_plan
-from lorakit.train.preference import PreferenceTrainer, check_start_adapter, start_from_adapter
+from lorakit.train.preference import PreferenceTrainer, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -74,6 +74,8 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     main = distributed.is_main_process()
     if resume is not None and overwrite:
         raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
+    if cfg.model.adapter is not None:  # the run to start from: refused before the folder is taken or anything loads
+        open_run(cfg.model.adapter, SAVED_ADAPTER, f"model.adapter {TRAINED_BY}, e.g. runs/sft")
 
     # --- the run folder: ours alone while we train; a fresh run never writes over an old one
     out = cfg.output_dir
@@ -83,7 +85,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
             run_folder.check_fresh(out, overwrite)
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
-            run_folder.check_resume(RunFolder(resume_from.parent.parent).config_file, cfg.model_dump(mode="json"))
+            run_folder.check_resume(of_checkpoint(resume_from), cfg.model_dump(mode="json"))
         return _train(cfg, out, resume_from, hooks or [], on_gpu, main)
 
 
@@ -114,7 +116,6 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
                       sharded=distributed.shards_weights(cfg.train.distributed))
     fit_embeddings(base, tokenizer)
     if cfg.model.adapter is not None:  # continue a run's adapter (for dpo it is also the reference)
-        check_start_adapter(cfg.model.adapter)
         check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
         model = start_from_adapter(base, cfg.model.adapter, with_reference=cfg.method == "dpo")
     else:

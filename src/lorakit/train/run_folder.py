@@ -31,8 +31,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lorakit.config import resumable
 from lorakit.errors import LorakitError
 from lorakit.run import LOCK, RUN_FILES, RUN_WRITES, RunFolder
@@ -234,13 +232,13 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return [f"{k}: {old.get(k, '(not set)')!r} -> {new.get(k, '(not set)')!r}" for k in keys]
 
 
-def check_resume(saved_config: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume with settings other than those the checkpoint was trained with."""
-    if not saved_config.is_file():
+def check_resume(run: RunFolder, current: dict[str, Any]) -> None:
+    """Refuse to resume with settings other than those ``run``'s checkpoint was trained with."""
+    saved_config = run.config_file
+    if not run.is_run():
         log.warning("--resume: no %s beside the checkpoint; its settings cannot be checked", saved_config.name)
         return
-    saved = yaml.safe_load(saved_config.read_text(encoding="utf-8")) or {}
-    differences = config_differences(saved, current)
+    differences = config_differences(run.read_config_as_saved(), current)
     if differences:
         listed = "\n".join(f"  {d}" for d in differences)
         raise RunFolderError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.run import RunFolder
+from lorakit.run import open_run
 from lorakit.train import checkpoints, run_folder
 
 # The summary's fields that ``runs show`` adds once the run has finished.
@@ -22,7 +22,7 @@ def _note(checkpoint: Path) -> str:
 
 
 def describe_run(folder: Path) -> dict:
-    run = RunFolder(folder).require()
+    run = open_run(folder)
     rows = run.read_metrics()
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "eval_loss" in r]

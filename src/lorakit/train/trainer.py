@@ -214,7 +214,7 @@ class LorakitTrainer(Trainer):
     # --- checkpoints: complete or ignored
     def _save_checkpoint(self, model, trial):
         run_dir = output_dir(self, trial)
-        folder = run_dir / f"checkpoint-{self.state.global_step}"
+        folder = checkpoints.step_folder(run_dir, self.state.global_step)
         if self.args.should_save:
             # A run resumed from an older checkpoint writes this step's folder again (over a newer
             # one it fell back from): its old marker must not vouch for the files while they change.
