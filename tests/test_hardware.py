@@ -136,7 +136,7 @@ def test_a_capped_instruction_set_is_another_machine(tmp_path, monkeypatch):
 
 
 def test_the_probe_cache_sits_in_the_configs_cache_root(monkeypatch, tmp_path):
-    from lorakit.config import load_config
+    from lorakit.config_file import load_config
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # followed by none of them (hardware/speed.py says why)
     defaults = load_config(None, [])

@@ -32,7 +32,8 @@ def _named_paths() -> set[str]:
             folder = entry.group(1) if entry.group(1).endswith("/") else ""
         for name in re.findall(r"(?<![\w/.])([\w/]*\w\.py)\b", line):
             named.add(name if "/" in name else folder + name)
-    return named
+    # A package's __init__.py may be named for what it holds; the module check leaves them out.
+    return {name for name in named if not name.endswith("__init__.py")}
 
 
 def _modules() -> set[str]:

@@ -91,7 +91,7 @@ def test_the_plan_is_logged_once_and_saved_as_the_run_used_it(tiny_model_dir, tm
 
 
 def test_on_a_gpu_the_plan_keeps_the_models_own_ways(tiny_model_dir, monkeypatch):
-    from lorakit.config import load_config
+    from lorakit.config_file import load_config
     from tests.conftest import tiny_lora_model
 
     model = tiny_lora_model(tiny_model_dir)
