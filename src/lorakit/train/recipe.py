@@ -17,9 +17,6 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
-from lorakit.data.collate import PackCollator, PadCollator, PairCollator
-from lorakit.data.pair_dataset import build_pair_splits
-from lorakit.data.pipeline import build_splits
 from lorakit.hardware import (
     cpu_eager_attention_tokens,
     cuda_peak_bytes,
@@ -38,7 +35,8 @@ from lorakit.run import RunFolder, RunSummary, read_metrics
 from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
-from lorakit.train.preference import PreferenceTrainer, check_start_adapter, start_from_adapter
+from lorakit.train.methods import METHODS, Method, method_for
+from lorakit.train.preference import check_start_adapter, start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -92,9 +90,9 @@ def _compile_blocker(cfg: RunConfig, on_gpu: bool, quantized: bool) -> str | Non
         return "a quantized base"
     if cfg.train.gradient_checkpointing:
         return "activation checkpointing"
-    if cfg.method != "sft":
-        # Each step also runs the reference (adapter off), a second graph to compile: not measured.
-        return f"{cfg.method} (measured for sft only)"
+    if not METHODS[cfg.method].compiles:
+        measured = ", ".join(name for name, method in METHODS.items() if method.compiles)
+        return f"{cfg.method} (measured for {measured} only)"
     return compiler_missing("cpu")
 
 
@@ -127,11 +125,11 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
             run_folder.check_resume(RunFolder(resume_from.parent.parent).config_file, cfg.model_dump(mode="json"))
-        return _train(cfg, out, resume_from, hooks or [], on_gpu, main)
+        return _train(cfg, method_for(cfg), out, resume_from, hooks or [], on_gpu, main)
 
 
-def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[TrainerCallback], on_gpu: bool,
-           main: bool) -> RunSummary:
+def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, hooks: list[TrainerCallback],
+           on_gpu: bool, main: bool) -> RunSummary:
     run = RunFolder(out)
     ckpt_dir = run.checkpoints
     for partial in checkpoints.incomplete(ckpt_dir):
@@ -144,8 +142,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
     new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
     template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
-    # SFT trains on samples; dpo and orpo on pairs of answers, encoded and masked the same way.
-    splits = (build_splits if cfg.method == "sft" else build_pair_splits)(cfg.data, tokenizer, template)
+    splits = method.splits(cfg.data, tokenizer, template)  # samples, or pairs of answers: what the method reads
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
@@ -156,10 +153,10 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
                       sharded=distributed.shards_weights(cfg.train.distributed))
     fit_embeddings(base, tokenizer)
-    if cfg.model.adapter is not None:  # continue a run's adapter (for dpo it is also the reference)
+    if cfg.model.adapter is not None:  # continue a run's adapter (a method's reference starts as it too)
         check_start_adapter(cfg.model.adapter)
         check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
-        model = start_from_adapter(base, cfg.model.adapter, with_reference=cfg.method == "dpo")
+        model = start_from_adapter(base, cfg.model.adapter, with_reference=method.reference)
     else:
         model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
@@ -169,20 +166,13 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
                               quantized=is_quantized(base))
-    if cfg.method == "sft":
-        trainer_class, method_args = LorakitTrainer, {}
-        train_data = [{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train]
-        collator = PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id)
-    else:
-        trainer_class, method_args = PreferenceTrainer, {"method": cfg.method, "preference": cfg.preference}
-        train_data, collator = splits.train, PairCollator(tokenizer.pad_token_id)
-    trainer = trainer_class(
+    trainer = LorakitTrainer(
         model=model,
         args=args,
-        train_dataset=train_data,
+        train_dataset=method.train_rows(splits.train),
         eval_dataset=splits.eval or None,
-        data_collator=collator,
-        **method_args,
+        data_collator=method.collator(tokenizer.pad_token_id, cfg.train.packing),
+        method=method,
         on_nonfinite=cfg.train.on_nonfinite,
         keep_checkpoints=cfg.train.save_total_limit,
         selective_loss=cfg.train.selective_loss,
@@ -205,7 +195,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
     for callback in [
         MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main,
-                   perplexity=cfg.method == "sft"),
+                   perplexity=method.perplexity),
         LossPlot(run.metrics_file, run.plot_file),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
@@ -264,7 +254,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         steps=result.global_step,
         train_loss=train_loss,
         eval_loss=eval_loss,
-        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and cfg.method == "sft"
+        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and method.perplexity
         else None,
         best_checkpoint=trainer.state.best_model_checkpoint,
         skipped_steps=trainer.skipped_steps,
