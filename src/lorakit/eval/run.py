@@ -14,9 +14,9 @@ from lorakit.data.pipeline import read_conversations
 from lorakit.eval import preference
 from lorakit.eval.compare import Comparison, EvalError, Scoring, compare
 from lorakit.eval.results import write_reports
-from lorakit.eval.scorer import load_scorer
+from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.infer.session import Session, open_session
-from lorakit.run import RunFolder
+from lorakit.run import RunFolder, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,18 @@ def evaluate(
     console: Console | None = None,
     show_progress: bool = True,
     method: str = "sft",
+    scorer: UserScorer | None = None,
 ) -> Comparison:
     """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md.
 
     Files of pairs (a dpo or orpo run's, or any with chosen/rejected) also get preference accuracy;
-    their generations are scored against the chosen answer.
+    their generations are scored against the chosen answer. ``scorer``: ``settings.scorer`` already loaded.
     """
     if not files:
         raise EvalError("no evaluation data: pass --data FILE or set data.eval")
-    # The scorer loads first: a typo in its name should fail before minutes of generation.
-    scorer = load_scorer(settings.scorer) if settings.scorer else None
+    if scorer is None and settings.scorer:
+        # The scorer loads first: a typo in its name should fail before minutes of generation.
+        scorer = load_scorer(settings.scorer)
     pairs = None
     if method != "sft" or holds_pairs(files, data):
         pairs, unusable = preference.read_eval_pairs(files, data)
@@ -65,15 +67,14 @@ def evaluate(
     return result
 
 
-def evaluate_at_end(run_dir: Path, show_progress: bool = True) -> Comparison:
-    """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its summary.json."""
+def evaluate_at_end(run_dir: Path, summary: RunSummary, show_progress: bool = True,
+                    scorer: UserScorer | None = None) -> Comparison:
+    """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its ``summary``."""
     run = RunFolder(run_dir)
     cfg = run.read_config()
     session = open_session(str(run_dir), cfg.model.cache_dir)
     result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress,
-                      method=cfg.method)
-    summary = run.read_summary()
-    if summary is not None:
-        summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
-        run.write_summary(summary)
+                      method=cfg.method, scorer=scorer)
+    summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
+    run.write_summary(summary)
     return result

@@ -17,6 +17,8 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
+from lorakit.eval.run import evaluate_at_end
+from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.hardware import (
     cpu_eager_attention_tokens,
     cuda_peak_bytes,
@@ -98,23 +100,20 @@ def _compile_blocker(cfg: RunConfig, on_gpu: bool, quantized: bool) -> str | Non
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
         overwrite: bool = False) -> RunSummary:
-    """Fine-tune as configured; return the run summary (also written to summary.json).
+    """Fine-tune as configured, then (``eval.at_end``) score base against tuned on data.eval: what
+    ``lorakit train`` does. Returns the run summary, also written to summary.json.
 
     ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
     ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
-    ``eval.at_end`` is not done here: ``lorakit train`` runs ``lorakit.eval.run.evaluate_at_end`` on
-    the finished folder (training does not depend on evaluation).
     ``overwrite``: a fresh run may delete the run already in the output folder.
     """
+    scorer = check_start(cfg, resume, overwrite)
     # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
     # does data parallelism; here only rank 0 writes run files, and all ranks resume alike.
     on_gpu = torch.cuda.is_available()
-    distributed.check_supported(cfg.train.distributed, on_gpu)
     distributed.init_process_group(cfg.train.distributed, on_gpu)
     distributed.quiet_other_ranks()
     main = distributed.is_main_process()
-    if resume is not None and overwrite:
-        raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
 
     # --- the run folder: ours alone while we train; a fresh run never writes over an old one
     out = cfg.resolved_output_dir()
@@ -125,7 +124,34 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
             run_folder.check_resume(RunFolder(resume_from.parent.parent).config_file, cfg.model_dump(mode="json"))
-        return _train(cfg, method_for(cfg), out, resume_from, hooks or [], on_gpu, main)
+        summary = _train(cfg, method_for(cfg), out, resume_from, hooks or [], on_gpu, main)
+        if cfg.eval.at_end and main:  # base against tuned on the held-out data: eval.json, eval.md, summary.eval
+            evaluate_at_end(out, summary, cfg.train.progress_bar, scorer)
+    return summary
+
+
+def check_start(cfg: RunConfig, resume: str | None, overwrite: bool) -> UserScorer | None:
+    """What refuses a run before anything loads: an unsupported strategy, contradictory flags, a scorer
+    that does not load (it would fail only after training). Returns that scorer."""
+    distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
+    if resume is not None and overwrite:
+        raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
+    return load_scorer(cfg.eval.scorer) if cfg.eval.at_end and cfg.eval.scorer else None
+
+
+def launch(cfg: RunConfig, nproc: int, command: list[str], resume: str | None, overwrite: bool) -> None:
+    """Run ``command`` (this ``lorakit train``) as ``nproc`` processes through torchrun.
+
+    What every rank would refuse is refused here once, before any starts; the checkpoint to
+    resume from is chosen once, so every rank is handed the same one. Rank 0 takes the folder's
+    lock and checks it again.
+    """
+    check_start(cfg, resume, overwrite)
+    out = cfg.resolved_output_dir()
+    resume_from = checkpoints.resolve_resume(resume, RunFolder(out).checkpoints)
+    run_folder.check_available(out, fresh=resume_from is None, overwrite=overwrite)
+    command = [*command, *([f"--resume={resume_from}"] if resume_from is not None else [])]
+    distributed.launch(nproc, [*command, *(["--overwrite"] if overwrite else [])])  # a failed rank: LaunchError
 
 
 def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, hooks: list[TrainerCallback],
