@@ -26,15 +26,15 @@ from lorakit.hardware import (
     pick_precision,
     set_compute_threads,
 )
-from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.model.loader import load_model, resolve_model_folder
 from lorakit.model.adapter import check_same_base
 from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
-from lorakit.model.tokens import add_tokens, fit_embeddings
+from lorakit.model.setup import training_setup
+from lorakit.model.tokens import fit_embeddings
 from lorakit.outputs import staged_into
 from lorakit.run import RunFolder, RunSummary, read_metrics
-from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.methods import METHODS, Method, method_for
@@ -165,9 +165,8 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads (and, for a
     # hub model, before its weights are downloaded)
-    tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
-    new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
-    template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
+    text = training_setup(cfg.model, cfg.data)
+    tokenizer, template = text.tokenizer, text.template
     splits = method.splits(cfg.data, tokenizer, template)  # samples, or pairs of answers: what the method reads
     for report in splits.reports:
         for line in report.lines():
@@ -184,7 +183,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
         check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
         model = start_from_adapter(base, cfg.model.adapter, with_reference=method.reference)
     else:
-        model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
+        model = apply_lora(base, cfg.lora, new_tokens=bool(text.new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     precision = pick_precision(cfg.train.precision)
     log.info("precision: %s (train.precision=%s) on %s", precision, cfg.train.precision,
