@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorakit.config import DataConfig
-from lorakit.data.pipeline import build_splits, encode_samples, read_conversations
+from lorakit.data.encode_cache import EncodeSettings
+from lorakit.data.pipeline import build_splits, encode_rows, kept, read_conversations
 from lorakit.data.records import DataError
+from lorakit.data.report import DataReport
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 
@@ -44,10 +46,11 @@ def test_drops_are_counted_with_their_origin(tmp_path):
         {"instruction": "Long " * 200, "output": "x"},
     ])
     tokenizer = make_tokenizer("chatml")
-    encoded, report = encode_samples(
+    report = DataReport("train")
+    encoded = kept(encode_rows(
         read_conversations([path], "auto", None), tokenizer, resolve_template(tokenizer, "auto"),
-        max_length=64, truncation="drop", train_on="all_assistant", split="train",
-    )
+        EncodeSettings(max_length=64, truncation="drop", train_on="all_assistant"), report,
+    ))
     assert len(encoded) == report.kept == 1 and report.read == 3
     assert report.dropped == {"empty assistant answer": 1, "longer than max_length=64": 1}
     assert report.examples["empty assistant answer"] == [f"{path}, line 2"]

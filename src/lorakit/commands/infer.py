@@ -160,6 +160,7 @@ def evaluate(
     from lorakit.eval.run import evaluate as run_eval
     from lorakit.infer.session import open_session
     from lorakit.run import RunFolder
+    from lorakit.train.methods import METHODS
 
     run = RunFolder(Path(target))
     is_run = run.is_run()
@@ -179,5 +180,6 @@ def evaluate(
         fail_options(e)
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
-                      output or (Path(target) if is_run else Path.cwd()), console=err, method=run_cfg.method)
+                      output or (Path(target) if is_run else Path.cwd()), console=err,
+                      reads=METHODS[run_cfg.method].rows)
     print_comparison(out, result)

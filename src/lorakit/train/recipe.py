@@ -17,6 +17,7 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
+from lorakit.data.pipeline import build_splits
 from lorakit.eval.run import evaluate_at_end
 from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.hardware import (
@@ -124,9 +125,10 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
             run_folder.check_resume(RunFolder(resume_from.parent.parent).config_file, cfg.model_dump(mode="json"))
-        summary = _train(cfg, method_for(cfg), out, resume_from, hooks or [], on_gpu, main)
+        method = method_for(cfg)
+        summary = _train(cfg, method, out, resume_from, hooks or [], on_gpu, main)
         if cfg.eval.at_end and main:  # base against tuned on the held-out data: eval.json, eval.md, summary.eval
-            evaluate_at_end(out, summary, cfg.train.progress_bar, scorer)
+            evaluate_at_end(out, summary, method.rows, cfg.train.progress_bar, scorer)
     return summary
 
 
@@ -167,7 +169,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     # hub model, before its weights are downloaded)
     text = training_setup(cfg.model, cfg.data)
     tokenizer, template = text.tokenizer, text.template
-    splits = method.splits(cfg.data, tokenizer, template)  # samples, or pairs of answers: what the method reads
+    splits = build_splits(cfg.data, tokenizer, template, method.rows)  # samples, or pairs of answers: what it reads
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
@@ -266,7 +268,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     # text), and the resolved config. Saved apart and moved in: a half-written adapter never looks like one.
     tokenizer.chat_template = template.jinja
     with staged_into(out, "the trained adapter and tokenizer") as job:
-        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a dpo run's frozen reference
+        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a frozen reference
         tokenizer.save_pretrained(job.tmp)
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()

@@ -10,8 +10,8 @@ chosen side only, would be this module (plus a line in ``methods/__init__.py``):
 
     class ChosenOnly(Method):
         name = "chosen"
-        splits = staticmethod(build_pair_splits)  # reads pairs
-        item = "pair"                             # its loss is a mean over pairs
+        rows = PAIRS   # reads pairs of answers (data/pair_dataset.py)
+        item = "pair"  # its loss is a mean over pairs
 
         def collator(self, pad_token_id, packing):
             return lambda pairs: PadCollator(pad_token_id)([p.chosen for p in pairs])
@@ -42,6 +42,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from lorakit.config import RunConfig
+from lorakit.data.pipeline import Rows
 
 Batch = dict[str, torch.Tensor]
 Values = dict[str, torch.Tensor]
@@ -66,8 +67,8 @@ class Method:
     """One training method; subclasses set the class attributes and define ``loss``."""
 
     name: ClassVar[str]
-    # What it reads: the data path's builder of train and eval splits (samples or pairs).
-    splits: ClassVar[Callable[..., Any]]
+    # What it reads: a kind of row of the data path (data/pipeline.py): SAMPLES, PAIRS.
+    rows: ClassVar[Rows]
     # What its loss is a mean over: None for answer tokens (the Trainer's own count of label
     # tokens), else its own unit ("pair"), counted per batch by ``item_count``.
     item: ClassVar[str | None] = None

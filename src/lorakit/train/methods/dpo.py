@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lorakit.config import PreferenceConfig, RunConfig
 from lorakit.train.methods.pairs import PairMethod
 from lorakit.train.preference import reference_model
 
@@ -43,13 +42,6 @@ def dpo_loss(
 class DPO(PairMethod):
     name = "dpo"
     reference = True
-
-    def __init__(self, settings: PreferenceConfig):
-        self.settings = settings
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> DPO:
-        return cls(cfg.preference)
 
     def compare(self, step, model, inputs):
         sums, counts = step.logps(model, inputs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lorakit.config import PreferenceConfig, RunConfig
 from lorakit.train.methods.pairs import PairMethod
 
 
@@ -31,17 +30,10 @@ def orpo_loss(chosen_mean: torch.Tensor, rejected_mean: torch.Tensor, weight: fl
 class ORPO(PairMethod):
     name = "orpo"
 
-    def __init__(self, settings: PreferenceConfig):
-        self.weight = settings.orpo_lambda
-
-    @classmethod
-    def from_config(cls, cfg: RunConfig) -> ORPO:
-        return cls(cfg.preference)
-
     def compare(self, step, model, inputs):
         sums, counts = step.logps(model, inputs)
         pairs = sums.shape[0] // 2
         means = sums / counts.clamp(min=1)
-        losses, ratio = orpo_loss(means[:pairs], means[pairs:], self.weight)
+        losses, ratio = orpo_loss(means[:pairs], means[pairs:], self.settings.orpo_lambda)
         chosen, rejected = means[:pairs].detach(), means[pairs:].detach()
         return losses, chosen, rejected, {"log_odds_ratio": ratio, "nll": -chosen}

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from lorakit.config import PreferenceConfig, RunConfig
 from lorakit.data.collate import PairCollator
-from lorakit.data.pair_dataset import build_pair_splits
+from lorakit.data.pair_dataset import PAIRS
 from lorakit.train.methods.base import Batch, Method, Step, Values, step_share
 from lorakit.train.microbatch import plan
 
@@ -37,10 +38,18 @@ def split_pairs(inputs: Batch, budget: int) -> list[Batch]:
 
 
 class PairMethod(Method):
-    """A method that compares a chosen answer with a rejected one; subclasses define ``compare``."""
+    """A method that compares a chosen answer with a rejected one, with the preference settings; subclasses
+    define ``compare``."""
 
-    splits = staticmethod(build_pair_splits)
+    rows = PAIRS
     item = "pair"
+
+    def __init__(self, settings: PreferenceConfig):
+        self.settings = settings
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> PairMethod:
+        return cls(cfg.preference)
 
     def collator(self, pad_token_id, packing):
         return PairCollator(pad_token_id)

@@ -9,7 +9,7 @@ equally. Only the answer positions are projected to the vocabulary (``model/loss
 from __future__ import annotations
 
 from lorakit.data.collate import PackCollator, PadCollator
-from lorakit.data.pipeline import build_splits
+from lorakit.data.samples import SAMPLES
 from lorakit.model.loss import answer_only_loss, output_head
 from lorakit.train.methods.base import Method
 from lorakit.train.microbatch import split_batch
@@ -17,7 +17,7 @@ from lorakit.train.microbatch import split_batch
 
 class SFT(Method):
     name = "sft"
-    splits = staticmethod(build_splits)
+    rows = SAMPLES
     perplexity = True
     compiles = True
 
