@@ -23,7 +23,7 @@ from lorakit.data.encode_cache import BadSample, EncodeSettings, encode_cached
 from lorakit.data.mixing import apply_weight, hold_out
 from lorakit.data.records import DataError, Record, Unusable
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding, SourceSummary
-from lorakit.data.samples import SAMPLES, Sample
+from lorakit.data.samples import SAMPLES
 from lorakit.data.shapes import Conversation
 from lorakit.data.sources import as_source, read_source
 from lorakit.labels import IGNORE_INDEX
@@ -151,16 +151,6 @@ def read_all(sources: Sequence[DataSource | Path | str], cfg: DataConfig, kind: 
     strict = cfg.model_copy(update={"skip_bad_records": False})
     pools, unusable = read_rows(sources, strict, DataReport("read"), kind)
     return [r for pool in pools for r in pool.rows], unusable
-
-
-def read_conversations(
-    paths: Sequence[DataSource | Path | str],
-    shape: str,
-    system_prompt: str | None,
-    columns: dict[str, str] | None = None,
-) -> list[Sample]:
-    """All samples of some files, strictly (the first bad record stops with its file and line)."""
-    return read_all(paths, DataConfig(format=shape, system_prompt=system_prompt, columns=columns or {}))[0]
 
 
 def encode_rows(
