@@ -1,7 +1,8 @@
-"""The fine-tuning recipe, top to bottom: setup, train, save.
+"""The fine-tuning recipe, top to bottom: setup, train, save, and eval.at_end.
 
-Read this file to know what ``lorakit train`` does. Each stage gets only its section of
-the config; the recipe is the one place that sees all of it.
+Read this file to know what ``lorakit train`` does; ``run`` does all of it, from the command
+or from Python. Each stage gets only its section of the config; the recipe is the one place
+that sees all of it. What differs by training method is the method's (``train/methods``).
 """
 
 from __future__ import annotations
