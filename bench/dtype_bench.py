@@ -54,7 +54,7 @@ def worker(name: str, n: int, held_out: int, out: Path, cache: Path) -> None:
     import torch
 
     from lorakit.config_file import load_config
-    from lorakit.data.pipeline import Sample
+    from lorakit.data.samples import Sample
     from lorakit.eval.compare import answer_loss
     from lorakit.infer.session import open_session
     from lorakit.train import recipe

@@ -20,18 +20,19 @@ import torch
 from transformers import TrainerCallback
 
 from lorakit.config_file import load_config
-from lorakit.train import preference, recipe
+from lorakit.train import recipe
+from lorakit.train.trainer import LorakitTrainer
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo" / "dpo.yaml"
 
 
 class StepTimes(TrainerCallback):
-    """Times each step and, through a wrapped ``PreferenceTrainer._logps``, each log-prob forward in it."""
+    """Times each step and, through a wrapped ``LorakitTrainer.logps``, each log-prob forward in it."""
 
     def __init__(self, last_step: int, profile: bool):
         self.forwards: list[tuple[bool, float]] = []
         self.last_step, self.profile, self.profiler = last_step, profile, None
-        logps = preference.PreferenceTrainer._logps
+        logps = LorakitTrainer.logps
 
         def timed(trainer, model, inputs):
             started = time.perf_counter()
@@ -39,7 +40,7 @@ class StepTimes(TrainerCallback):
             self.forwards.append((torch.is_grad_enabled(), time.perf_counter() - started))
             return result
 
-        preference.PreferenceTrainer._logps = timed
+        LorakitTrainer.logps = timed
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.forwards.clear()

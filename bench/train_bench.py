@@ -241,7 +241,7 @@ def _peak_cuda_gb() -> float | None:
 
 def held_out_loss(model, tok, rows: list[dict]) -> float:
     """The same answer-only loss, same template and masking, for every competitor."""
-    from lorakit.data.pipeline import Sample
+    from lorakit.data.samples import Sample
     from lorakit.templates import resolve_template
     from lorakit.eval.compare import answer_loss
     from lorakit.infer.session import session_of

@@ -20,7 +20,6 @@ from rich.table import Table
 
 from lorakit.commands import export, infer, look
 from lorakit.commands.common import State, err, out, setup_logging
-from lorakit.config import RunConfig
 from lorakit.config_file import load_config
 from lorakit.errors import LorakitError
 
@@ -80,15 +79,11 @@ def train(
     """
     setup_logging(verbose)
     cfg = load_config(config, set_)
-    if nproc != 1:
-        _launch(nproc, config, set_, resume, overwrite, verbose, cfg)
-        return
     from lorakit.train import recipe
 
-    if cfg.eval.at_end and cfg.eval.scorer:  # a typo in the scorer fails now, not after training
-        from lorakit.eval.scorer import load_scorer
-
-        load_scorer(cfg.eval.scorer)
+    if nproc != 1:
+        recipe.launch(cfg, nproc, _child_command(config, set_, verbose), resume, overwrite)
+        return
     try:
         summary = recipe.run(cfg, resume=resume, overwrite=overwrite)
     except recipe.TrainingInterrupted as e:
@@ -111,11 +106,10 @@ def train(
     if summary.cuda_peak_reserved_bytes:
         table.add_row("cuda_peak_reserved", f"{summary.cuda_peak_reserved_bytes / 2**30:.2f} GiB")
     out.print(table)
-    if cfg.eval.at_end:  # base against tuned on the held-out data: eval.json, eval.md, summary.json's table
-        from lorakit.eval.results import print_comparison
-        from lorakit.eval.run import evaluate_at_end
+    if cfg.eval.at_end:  # the run scored base against tuned on the held-out data (eval.json)
+        from lorakit.eval.results import print_comparison, read_report
 
-        print_comparison(out, evaluate_at_end(cfg.output_dir, cfg.train.progress_bar))
+        print_comparison(out, read_report(cfg.output_dir))
 
 
 def _compile_line(summary) -> str:
@@ -135,25 +129,11 @@ def _resume_command(config: Path | None, set_: list[str]) -> str:
     return shlex.join([*words, "--resume"])
 
 
-def _launch(nproc: int, config: Path | None, set_: list[str], resume: str | None, overwrite: bool, verbose: bool,
-            cfg: RunConfig) -> None:
-    """Start ``nproc`` copies of this command through torchrun; errors that all ranks would hit stop here once."""
-    import torch
-
-    from lorakit.run import RunFolder
-    from lorakit.train import checkpoints, distributed, run_folder
-
-    distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
-    # Resolved once here, so every rank is handed the same checkpoint.
-    resume_from = checkpoints.resolve_resume(resume, RunFolder(cfg.output_dir).checkpoints)
-    # Rank 0 takes the folder's lock and checks it again; a taken or occupied folder fails here once.
-    run_folder.check_available(cfg.output_dir, fresh=resume_from is None, overwrite=overwrite)
+def _child_command(config: Path | None, set_: list[str], verbose: bool) -> list[str]:
+    """This ``lorakit train`` as each of several processes runs it (the recipe adds --resume and --overwrite)."""
     child = [*(["--debug"] if State.debug else []), "train", *([str(config)] if config is not None else [])]
     child += [f"--set={assignment}" for assignment in set_]
-    child += [f"--resume={resume_from}"] if resume_from is not None else []
-    child += ["--overwrite"] if overwrite else []  # rank 0 takes the folder's lock and checks it
-    child += [] if verbose else ["--no-verbose"]
-    distributed.launch(nproc, child)  # a failed rank: LaunchError, exit code 1
+    return child + ([] if verbose else ["--no-verbose"])
 
 
 for _command in (infer.generate, infer.chat, infer.serve):

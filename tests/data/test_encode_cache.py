@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from lorakit.config import DataConfig
 from lorakit.data import encode_cache
-from lorakit.data.pipeline import encode_samples, read_conversations
+from lorakit.data.encode_cache import EncodeSettings
+from lorakit.data.pipeline import encode_rows, kept, read_all
+from lorakit.data.report import DataReport
 from lorakit.data.records import DataError
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
@@ -19,9 +22,13 @@ def _rows(n: int) -> list[dict]:
 
 
 def _encode(path, tokenizer, template, **kwargs):
-    settings = {"max_length": 96, "truncation": "drop", "train_on": "all_assistant", "split": "train"}
-    encoded, report = encode_samples(read_conversations([path], "auto", None), tokenizer, template,
-                                     **{**settings, **kwargs})
+    settings = {"max_length": 96, "truncation": "drop", "train_on": "all_assistant", **kwargs}
+    report = DataReport("train")
+    encoded = kept(encode_rows(
+        read_all([path], DataConfig())[0], tokenizer, template,
+        EncodeSettings(settings.pop("max_length"), settings.pop("truncation"), settings.pop("train_on")), report,
+        **settings,
+    ))
     return [(e.input_ids, e.labels, e.origin) for e in encoded], report
 
 

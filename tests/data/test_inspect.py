@@ -107,3 +107,28 @@ def test_pairs_say_each_side_trains_its_final_answer_not_the_sft_mode(tmp_path, 
     found = json.loads(inspect(str(data), "--json", "--set", f"model.name={model_dir}",
                                "--set", "data.cache_dir=null").output)
     assert found["train_on"] == "last_assistant" and found["pairs"] is True
+
+
+def test_an_added_special_token_shows_as_training_encodes_it(tmp_path, model_dir):
+    from lorakit.config_file import load_config
+    from lorakit.train import recipe
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "Look it up", "output": "<tool>lisbon</tool>"}] * 2)
+    common = [f"model.name={model_dir}", f"data.train={data}", "data.cache_dir=null", "data.shuffle=false"]
+    added = [*common, "model.special_tokens=[<tool>, </tool>]"]
+
+    def shown(settings: list[str]) -> dict:
+        result = inspect(str(data), "--json", *(w for s in settings for w in ("--set", s)))
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)  # the log (a new token's note) is on stderr
+
+    inspected, without = shown(added), shown(common)
+    summary = recipe.run(load_config(None, [*added, f"output_dir={tmp_path / 'run'}", "train.max_steps=1",
+                                            "train.progress_bar=false"]))
+    trained = summary["data"][0]
+    assert (inspected["reports"][0]["tokens"], inspected["reports"][0]["loss_tokens"]) == (
+        trained["tokens"], trained["loss_tokens"])
+    # Each added token is one token, so the answer is shorter than the same text in pieces.
+    assert inspected["reports"][0]["loss_tokens"] < without["reports"][0]["loss_tokens"]
+    answer = "".join(s["text"] for s in inspected["samples"][0]["segments"] if s["trained"])
+    assert answer == "<tool>lisbon</tool><|im_end|>"

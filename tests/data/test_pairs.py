@@ -7,8 +7,9 @@ import pytest
 
 from lorakit.config import DataConfig
 from lorakit.data.encode import IGNORE_INDEX
-from lorakit.data.pair_dataset import build_pair_splits, holds_pairs
+from lorakit.data.pair_dataset import PAIRS, holds_pairs
 from lorakit.data.pairs import to_pair
+from lorakit.data.pipeline import build_splits
 from lorakit.data.records import DataError, Record
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
@@ -52,7 +53,7 @@ def splits(tmp_path, rows, **cfg):
     tokenizer = make_tokenizer("chatml")
     template = resolve_template(tokenizer, "auto")
     data = DataConfig(train=[str(write_jsonl(tmp_path / "pairs.jsonl", rows))], cache_dir=None, **cfg)
-    return tokenizer, template, build_pair_splits(data, tokenizer, template, require_samples=False)
+    return tokenizer, template, build_splits(data, tokenizer, template, PAIRS, require_samples=False)
 
 
 def test_both_sides_share_the_prompt_and_train_exactly_the_answer_and_its_end(tmp_path):
@@ -114,8 +115,8 @@ def test_a_pairs_file_nested_too_deeply_names_its_line(tmp_path):
     path.write_text(f'{{"prompt": "Hi", "chosen": "Hello", "rejected": "Go"}}\n{{"prompt": "Hi", "chosen": '
                     f'{"[" * 100_000}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"pairs.jsonl, line 2: JSON nested too deeply to read"):
-        build_pair_splits(DataConfig(train=[str(path)], cache_dir=None), make_tokenizer("chatml"),
-                          resolve_template(make_tokenizer("chatml"), "auto"))
+        build_splits(DataConfig(train=[str(path)], cache_dir=None), make_tokenizer("chatml"),
+                     resolve_template(make_tokenizer("chatml"), "auto"), PAIRS)
 
 
 def test_truncation_error_stops_on_an_over_long_pair(tmp_path):
@@ -129,8 +130,8 @@ def test_pairs_are_told_apart_from_sft_data(tmp_path):
     sft = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "Hi", "completion": "Hello"}])
     assert holds_pairs([str(pairs)], DataConfig()) and not holds_pairs([str(sft)], DataConfig())
     with pytest.raises(DataError, match=r"s.jsonl, line 1: a preference run .* needs pairs"):
-        build_pair_splits(DataConfig(train=[str(sft)], cache_dir=None), make_tokenizer("chatml"),
-                          resolve_template(make_tokenizer("chatml"), "auto"))
+        build_splits(DataConfig(train=[str(sft)], cache_dir=None), make_tokenizer("chatml"),
+                     resolve_template(make_tokenizer("chatml"), "auto"), PAIRS)
 
 
 def test_inspection_shows_both_sides_and_the_findings(tmp_path):
@@ -140,7 +141,7 @@ def test_inspection_shows_both_sides_and_the_findings(tmp_path):
     rows = [SHAPES["strings"], {"prompt": "Hi", "chosen": "Hello.", "rejected": "Hello."}]
     data = DataConfig(train=[str(write_jsonl(tmp_path / "pairs.jsonl", rows))], cache_dir=None)
     result = inspect_data(data, tokenizer, resolve_template(tokenizer, "auto"), model_name="tiny", samples=1,
-                          pairs=True)
+                          kind=PAIRS)
     assert [s.split for s in result.samples] == ["train chosen", "train rejected"]
     trained = ["".join(seg.text for seg in s.segments if seg.trained) for s in result.samples]
     assert trained == [CHOSEN + "<|im_end|>", REJECTED + "<|im_end|>"]

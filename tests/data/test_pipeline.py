@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lorakit.config import DataConfig
-from lorakit.data.pipeline import build_splits, encode_samples, read_conversations
+from lorakit.data.encode_cache import EncodeSettings
+from lorakit.data.pipeline import build_splits, encode_rows, kept, read_all
 from lorakit.data.records import DataError
+from lorakit.data.report import DataReport
 from lorakit.templates import resolve_template
 from tests.conftest import make_tokenizer, write_jsonl
 
@@ -26,7 +28,7 @@ def test_alpaca_and_messages_files(tmp_path):
         ' {"conversations": [{"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A2"}]}]',
         encoding="utf-8",
     )
-    samples = read_conversations([alpaca, chat], "auto", system_prompt="Be kind.")
+    samples = read_all([alpaca, chat], DataConfig(system_prompt="Be kind."))[0]
     assert [s.conversation for s in samples] == [
         [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi\n\nthere"},
          {"role": "assistant", "content": "Hello"}],
@@ -44,10 +46,11 @@ def test_drops_are_counted_with_their_origin(tmp_path):
         {"instruction": "Long " * 200, "output": "x"},
     ])
     tokenizer = make_tokenizer("chatml")
-    encoded, report = encode_samples(
-        read_conversations([path], "auto", None), tokenizer, resolve_template(tokenizer, "auto"),
-        max_length=64, truncation="drop", train_on="all_assistant", split="train",
-    )
+    report = DataReport("train")
+    encoded = kept(encode_rows(
+        read_all([path], DataConfig())[0], tokenizer, resolve_template(tokenizer, "auto"),
+        EncodeSettings(max_length=64, truncation="drop", train_on="all_assistant"), report,
+    ))
     assert len(encoded) == report.kept == 1 and report.read == 3
     assert report.dropped == {"empty assistant answer": 1, "longer than max_length=64": 1}
     assert report.examples["empty assistant answer"] == [f"{path}, line 2"]
@@ -87,7 +90,7 @@ def test_bad_input_names_the_line(tmp_path, content, expected):
     path = tmp_path / "bad.jsonl"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(DataError) as info:
-        read_conversations([path], "auto", None)
+        read_all([path], DataConfig())[0]
     assert expected in str(info.value) and "bad.jsonl" in str(info.value)
 
 
@@ -95,7 +98,7 @@ def test_non_utf8_file(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes('{"instruction": "caf\u00e9", "output": "x"}\n'.encode("latin-1"))
     with pytest.raises(DataError, match="not UTF-8"):
-        read_conversations([path], "auto", None)
+        read_all([path], DataConfig())[0]
 
 
 # --- every bad input names its file and line (or record/row), strict by default -------------
@@ -125,7 +128,7 @@ def _write(tmp_path, name: str, content: bytes | str):
 def test_more_bad_inputs_name_the_place(tmp_path, name, content, expected):
     path = _write(tmp_path, name, content)
     with pytest.raises(DataError) as info:
-        read_conversations([path], "auto", None)
+        read_all([path], DataConfig())[0]
     assert expected in str(info.value)
 
 
@@ -137,7 +140,7 @@ def test_parquet_non_string_field_names_the_row(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "Q", "completion": "A"}, {"prompt": "Q", "completion": None}]), path)
     # Parquet has the column in every row; the value is what is missing, and the message says so.
     with pytest.raises(DataError, match=r"a.parquet, row 1: field 'completion' is empty \(null\)"):
-        read_conversations([path], "auto", None)
+        read_all([path], DataConfig())[0]
 
 
 # --- skipping bad records: counted, first reasons kept, never silent ------------------------

@@ -11,10 +11,10 @@ import torch
 from markdown_it import MarkdownIt
 from transformers import AutoModelForCausalLM
 
-from lorakit.config import EvalConfig, GenerationConfig, LoraConfig
+from lorakit.config import DataConfig, EvalConfig, GenerationConfig, LoraConfig
 from lorakit.config_file import load_config
 from lorakit.data.encode import encode_conversation
-from lorakit.data.pipeline import read_conversations
+from lorakit.data.pipeline import read_all
 from lorakit.eval.compare import Scoring, answer_loss, answer_losses, compare
 from lorakit.eval.results import markdown, table_rows, write_reports
 from lorakit.eval.run import evaluate
@@ -66,7 +66,7 @@ def test_each_side_runs_its_own_model_and_unscorable_samples_are_counted(session
     scorer_file = tmp_path / "recorder.py"
     scorer_file.write_text(RECORDER, encoding="utf-8")
     scorer = load_scorer(f"{scorer_file}:same_length")
-    samples = read_conversations([data], "auto", None)
+    samples = read_all([data], DataConfig())[0]
     result = compare(session, samples, GEN, Scoring(max_length=40, scorer=scorer, examples=2))
 
     assert [s.origin for s in result.samples] == [f"{data}, line {n}" for n in (1, 2, 3, 5)]
@@ -98,7 +98,7 @@ def test_each_side_runs_its_own_model_and_unscorable_samples_are_counted(session
 def test_answer_loss_is_the_plain_per_sample_loss_in_any_batch(session, data, selective, monkeypatch):
     assert loss_module.selective_loss_supported(session.model)  # the tiny Llama takes the selective path
     monkeypatch.setattr(loss_module, "selective_loss_supported", lambda model: selective)
-    samples = [s for s in read_conversations([data], "auto", None) if s.conversation[-1]["role"] == "assistant"][:3]
+    samples = [s for s in read_all([data], DataConfig())[0] if s.conversation[-1]["role"] == "assistant"][:3]
     encoded = [encode_conversation(session.tokenizer, session.template, s.conversation, 200) for s in samples]
     together = answer_losses(session, encoded, batch_size=3)  # padded to one width, answers projected alone
     for (loss, count), enc in zip(together, encoded):
@@ -151,7 +151,7 @@ def test_base_model_alone_has_one_column(tiny_model_dir, data):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     plain = session_of(model, tokenizer, resolve_template(tokenizer, "auto"), has_adapter=False)
-    result = compare(plain, read_conversations([data], "auto", None), GEN, Scoring(max_length=200))
+    result = compare(plain, read_all([data], DataConfig())[0], GEN, Scoring(max_length=200))
     assert all(r.tuned is None and r.base is not None for r in result.metrics)
     assert result.examples == [0, 1, 2]  # nothing changed: the first samples are shown
     assert all(row[2] == "-" and row[3] == "" for row in table_rows(result))

@@ -13,6 +13,7 @@ from lorakit.eval.results import markdown
 from lorakit.eval.run import evaluate
 from lorakit.infer.session import open_session
 from lorakit.train import recipe
+from lorakit.train.methods import METHODS
 from tests.conftest import write_jsonl
 from tests.train.test_preference import PAIRS
 
@@ -34,7 +35,7 @@ def test_a_dpo_run_is_scored_on_pairs(dpo_run, tmp_path):
     session = open_session(str(dpo_run), tmp_path / "cache")
     data = load_config(dpo_run / "lorakit.yaml").data
     result = evaluate(session, [held], data, GenerationConfig(max_new_tokens=6), EvalConfig(), tmp_path / "out",
-                      show_progress=False, method="dpo")
+                      show_progress=False, reads=METHODS["dpo"].rows)
     rows = {r.key: r for r in result.metrics}
     accuracy = rows["preference_accuracy"]
     # Trained on these very pairs: the tuned model prefers every chosen answer, the random base does not.

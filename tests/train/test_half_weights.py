@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lorakit.config import GenerationConfig
-from lorakit.data.pipeline import Sample
+from lorakit.data.samples import Sample
 from lorakit.eval.compare import answer_loss
 from lorakit.export.merge import merge_run
 from lorakit.infer.generate import generate_batch

@@ -112,13 +112,13 @@ def test_split_step_equals_the_whole_batch(tiny_model_dir, tmp_path, precision, 
         seen.append(len(passes))
         return passes
 
-    import lorakit.train.trainer as trainer_module
+    import lorakit.train.methods.sft as sft_module
 
-    trainer_module.split_batch = spy
+    sft_module.split_batch = spy
     try:
         a, b = recipe.run(whole), recipe.run(split)
     finally:
-        trainer_module.split_batch = original
+        sft_module.split_batch = original
     assert seen == [per_step, per_step]  # 16 tokens: four samples of different lengths, one pass each
     assert a["tokens_seen"] == b["tokens_seen"] and a["loss_tokens_seen"] == b["loss_tokens_seen"]
     for x, y in zip(metrics(whole.output_dir), metrics(split.output_dir)):

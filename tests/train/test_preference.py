@@ -19,7 +19,10 @@ from lorakit.model.lora import apply_lora
 from lorakit.model.loss import sequence_logps
 from lorakit.templates import resolve_template
 from lorakit.train import recipe
-from lorakit.train.preference import REFERENCE, PreferenceTrainer, reference_model, split_pairs, start_from_adapter
+from lorakit.train.methods import METHODS
+from lorakit.train.methods.pairs import split_pairs
+from lorakit.train.preference import REFERENCE, reference_model, start_from_adapter
+from lorakit.train.trainer import LorakitTrainer
 from tests.conftest import make_tokenizer
 from tests.train.helpers import LOSS_RTOL, adapter, assert_same_update, metrics, tiny_config
 
@@ -64,9 +67,20 @@ def logp_by_hand(model, item) -> tuple[float, int]:
     return sum(picked), len(picked)
 
 
-def trainer(model, tmp_path, method: str, **preference) -> PreferenceTrainer:
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
-    return PreferenceTrainer(model=model, args=args, method=method, preference=PreferenceConfig(**preference))
+class PairLosses:
+    """A trainer running one pair method, asked for its per-pair losses."""
+
+    def __init__(self, model, tmp_path, method: str, **preference):
+        args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        self.method = METHODS[method](PreferenceConfig(**preference))
+        self.trainer = LorakitTrainer(model=model, args=args, method=self.method)
+
+    def pair_losses(self, model, batch):
+        return self.method.pair_losses(self.trainer, model, batch)
+
+
+def trainer(model, tmp_path, method: str, **preference) -> PairLosses:
+    return PairLosses(model, tmp_path, method, **preference)
 
 
 @pytest.mark.parametrize("kind", ["sigmoid", "ipo"])

@@ -71,6 +71,32 @@ def test_same_seed_same_adapter(tiny_model_dir, tmp_path):
         assert (outs[0][key] == outs[1][key]).all(), key
 
 
+def test_run_from_python_evaluates_at_end_as_lorakit_train_does(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS[:3] * 2)
+    out = tmp_path / "run"
+    summary = recipe.run(load_config(None, [
+        f"model.name={tiny_model_dir}", f"data.train={data}", f"data.eval={data}", f"output_dir={out}",
+        "train.max_steps=2", "train.batch_size=2", "train.progress_bar=false", "eval.at_end=true",
+        "generation.max_new_tokens=4",
+    ]))
+    report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    assert (out / "eval.md").is_file() and report["settings"]["samples_scored"] == 6
+    assert summary.eval is not None and summary.eval["answer_loss"]["tuned"] is not None
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["eval"] == summary.eval
+
+
+def test_run_from_python_checks_the_scorer_before_anything_else(tmp_path):
+    from lorakit.errors import LorakitError
+
+    missing = tmp_path / "checks.py"
+    cfg = load_config(None, ["eval.at_end=true", f"data.train={tmp_path / 'x.jsonl'}",
+                             f"data.eval={tmp_path / 'y.jsonl'}", f"eval.scorer={missing}:fn",
+                             f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(LorakitError, match=f"file {missing} does not exist"):
+        recipe.run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @needs_embedded
 def test_short_embedded_run_lowers_loss(tmp_path, embedded_cache):

@@ -166,6 +166,7 @@ def evaluate(
     from lorakit.eval.run import evaluate as run_eval
     from lorakit.infer.session import open_session
     from lorakit.run import run_or_model
+    from lorakit.train.methods import METHODS
 
     run = run_or_model(target)
     is_run = run is not None
@@ -185,5 +186,6 @@ def evaluate(
         fail_options(e)
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
-                      output or (Path(target) if is_run else Path.cwd()), console=err, method=run_cfg.method)
+                      output or (Path(target) if is_run else Path.cwd()), console=err,
+                      reads=METHODS[run_cfg.method].rows)
     print_comparison(out, result)

@@ -28,10 +28,10 @@ def data_inspect(
     setup_logging(False)
     from lorakit.config import DataSource
     from lorakit.data.inspection import inspect_data
-    from lorakit.data.pair_dataset import holds_pairs
+    from lorakit.data.pair_dataset import rows_to_read
     from lorakit.data.view import print_inspection
-    from lorakit.model.loader import load_tokenizer, resolve_model_folder
-    from lorakit.templates import resolve_template
+    from lorakit.model.setup import training_setup
+    from lorakit.train.methods import METHODS
 
     if target.endswith((".yaml", ".yml")):
         cfg = load_config(Path(target), set_)
@@ -39,11 +39,11 @@ def data_inspect(
         cfg = load_config(None, set_)
         local = Path(target).expanduser()
         cfg.data.train = [DataSource(path=str(local.resolve()) if local.exists() else target)]
-    tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
-    template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
-    pairs = cfg.method != "sft" or holds_pairs(cfg.data.train, cfg.data)
+    text = training_setup(cfg.model, cfg.data)  # as training sets it up: added tokens are one token each
+    tokenizer, template = text.tokenizer, text.template
+    kind = rows_to_read(cfg.data.train, cfg.data, METHODS[cfg.method].rows)
     result = inspect_data(cfg.data, tokenizer, template, model_name=cfg.model.name, samples=samples, limit=limit,
-                          pairs=pairs)
+                          kind=kind)
     if json_out:
         print(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
     else:

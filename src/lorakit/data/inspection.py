@@ -13,9 +13,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.encode import IGNORE_INDEX, Encoded
-from lorakit.data.pair_dataset import PAIR_TRAIN_ON, build_pair_splits
-from lorakit.data.pipeline import build_splits
+from lorakit.data.pipeline import Rows, build_splits
 from lorakit.data.report import DataReport
+from lorakit.data.samples import SAMPLES
 from lorakit.templates import ChatTemplate
 
 @dataclass
@@ -48,11 +48,11 @@ class Inspection:
     template: str
     end_tokens: list[str]
     max_length: int
-    train_on: str  # the masking mode the samples were encoded with; for pairs PAIR_TRAIN_ON, not data.train_on
+    train_on: str  # the masking mode the rows were encoded with; for pairs their own, not data.train_on
     reports: list[DataReport]
     lengths: list[Lengths]
     samples: list[RenderedSample] = field(default_factory=list)
-    pairs: bool = False  # pairs of answers (dpo, orpo): lengths and samples count each side
+    pairs: bool = False  # rows of two sides (pairs of answers): lengths and samples count each side
 
     @property
     def has_errors(self) -> bool:
@@ -124,17 +124,13 @@ def inspect_data(
     model_name: str,
     samples: int = 2,
     limit: int | None = None,
-    pairs: bool = False,
+    kind: Rows = SAMPLES,
 ) -> Inspection:
-    """``pairs``: the data is pairs of answers (method dpo, orpo); each side is shown and counted."""
-    if pairs:
-        found = build_pair_splits(cfg, tokenizer, template, limit=limit, require_samples=False)
-        train = [side for p in found.train for side in (p.chosen, p.rejected)]
-        evals = [side for p in found.eval for side in (p.chosen, p.rejected)]
-        names, reports = ("train chosen", "train rejected"), found.reports
-    else:
-        splits = build_splits(cfg, tokenizer, template, limit=limit, require_samples=False)
-        train, evals, names, reports = splits.train, splits.eval, ("train",), splits.reports
+    """``kind``: the rows the data is read as (pairs of answers: each side is shown and counted)."""
+    found = build_splits(cfg, tokenizer, template, kind, limit=limit, require_samples=False)
+    train = [seq for row in found.train for seq in kind.sequences(row)]
+    evals = [seq for row in found.eval for seq in kind.sequences(row)]
+    names = tuple(f"train {side}".rstrip() for side in kind.sides)
     end_tokens = sorted(tokenizer.convert_ids_to_tokens(sorted(template.end_token_ids)))
     shown = [
         RenderedSample(names[k % len(names)], item.origin, segments_of(tokenizer, item))
@@ -142,6 +138,6 @@ def inspect_data(
     ]
     lengths = [lengths_of("train", train)] + ([lengths_of("eval", evals)] if evals else [])
     return Inspection(
-        model_name, template.name, end_tokens, cfg.max_length, PAIR_TRAIN_ON if pairs else cfg.train_on, reports,
-        lengths, shown, pairs,
+        model_name, template.name, end_tokens, cfg.max_length, kind.settings(cfg).train_on, found.reports,
+        lengths, shown, len(kind.sides) > 1,
     )

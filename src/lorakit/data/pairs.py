@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.data.encode import EMPTY_PROMPT, Encoded, empty_prompt
-from lorakit.data.records import DataError, Record
+from lorakit.data.records import DataError, Record, Unusable
 from lorakit.data.shapes import RecordView, read_turns, system_turn
 from lorakit.templates import Conversation
 
@@ -50,12 +50,8 @@ class EncodedPair:
     origin: str = ""
 
 
-class PairSkipped(Exception):
+class PairSkipped(Unusable):
     """The pair is readable but cannot teach a preference; ``reason`` is counted in the report."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason, self.detail = reason, detail
 
 
 PROMPTS_DIFFER = "chosen and rejected have different prompts"

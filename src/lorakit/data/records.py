@@ -17,6 +17,14 @@ class DataError(LorakitError, ValueError):
     """Input data that cannot be used; the message names the file, the record and the fix."""
 
 
+class Unusable(Exception):
+    """The record reads, but its row cannot teach anything; ``reason`` is counted as a drop in the report."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
 @dataclass(frozen=True)
 class Record:
     fields: dict[str, Any]

@@ -20,9 +20,14 @@ from lorakit.data.records import DataError, Record
 from lorakit.hub import looks_like_hub_id
 from lorakit.paths import folder_loop, link_problem
 
-__all__ = ["DataError", "Record", "SourceRecords", "read_records", "read_source"]
+__all__ = ["DataError", "Record", "SourceRecords", "as_source", "read_records", "read_source"]
 
 _GLOB_CHARS = "*?["
+
+
+def as_source(item: DataSource | Path | str) -> DataSource:
+    """A data.train or data.eval entry as a DataSource: a bare path or hub name gets the defaults (weight 1)."""
+    return item if isinstance(item, DataSource) else DataSource(path=str(item))
 
 
 @dataclass

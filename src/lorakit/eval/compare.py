@@ -17,9 +17,11 @@ from rich.progress import Progress, TaskID
 
 from lorakit.config import GenerationConfig
 from lorakit.data.collate import PadCollator
-from lorakit.data.encode import Encoded, SampleDropped, encode_conversation
-from lorakit.data.pipeline import Sample
-from lorakit.data.records import DataError
+from lorakit.data.encode import Encoded
+from lorakit.data.encode_cache import EncodeSettings
+from lorakit.data.pipeline import encode_rows
+from lorakit.data.report import DataReport
+from lorakit.data.samples import Sample
 from lorakit.errors import LorakitError
 from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
 from lorakit.eval.scorer import UserScorer
@@ -157,19 +159,13 @@ def _usable(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[str]]]:
 
 def _encode_all(session: Session, samples: list[Sample], scoring: Scoring) -> tuple[list[Encoded | None], dict]:
     """Cut, never drop, over-long samples: a sample still counts for the generated answers."""
-    encoded: list[Encoded | None] = []
+    settings = EncodeSettings(scoring.max_length, "cut", scoring.train_on)
+    outcomes = encode_rows(samples, session.tokenizer, session.template, settings, DataReport("eval"))
     excluded: dict[str, list[str]] = {}
-    for sample in samples:
-        try:
-            encoded.append(encode_conversation(
-                session.tokenizer, session.template, sample.conversation, scoring.max_length, "cut", scoring.train_on
-            ))
-        except SampleDropped as dropped:
-            encoded.append(None)
-            excluded.setdefault(dropped.reason, []).append(sample.origin)
-        except ValueError as err:
-            raise DataError(f"{sample.origin}: {err}") from None
-    return encoded, excluded
+    for sample, outcome in zip(samples, outcomes):
+        if isinstance(outcome, str):
+            excluded.setdefault(outcome, []).append(sample.origin)
+    return [o if isinstance(o, Encoded) else None for o in outcomes], excluded
 
 
 def _last_user_turn(sample: Sample) -> str:

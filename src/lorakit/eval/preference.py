@@ -8,29 +8,19 @@ answer as the reference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import torch
 
-from lorakit.config import DataConfig, DataSource
-from lorakit.data.pipeline import Sample
-from lorakit.data.pair_dataset import encode_pairs, read_pairs
+from lorakit.config import DataConfig
+from lorakit.data.pair_dataset import PAIRS
 from lorakit.data.pairs import EncodedPair, Pair
+from lorakit.data.pipeline import encode_rows, kept
 from lorakit.data.records import DataError
 from lorakit.data.report import DataReport
+from lorakit.data.samples import Sample
 from lorakit.eval.compare import Comparison, MetricRow
 from lorakit.infer.session import Session
 from lorakit.data.collate import PairCollator
 from lorakit.model.loss import selective_loss_supported, sequence_logps
-
-
-def read_eval_pairs(files: Sequence[Path | str | DataSource], data: DataConfig
-                    ) -> tuple[list[Pair], dict[str, list[str]]]:
-    """Every pair of the files, strictly (a bad record stops with its file and line); unusable ones by reason."""
-    strict = data.model_copy(update={"skip_bad_records": False})
-    pools, skipped = read_pairs(list(files), strict, DataReport("eval"))
-    return [p for pool in pools for p in pool.samples], skipped  # type: ignore[misc]
 
 
 def as_samples(pairs: list[Pair]) -> list[Sample]:
@@ -56,12 +46,13 @@ def add_preference(result: Comparison, session: Session, pairs: list[Pair], skip
                    data: DataConfig, batch_size: int) -> None:
     """Put preference accuracy and the mean log-prob margin, base and tuned, at the top of ``result``."""
     report = DataReport("eval")
-    encoded = encode_pairs(pairs, session.tokenizer, session.template, data, report)
+    encoded = kept(encode_rows(pairs, session.tokenizer, session.template, PAIRS.settings(data), report, PAIRS,
+                               cache_dir=data.cache_dir, num_proc=data.num_proc))
     for reason, origins in skipped.items():
         result.skipped.setdefault(reason, []).extend(origins)
-    kept = {e.origin for e in encoded}
+    scored = {e.origin for e in encoded}
     for pair in pairs:
-        if pair.origin not in kept:  # too long, or an empty answer: generations are still scored
+        if pair.origin not in scored:  # too long, or an empty answer: generations are still scored
             result.loss_excluded.setdefault("pair not scored for preference: " + _reason(report), []).append(
                 pair.origin)
     if not encoded:

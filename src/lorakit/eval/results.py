@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from lorakit.eval.compare import Comparison, MetricRow, SampleResult
+from lorakit.eval.compare import Comparison, MetricRow, SampleResult, SideResult
 from lorakit.outputs import write_text
 from lorakit.run import EVAL_JSON, EVAL_MARKDOWN
 
@@ -136,3 +137,14 @@ def write_reports(folder: Path, result: Comparison) -> tuple[Path, Path]:
     write_text(md_path, markdown(result), "the evaluation report")
     return json_path, md_path
 
+
+def _side(raw: dict[str, Any] | None) -> SideResult | None:
+    return SideResult(**raw) if raw is not None else None
+
+
+def read_report(folder: Path) -> Comparison:
+    """Read eval.json back (to show it again, or to compare runs)."""
+    raw = json.loads((folder / EVAL_JSON).read_text(encoding="utf-8"))
+    metrics = [MetricRow(**{k: v for k, v in m.items() if k != "change"}) for m in raw["metrics"]]
+    samples = [SampleResult(**{**s, "base": _side(s["base"]), "tuned": _side(s["tuned"])}) for s in raw["samples"]]
+    return Comparison(metrics, samples, raw["examples"], raw["skipped"], raw["loss_excluded"], raw["settings"])

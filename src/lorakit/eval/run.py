@@ -9,14 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lorakit.config import DataConfig, EvalConfig, GenerationConfig
-from lorakit.data.pair_dataset import holds_pairs
-from lorakit.data.pipeline import read_conversations
+from lorakit.data.pair_dataset import PAIRS, rows_to_read
+from lorakit.data.pipeline import Rows, read_all
+from lorakit.data.samples import SAMPLES
 from lorakit.eval import preference
 from lorakit.eval.compare import Comparison, EvalError, Scoring, compare
 from lorakit.eval.results import write_reports
-from lorakit.eval.scorer import load_scorer
+from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.infer.session import Session, open_session
-from lorakit.run import RunFolder
+from lorakit.run import RunFolder, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +31,25 @@ def evaluate(
     out_dir: Path,
     console: Console | None = None,
     show_progress: bool = True,
-    method: str = "sft",
+    reads: Rows = SAMPLES,
+    scorer: UserScorer | None = None,
 ) -> Comparison:
     """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md.
 
-    Files of pairs (a dpo or orpo run's, or any with chosen/rejected) also get preference accuracy;
-    their generations are scored against the chosen answer.
+    ``reads``: the rows the run's method reads. Files of pairs (a dpo or orpo run's, or any with
+    chosen/rejected) also get preference accuracy; their generations are scored against the chosen
+    answer. ``scorer``: ``settings.scorer`` already loaded.
     """
     if not files:
         raise EvalError("no evaluation data: pass --data FILE or set data.eval")
-    # The scorer loads first: a typo in its name should fail before minutes of generation.
-    scorer = load_scorer(settings.scorer) if settings.scorer else None
-    pairs = None
-    if method != "sft" or holds_pairs(files, data):
-        pairs, unusable = preference.read_eval_pairs(files, data)
-        samples = preference.as_samples(pairs)
-    else:
-        samples = read_conversations(files, data.format, data.system_prompt, data.columns)
+    if scorer is None and settings.scorer:
+        # The scorer loads first: a typo in its name should fail before minutes of generation.
+        scorer = load_scorer(settings.scorer)
+    kind = rows_to_read(files, data, reads)
+    # Eval scores the answer before an unanswered last user turn, which is removed whatever train_on says.
+    rows, unusable = read_all(files, data.model_copy(update={"train_on": "all_assistant"}), kind)
+    pairs = rows if kind is PAIRS else None
+    samples = preference.as_samples(pairs) if pairs is not None else rows
     if settings.limit is not None and settings.limit < len(samples):
         log.info("eval: scoring the first %d of %d samples (limit)", settings.limit, len(samples))
         samples = samples[: settings.limit]
@@ -65,15 +68,14 @@ def evaluate(
     return result
 
 
-def evaluate_at_end(run_dir: Path, show_progress: bool = True) -> Comparison:
-    """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its summary.json."""
+def evaluate_at_end(run_dir: Path, summary: RunSummary, reads: Rows, show_progress: bool = True,
+                    scorer: UserScorer | None = None) -> Comparison:
+    """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its ``summary``."""
     run = RunFolder(run_dir)
     cfg = run.read_config()
     session = open_session(str(run_dir), cfg.model.cache_dir)
     result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress,
-                      method=cfg.method)
-    summary = run.read_summary()
-    if summary is not None:
-        summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
-        run.write_summary(summary)
+                      reads=reads, scorer=scorer)
+    summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
+    run.write_summary(summary)
     return result

@@ -24,10 +24,10 @@ from lorakit.config import RunConfig
 from lorakit.errors import LorakitError
 from lorakit.model.adapter import adapter_names, load_run_model
 from lorakit.model.dtype import DTYPES
-from lorakit.model.loader import load_tokenizer, resolve_model_folder
+from lorakit.model.loader import resolve_model_folder
+from lorakit.model.setup import saved_setup
 from lorakit.outputs import writing
 from lorakit.run import SAVED_ADAPTER, open_run
-from lorakit.templates import resolve_template
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def merged_model(
     weights = weights or [1.0] * (1 + len(others))
     if len(weights) != 1 + len(others):
         raise MergeError(f"{len(weights)} weights for {1 + len(others)} adapters; give one weight per adapter")
-    tokenizer = load_tokenizer(str(run_dir))
+    text = saved_setup(run_dir, cfg.data.think)
+    tokenizer = text.tokenizer
     peft_model = load_run_model(run_dir, cfg.model, tokenizer, dtype="float32", dequantize=True, others=others)
     if others:
         model = weighted_merge(peft_model, dict(zip(adapter_names([run_dir, *others]), weights)))
@@ -88,7 +89,7 @@ def merged_model(
     else:
         model = peft_model.merge_and_unload()
     # Plain generate() should stop where lorakit's chat stops: at the template's end-of-turn.
-    end_ids = sorted(resolve_template(tokenizer, "auto").end_token_ids)
+    end_ids = sorted(text.template.end_token_ids)
     if end_ids:
         model.generation_config.eos_token_id = end_ids if len(end_ids) > 1 else end_ids[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -24,9 +24,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorakit.config import ModelConfig
 from lorakit.errors import LorakitError
 from lorakit.model.adapter import check_same_base, folder_name, load_run_base, load_run_model
-from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.model.loader import load_model, resolve_model_folder
+from lorakit.model.setup import saved_setup
 from lorakit.run import ADAPTER_CONFIG, CONFIG, SAVED_ADAPTER, TRAINED_BY, RunFolder, open_run, run_or_model
-from lorakit.templates import ChatTemplate, resolve_template
+from lorakit.templates import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +107,8 @@ def _tokenizer_for(path: Path, fallback: Choice) -> tuple[PreTrainedTokenizerBas
     """A run folder carries the tokenizer and template it was trained with; a bare adapter does not."""
     run = RunFolder(path)
     if run.has_tokenizer():
-        tokenizer = load_tokenizer(str(path))
-        think = run.read_config().data.think if run.is_run() else "keep"
-        return tokenizer, resolve_template(tokenizer, "auto", think)
+        text = saved_setup(path, run.read_config().data.think if run.is_run() else "keep")
+        return text.tokenizer, text.template
     log.info("%s has no tokenizer; using the base's tokenizer and chat template for it", path)
     return fallback.tokenizer, fallback.template
 
@@ -118,19 +118,18 @@ def _open_base(target: str, cache_dir: Path, use_adapter: bool) -> tuple[ModelCo
     run = run_or_model(target, SAVED_ADAPTER if use_adapter else (CONFIG,))
     if run is not None:
         run_cfg = run.read_config()
-        tokenizer = load_tokenizer(str(target))
         # The run's template as trained: its saved Jinja, with the run's think-block choice.
-        template = resolve_template(tokenizer, "auto", run_cfg.data.think)
+        text = saved_setup(target, run_cfg.data.think)
         if use_adapter:
-            model = load_run_model(run.path, run_cfg.model, tokenizer)
+            model = load_run_model(run.path, run_cfg.model, text.tokenizer)
         else:
-            model = load_run_base(run_cfg.model, tokenizer)
-        return run_cfg.model, model, Choice(BASE, None, tokenizer, template), use_adapter
+            model = load_run_base(run_cfg.model, text.tokenizer)
+        return run_cfg.model, model, Choice(BASE, None, text.tokenizer, text.template), use_adapter
     model_cfg = ModelConfig(name=target, cache_dir=cache_dir)
     source = resolve_model_folder(model_cfg)
     model = load_model(source, model_cfg.dtype)
-    tokenizer = load_tokenizer(source)  # a base model named on the command line: no remote code
-    return model_cfg, model, Choice(BASE, None, tokenizer, resolve_template(tokenizer, "auto")), False
+    text = saved_setup(source)  # a base model named on the command line: no remote code
+    return model_cfg, model, Choice(BASE, None, text.tokenizer, text.template), False
 
 
 def open_catalog(

@@ -30,6 +30,7 @@ from lorakit.model.loss import causal_lm
 from lorakit.model.quantization import is_quantized
 from lorakit.train import distributed
 from lorakit.train.auto_compile import MEASURE_STEPS, NO_LAYERS
+from lorakit.train.methods import METHODS
 from lorakit.train.passes import pass_setup
 
 T = TypeVar("T")
@@ -120,9 +121,10 @@ def compile_blocker(train_cfg: TrainConfig, method: str, on_gpu: bool, quantized
         return "a quantized base"
     if train_cfg.gradient_checkpointing:
         return "activation checkpointing"
-    if method != "sft":
-        # Each step also runs the reference (adapter off), a second graph to compile: not measured.
-        return f"{method} (measured for sft only)"
+    if not METHODS[method].compiles:
+        # A preference step also runs the reference (adapter off), a second graph to compile: not measured.
+        measured = ", ".join(name for name, known in METHODS.items() if known.compiles)
+        return f"{method} (measured for {measured} only)"
     return compiler_missing("cpu")
 
 

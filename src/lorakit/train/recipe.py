@@ -1,7 +1,8 @@
-"""The fine-tuning recipe, top to bottom: setup, train, save.
+"""The fine-tuning recipe, top to bottom: setup, train, save, and eval.at_end.
 
-Read this file to know what ``lorakit train`` does. Each stage gets only its section of
-the config; the recipe is the one place that sees all of it.
+Read this file to know what ``lorakit train`` does; ``run`` does all of it, from the command
+or from Python. Each stage gets only its section of the config; the recipe is the one place
+that sees all of it. What differs by training method is the method's (``train/methods``).
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ import torch
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
-from lorakit.data.collate import PackCollator, PadCollator, PairCollator
-from lorakit.data.pair_dataset import build_pair_splits
 from lorakit.data.pipeline import build_splits
+from lorakit.eval.run import evaluate_at_end
+from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.hardware.memory import cuda_peak_bytes, peak_rss_bytes
 from lorakit.hardware.threads import set_compute_threads
-from lorakit.model.loader import load_model, load_tokenizer, resolve_model_folder
+from lorakit.model.loader import load_model, resolve_model_folder
 from lorakit.model.adapter import check_same_base
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
-from lorakit.model.tokens import add_tokens, fit_embeddings
+from lorakit.model.setup import training_setup
+from lorakit.model.tokens import fit_embeddings
 from lorakit.outputs import staged_into
 from lorakit.run import SAVED_ADAPTER, TRAINED_BY, RunFolder, RunSummary, of_checkpoint, open_run, read_metrics
-from lorakit.templates import resolve_template
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
+from lorakit.train.methods import Method, method_for
 from lorakit.train.plan import resolve_plan
-from lorakit.train.preference import PreferenceTrainer, start_from_adapter
+from lorakit.train.preference import start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
 
@@ -57,25 +59,20 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] | None = None,
         overwrite: bool = False) -> RunSummary:
-    """Fine-tune as configured; return the run summary (also written to summary.json).
+    """Fine-tune as configured, then (``eval.at_end``) score base against tuned on data.eval: what
+    ``lorakit train`` does. Returns the run summary, also written to summary.json.
 
     ``resume``: None for a fresh run, "latest" or a checkpoint path to continue one.
     ``hooks``: extra Trainer callbacks (the way to observe or steer a run from code).
-    ``eval.at_end`` is not done here: ``lorakit train`` runs ``lorakit.eval.run.evaluate_at_end`` on
-    the finished folder (training does not depend on evaluation).
     ``overwrite``: a fresh run may delete the run already in the output folder.
     """
+    scorer = check_start(cfg, resume, overwrite)
     # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
     # does data parallelism; here only rank 0 writes run files, and all ranks resume alike.
     on_gpu = torch.cuda.is_available()
-    distributed.check_supported(cfg.train.distributed, on_gpu)
     distributed.init_process_group(cfg.train.distributed, on_gpu)
     distributed.quiet_other_ranks()
     main = distributed.is_main_process()
-    if resume is not None and overwrite:
-        raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
-    if cfg.model.adapter is not None:  # the run to start from: refused before the folder is taken or anything loads
-        open_run(cfg.model.adapter, SAVED_ADAPTER, f"model.adapter {TRAINED_BY}, e.g. runs/sft")
 
     # --- the run folder: ours alone while we train; a fresh run never writes over an old one
     out = cfg.output_dir
@@ -86,11 +83,41 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
             run_folder.check_resume(of_checkpoint(resume_from), cfg.model_dump(mode="json"))
-        return _train(cfg, out, resume_from, hooks or [], on_gpu, main)
+        method = method_for(cfg)
+        summary = _train(cfg, method, out, resume_from, hooks or [], on_gpu, main)
+        if cfg.eval.at_end and main:  # base against tuned on the held-out data: eval.json, eval.md, summary.eval
+            evaluate_at_end(out, summary, method.rows, cfg.train.progress_bar, scorer)
+    return summary
 
 
-def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[TrainerCallback], on_gpu: bool,
-           main: bool) -> RunSummary:
+def check_start(cfg: RunConfig, resume: str | None, overwrite: bool) -> UserScorer | None:
+    """What refuses a run before anything loads: an unsupported strategy, contradictory flags, a scorer
+    that does not load (it would fail only after training). Returns that scorer."""
+    distributed.check_supported(cfg.train.distributed, torch.cuda.is_available())
+    if resume is not None and overwrite:
+        raise run_folder.RunFolderError("give --resume (continue the run) or --overwrite (replace it), not both")
+    if cfg.model.adapter is not None:  # the run to start from: refused before the folder is taken or anything loads
+        open_run(cfg.model.adapter, SAVED_ADAPTER, f"model.adapter {TRAINED_BY}, e.g. runs/sft")
+    return load_scorer(cfg.eval.scorer) if cfg.eval.at_end and cfg.eval.scorer else None
+
+
+def launch(cfg: RunConfig, nproc: int, command: list[str], resume: str | None, overwrite: bool) -> None:
+    """Run ``command`` (this ``lorakit train``) as ``nproc`` processes through torchrun.
+
+    What every rank would refuse is refused here once, before any starts; the checkpoint to
+    resume from is chosen once, so every rank is handed the same one. Rank 0 takes the folder's
+    lock and checks it again.
+    """
+    check_start(cfg, resume, overwrite)
+    out = cfg.output_dir
+    resume_from = checkpoints.resolve_resume(resume, RunFolder(out).checkpoints)
+    run_folder.check_available(out, fresh=resume_from is None, overwrite=overwrite)
+    command = [*command, *([f"--resume={resume_from}"] if resume_from is not None else [])]
+    distributed.launch(nproc, [*command, *(["--overwrite"] if overwrite else [])])  # a failed rank: LaunchError
+
+
+def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, hooks: list[TrainerCallback],
+           on_gpu: bool, main: bool) -> RunSummary:
     run = RunFolder(out)
     ckpt_dir = run.checkpoints
     for partial in checkpoints.incomplete(ckpt_dir):
@@ -100,11 +127,9 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     # --- setup: tokenizer and data first, so bad data fails before the model loads (and, for a
     # hub model, before its weights are downloaded)
-    tokenizer = load_tokenizer(resolve_model_folder(cfg.model, weights=False), cfg.model.trust_remote_code)
-    new_tokens = add_tokens(tokenizer, cfg.model.special_tokens, cfg.model.pad_token)
-    template = resolve_template(tokenizer, cfg.data.template, cfg.data.think)
-    # SFT trains on samples; dpo and orpo on pairs of answers, encoded and masked the same way.
-    splits = (build_splits if cfg.method == "sft" else build_pair_splits)(cfg.data, tokenizer, template)
+    text = training_setup(cfg.model, cfg.data)
+    tokenizer, template = text.tokenizer, text.template
+    splits = build_splits(cfg.data, tokenizer, template, method.rows)  # samples, or pairs of answers: what it reads
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
@@ -115,11 +140,11 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
                       sharded=distributed.shards_weights(cfg.train.distributed))
     fit_embeddings(base, tokenizer)
-    if cfg.model.adapter is not None:  # continue a run's adapter (for dpo it is also the reference)
+    if cfg.model.adapter is not None:  # continue a run's adapter (a method's reference starts as it too)
         check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
-        model = start_from_adapter(base, cfg.model.adapter, with_reference=cfg.method == "dpo")
+        model = start_from_adapter(base, cfg.model.adapter, with_reference=method.reference)
     else:
-        model = apply_lora(base, cfg.lora, new_tokens=bool(new_tokens))
+        model = apply_lora(base, cfg.lora, new_tokens=bool(text.new_tokens))
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     plan = resolve_plan(cfg.model, cfg.train, cfg.method, model)
     log.info("plan (train/plan.py: what each setting comes to here):\n  %s", "\n  ".join(plan.lines()))
@@ -127,20 +152,13 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
 
     args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
                               quantized=is_quantized(base))
-    if cfg.method == "sft":
-        trainer_class, method_args = LorakitTrainer, {}
-        train_data = [{"input_ids": e.input_ids, "labels": e.labels} for e in splits.train]
-        collator = PackCollator() if cfg.train.packing else PadCollator(tokenizer.pad_token_id)
-    else:
-        trainer_class, method_args = PreferenceTrainer, {"method": cfg.method, "preference": cfg.preference}
-        train_data, collator = splits.train, PairCollator(tokenizer.pad_token_id)
-    trainer = trainer_class(
+    trainer = LorakitTrainer(
         model=model,
         args=args,
-        train_dataset=train_data,
+        train_dataset=method.train_rows(splits.train),
         eval_dataset=splits.eval or None,
-        data_collator=collator,
-        **method_args,
+        data_collator=method.collator(tokenizer.pad_token_id, cfg.train.packing),
+        method=method,
         on_nonfinite=cfg.train.on_nonfinite,
         keep_checkpoints=cfg.train.save_total_limit,
         selective_loss=cfg.train.selective_loss,
@@ -157,7 +175,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
     for callback in [
         MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main,
-                   perplexity=cfg.method == "sft"),
+                   perplexity=method.perplexity),
         LossPlot(run.metrics_file, run.plot_file),
         stopper,
         *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
@@ -203,7 +221,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
     # text), and the resolved config. Saved apart and moved in: a half-written adapter never looks like one.
     tokenizer.chat_template = template.jinja
     with staged_into(out, "the trained adapter and tokenizer") as job:
-        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a dpo run's frozen reference
+        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a frozen reference
         tokenizer.save_pretrained(job.tmp)
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()
@@ -216,7 +234,7 @@ def _train(cfg: RunConfig, out: Path, resume_from: Path | None, hooks: list[Trai
         steps=result.global_step,
         train_loss=train_loss,
         eval_loss=eval_loss,
-        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and cfg.method == "sft"
+        eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and method.perplexity
         else None,
         best_checkpoint=trainer.state.best_model_checkpoint,
         skipped_steps=trainer.skipped_steps,

@@ -3,12 +3,14 @@
 We keep the Trainer's loop (accumulation with token-weighted loss, schedulers, mixed
 precision, accelerate for multi-process, resume with RNG and data-order restore) and add
 only what it lacks: token counts, a guard against non-finite losses and gradients, and
-checkpoints that are complete or ignored.
+checkpoints that are complete or ignored. What differs by training method (its batches,
+passes and loss) is asked of the method (``train/methods``).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +24,16 @@ from lorakit.config import TrainConfig
 from lorakit.errors import LorakitError
 from lorakit.labels import loss_positions
 from lorakit.model.compiled_layers import CompiledLayers
-from lorakit.model.loss import answer_only_loss, output_head, selective_loss_supported
+from lorakit.model.loss import selective_loss_supported, sequence_logps
 from lorakit.outputs import writing
 from lorakit.run import RunFolder
 from lorakit.train import checkpoints, distributed
 from lorakit.train.auto_compile import LayerCompiling
-from lorakit.train.microbatch import split_batch
+from lorakit.train.methods.base import Batch, Method, Values
 from lorakit.train.passes import PassRunner
+from lorakit.train.preference import REFERENCE
 from lorakit.transformers_internals import (
-    LoopStateCheck, check_installed, initial_global_step, logged_loss, output_dir, pending_loss,
+    LoopStateCheck, check_installed, initial_global_step, logged_loss, output_dir, pending_loss, prepare_inputs,
 )
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ class LorakitTrainer(Trainer):
     def __init__(
         self,
         *args,
+        method: Method,
         on_nonfinite: str = "stop",
         keep_checkpoints: int = 2,
         selective_loss: bool = True,
@@ -84,6 +88,10 @@ class LorakitTrainer(Trainer):
         check_installed()
         super().__init__(*args, **kwargs)
         self.add_callback(LoopStateCheck(self))
+        self.method = method
+        if method.item is not None:
+            self.loss_is_scaled_for_ga = True  # every loss divides by the whole step's items
+        self._sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self.count = TokenCount()
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size
@@ -133,24 +141,76 @@ class LorakitTrainer(Trainer):
         self.count.tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         self.count.loss_tokens += int(loss_positions(inputs["labels"]).sum())
 
-    def split_passes(self, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """The forward passes one batch runs as: packed rows, or padded ones (see microbatch); a loss that
-        pairs rows splits otherwise."""
-        return split_batch(inputs, self.micro_batch_tokens, self.passes.packed)
+    def split_passes(self, inputs: Batch) -> list[Batch]:
+        """The forward passes one batch runs as (packed rows, or padded ones: see microbatch), as the method splits."""
+        return self.method.split(inputs, self.micro_batch_tokens, self.passes.packed)
+
+    # --- what a method's loss may use (methods/base.Step)
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(model, inputs, self.loss_chunk_size, self.selective_loss, self.accelerator.autocast())
+
+    # --- the loss: the method's
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """The method's items in the optimizer step (over all ranks), the divisor of every micro-batch's loss."""
+        if self.method.item is None:  # answer tokens, as the Trainer counts them
+            return super()._get_num_items_in_batch(batch_samples, device)
+        if not batch_samples:
+            return None
+        items = torch.tensor(sum(self.method.item_count(b) for b in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            items = self.accelerator.gather(items).sum()
+        return items
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
             self.count_tokens(inputs)
-            if self.selective_loss and not return_outputs:
-                head = output_head(self.accelerator.unwrap_model(model))
-                loss = answer_only_loss(model, head, inputs, num_items_in_batch, self.loss_chunk_size,
-                                        autocast=self.accelerator.autocast())
-                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                    # num_items_in_batch counts every rank's tokens and DDP averages gradients
-                    # over ranks; scale back as the Trainer does for a model's own loss.
-                    loss = loss * self.accelerator.num_processes
-                return loss
-        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        found = self.method.loss(self, model, inputs, num_items_in_batch)
+        if found is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        loss, values = found
+        if values:
+            self._remember("train" if model.training else "eval", values)
+        if model.training and self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every rank's items and DDP averages gradients over
+            # ranks; scale back as the Trainer does for a model's own loss.
+            loss = loss * self.accelerator.num_processes
+        return (loss, {}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self.method.item is None:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = prepare_inputs(self, inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def _remember(self, split: str, values: Values) -> None:
+        sums = self._sums[split]
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0) + value.detach().float().sum()
+        items = next(iter(values.values())).shape[0]
+        sums["items"] = sums.get("items", 0) + torch.tensor(float(items), device=self.args.device)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the means of the method's values over the items seen since the last log (rewards, margins)."""
+        prefix = next((k[: -len("loss")] for k in logs if k.endswith("eval_loss")), None)
+        split = "eval" if prefix is not None else "train" if "loss" in logs else None
+        if split is not None and self._sums[split]:
+            sums = self._sums[split]
+            keys = sorted(sums)
+            totals = self.accelerator.reduce(torch.stack([torch.as_tensor(sums[k]).float() for k in keys]), "sum")
+            found = dict(zip(keys, totals.tolist()))
+            items = max(found.pop("items"), 1.0)
+            logs.update({f"{prefix or ''}{key}": value / items for key, value in found.items()})
+            self._sums[split] = {}
+        super().log(logs, start_time)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         passes = [inputs]
@@ -212,6 +272,11 @@ class LorakitTrainer(Trainer):
         return optimizer
 
     # --- checkpoints: complete or ignored
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        # peft saves every adapter; a frozen reference is the starting run's, already on disk there.
+        shutil.rmtree(Path(output_dir or self.args.output_dir) / REFERENCE, ignore_errors=True)
+
     def _save_checkpoint(self, model, trial):
         run_dir = output_dir(self, trial)
         folder = checkpoints.step_folder(run_dir, self.state.global_step)

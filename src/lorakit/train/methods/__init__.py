@@ -1,0 +1,19 @@
+"""The training methods, by the name the config's ``method`` takes.
+
+Adding a method is a module here (see ``base.Method``), its line below, its tests and its docs.
+"""
+
+from __future__ import annotations
+
+from lorakit.config import RunConfig
+from lorakit.train.methods.base import Method
+from lorakit.train.methods.dpo import DPO
+from lorakit.train.methods.orpo import ORPO
+from lorakit.train.methods.sft import SFT
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, DPO, ORPO)}
+
+
+def method_for(cfg: RunConfig) -> Method:
+    """The configured method, with its settings."""
+    return METHODS[cfg.method].from_config(cfg)

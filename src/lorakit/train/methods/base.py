@@ -1,0 +1,117 @@
+"""What a training method is, and the little of the trainer it may use.
+
+A method owns what differs between SFT, DPO, ORPO and the next ones, and nothing else: the
+rows it reads, how they are batched and split into forward passes, its loss and the values it
+logs. Setup, the loop, checkpoints, resume, several processes and the summary are the one
+recipe's (``train/recipe.py``) and the one trainer's (``train/trainer.py``) for every method.
+
+A worked example: "SFT on the chosen answer of each pair", reading pairs and training the
+chosen side only, would be this module (plus a line in ``methods/__init__.py``)::
+
+    class ChosenOnly(Method):
+        name = "chosen"
+        rows = PAIRS   # reads pairs of answers (data/pair_dataset.py)
+        item = "pair"  # its loss is a mean over pairs
+
+        def collator(self, pad_token_id, packing):
+            return lambda pairs: PadCollator(pad_token_id)([p.chosen for p in pairs])
+
+        def split(self, inputs, budget, packed):
+            return split_batch(inputs, budget, packed)
+
+        def item_count(self, batch):
+            return batch["input_ids"].shape[0]
+
+        def loss(self, step, model, inputs, num_items):
+            sums, counts = step.logps(model, inputs)
+            means = sums / counts.clamp(min=1)
+            return step_share(-means, num_items), {"nll": -means.detach()}
+
+``num_items`` counts the items of the whole optimizer step (over every process), so each
+micro-batch's share adds up to the step's mean: accumulated steps and split passes equal one
+large batch. The trainer logs the mean of each returned value over the items seen since the
+last log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from lorakit.config import RunConfig
+from lorakit.data.pipeline import Rows
+
+Batch = dict[str, torch.Tensor]
+Values = dict[str, torch.Tensor]
+
+
+class Step(Protocol):
+    """What a method's loss may ask of the trainer running it."""
+
+    selective_loss: bool  # the answer positions alone are projected to the vocabulary (model/loss.py)
+    loss_chunk_size: int
+
+    def autocast(self) -> AbstractContextManager: ...
+
+    def unwrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+        ...
+
+
+class Method:
+    """One training method; subclasses set the class attributes and define ``loss``."""
+
+    name: ClassVar[str]
+    # What it reads: a kind of row of the data path (data/pipeline.py): SAMPLES, PAIRS.
+    rows: ClassVar[Rows]
+    # What its loss is a mean over: None for answer tokens (the Trainer's own count of label
+    # tokens), else its own unit ("pair"), counted per batch by ``item_count``.
+    item: ClassVar[str | None] = None
+    # Each step also scores the batch with the frozen reference (the adapter switched off,
+    # or a starting run's adapter frozen).
+    reference: ClassVar[bool] = False
+    # Its eval loss is a mean token cross-entropy, so exp(loss) is a perplexity worth logging.
+    perplexity: ClassVar[bool] = False
+    # train.compile=auto was measured to pay off for it (each extra graph, like a reference pass, is unmeasured).
+    compiles: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> Method:
+        """The method with its own settings from the run's config (none by default)."""
+        return cls()
+
+    def collator(self, pad_token_id: int, packing: bool) -> Callable[[Sequence[Any]], Batch]:
+        """Turns a list of encoded rows into one batch of tensors."""
+        raise NotImplementedError
+
+    def train_rows(self, encoded: list[Any]) -> list[Any]:
+        """What the Trainer's data loader holds, from the encoded training split."""
+        return encoded
+
+    def split(self, inputs: Batch, budget: int, packed: bool) -> list[Batch]:
+        """The forward passes one batch runs as, each under ``budget`` tokens (``train/microbatch.py``)."""
+        raise NotImplementedError
+
+    def item_count(self, batch: Batch) -> int:
+        """How many of ``item`` a batch holds (only asked when ``item`` is set)."""
+        raise NotImplementedError
+
+    def loss(self, step: Step, model: torch.nn.Module, inputs: Batch,
+             num_items: torch.Tensor | int | None) -> tuple[torch.Tensor, Values] | None:
+        """This batch's share of the step's loss, and per-item values to log; None: the model's own loss.
+
+        ``num_items``: the step's items (``item``), or its answer tokens when ``item`` is None;
+        None when the Trainer does not count them (then the batch is its own step).
+        """
+        raise NotImplementedError
+
+
+def step_share(losses: torch.Tensor, num_items: torch.Tensor | int | None) -> torch.Tensor:
+    """Per-item losses summed and divided by the step's items: the batch's share of the step's mean."""
+    count = num_items if num_items is not None else losses.shape[0]
+    return losses.sum() / torch.as_tensor(count, device=losses.device).clamp(min=1)
