@@ -15,6 +15,7 @@ from lorakit.model.dtype import resolve_dtype
 from lorakit.train import plan as plan_module
 from lorakit.train import recipe
 from lorakit.train import trainer as trainer_module
+from lorakit.train.methods import sft as sft_module
 from lorakit.train.plan import PrecisionError, pick_precision
 from tests.conftest import write_jsonl
 from tests.train.helpers import ROWS, tiny_config
@@ -54,7 +55,7 @@ def test_the_plan_is_logged_once_and_saved_as_the_run_used_it(tiny_model_dir, tm
             super().__init__(*args, **kwargs)
             used["passes"] = self
 
-    split_batch = trainer_module.split_batch
+    split_batch = sft_module.split_batch  # SFT's passes are planned in its method module
 
     def split(inputs, budget, packed):
         used["micro_batch_tokens"] = budget
@@ -65,7 +66,7 @@ def test_the_plan_is_logged_once_and_saved_as_the_run_used_it(tiny_model_dir, tm
             used["threads"], used["bf16"] = torch.get_num_threads(), args.bf16
 
     monkeypatch.setattr(trainer_module, "PassRunner", Runner)
-    monkeypatch.setattr(trainer_module, "split_batch", split)
+    monkeypatch.setattr(sft_module, "split_batch", split)
     cfg = tiny_config(tiny_model_dir, tmp_path, "train.max_steps=2", "train.batch_size=2", "train.save_steps=null")
     with caplog.at_level(logging.INFO, logger="lorakit"):
         summary = recipe.run(cfg, hooks=[Seen()])

@@ -24,6 +24,9 @@ from lorakit.data.records import DataError, Record, Unusable
 from lorakit.data.shapes import RecordView, read_turns, system_turn
 from lorakit.templates import Conversation
 
+SHAPE = "preference"  # the data shape pairs are reported as
+
+
 @dataclass
 class Pair:
     prompt: Conversation  # ends with the turn both answers reply to
