@@ -6,7 +6,7 @@ against transformers), and by the export tests that judge llama.cpp the same way
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ def logits(model, ids: list[int]) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
-@dataclass
-class Gap:
+class Gap(NamedTuple):
     mean: float  # mean |difference| / largest |logit| of the reference
     max: float  # largest |difference| / the same
     pick: float  # how far below the reference's best logit the token ``got`` ranks first can be (same scale)
+    # a tuple, so ``mean, worst, pick = logit_gap(...)`` reads as well as ``.max``
 
 
 def logit_gap(got: np.ndarray, want: np.ndarray) -> Gap:

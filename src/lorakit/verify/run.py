@@ -19,7 +19,9 @@ from lorakit.run import SAVED_ADAPTER, open_run
 from lorakit.verify.merge import check_merge
 from lorakit.verify.prompt_ids import check_prompt_ids
 from lorakit.verify.prompts import held_out
-from lorakit.verify.report import FAIL, Check, VerifyReport, write_report
+from lorakit.verify.gguf import check_gguf
+from lorakit.verify.ollama import check_ollama
+from lorakit.verify.report import FAIL, Check, VerifyReport, read_report, write_report
 from lorakit.verify.stops import check_stops
 from lorakit.verify.subject import Subject
 
@@ -57,24 +59,41 @@ def adapter_checks() -> list[tuple[str, CheckFn]]:
 
 
 def verify_run(run_dir: Path, data: Sequence[Path] | None = None, limit: int = DEFAULT_LIMIT,
-               ggufs: Sequence[Path] = (), server: bool = True,
+               ggufs: Sequence[Path] = (), server: bool = True, exports_only: bool = False,
                progress: Callable[[Check], None] | None = None) -> VerifyReport:
-    """Run every check on ``run_dir`` and write ``verify.json`` there; ``progress`` sees each row as it lands."""
+    """Run every check on ``run_dir`` and write ``verify.json`` there; ``progress`` sees each row as it lands.
+
+    ``exports_only``: just the GGUF and Modelfile rows (``export gguf --verify``); the run's earlier
+    rows in verify.json are kept, those of the same name replaced.
+    """
     subject = open_subject(run_dir, data, limit)
     report = VerifyReport(str(run_dir), subject.held.source)
-    checks = adapter_checks() + export_checks(ggufs) + (server_checks() if server else [])
+    if exports_only:
+        checks = export_checks(ggufs)
+    else:
+        checks = adapter_checks() + export_checks(ggufs) + (server_checks() if server else [])
     for name, check in checks:
         for row in run_check(name, check, subject):
             report.checks.append(row)
             if progress is not None:
                 progress(row)
+    earlier = read_report(subject.run) if exports_only else None
+    if earlier is not None:
+        fresh = {c.name for c in report.checks}
+        report.checks = [c for c in earlier.checks if c.name not in fresh] + report.checks
     write_report(subject.run, report)
     return report
 
 
 def export_checks(ggufs: Sequence[Path]) -> list[tuple[str, CheckFn]]:
-    """The GGUF and Ollama checks, for each GGUF given (filled in by the later stages)."""
-    return []
+    """For each GGUF given, llama.cpp's rows and its Modelfile's; with none, the Modelfile export would write."""
+    if not ggufs:
+        return [("ollama template", lambda s: check_ollama(s, None))]
+    checks: list[tuple[str, CheckFn]] = []
+    for path in ggufs:
+        checks.append((f"gguf {path.name}", lambda s, p=path: check_gguf(s, p)))
+        checks.append((f"ollama {path.stem}.Modelfile", lambda s, p=path: check_ollama(s, p)))
+    return checks
 
 
 def server_checks() -> list[tuple[str, CheckFn]]:
