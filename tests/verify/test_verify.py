@@ -4,6 +4,7 @@ when the hand-off is broken on purpose."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 from typer.testing import CliRunner
@@ -14,6 +15,7 @@ from lorakit.verify.run import open_subject, verify_run
 from lorakit.verify.stops import check_stops
 from lorakit.verify.prompt_ids import check_prompt_ids
 from lorakit.verify.merge import check_merge
+from lorakit.verify.server import check_server
 from tests.export.conftest import make_run_dir
 from tests.conftest import make_tiny_model_dir
 
@@ -23,8 +25,9 @@ def verdicts(report) -> dict[str, str]:
 
 
 def test_trained_run_passes_and_runs_show_reads_the_verdicts(run_copy):
-    report = verify_run(run_copy, server=False)
-    assert verdicts(report) == {"it stops": "pass", "prompt ids": "pass", "merge": "pass"}, report.checks
+    report = verify_run(run_copy)
+    assert verdicts(report) == {"it stops": "pass", "prompt ids": "pass", "merge": "pass",
+                                "ollama template": "pass" if shutil.which("go") else "skip", "server": "pass"}, report.checks
     assert "data.val_fraction" in report.prompts
     saved = read_report(run_copy)
     assert verdicts(saved) == verdicts(report) and all(c.seconds > 0 for c in saved.checks)
@@ -103,3 +106,15 @@ def test_a_half_precision_merge_reports_its_numbers(tmp_path):
     assert check.verdict in ("pass", "warn") and check.details["saved_dtype"] == "bfloat16"
     assert check.details["saved_max_gap"] > check.details["float32_max_gap"]
     assert ("change" in check.summary) == (check.verdict == "warn")
+
+
+def test_a_server_that_renders_another_prompt_fails(run_copy, monkeypatch):
+    import lorakit.serve.app as serve_app
+    from lorakit.infer.generate import prompt_ids
+
+    def wrong(choice, conversation):  # answers every request as if it asked "Hello!"
+        return prompt_ids(choice.tokenizer, choice.template, [{"role": "user", "content": "Hello!"}])
+
+    monkeypatch.setattr(serve_app, "chat_prompt_ids", wrong)
+    check = check_server(open_subject(run_copy))
+    assert check.verdict == "fail" and "server 'Hello! How can I help you today?' (stop)" in check.summary

@@ -21,6 +21,7 @@ from lorakit.verify.prompt_ids import check_prompt_ids
 from lorakit.verify.prompts import held_out
 from lorakit.verify.gguf import check_gguf
 from lorakit.verify.ollama import check_ollama
+from lorakit.verify.server import check_server
 from lorakit.verify.report import FAIL, Check, VerifyReport, read_report, write_report
 from lorakit.verify.stops import check_stops
 from lorakit.verify.subject import Subject
@@ -97,4 +98,4 @@ def export_checks(ggufs: Sequence[Path]) -> list[tuple[str, CheckFn]]:
 
 
 def server_checks() -> list[tuple[str, CheckFn]]:
-    return []
+    return [("server", check_server)]
