@@ -130,14 +130,17 @@ def check_ollama(subject: Subject, gguf: Path | None) -> Check:
         rendered = go_render(template, [c[:-1] for _, c, _ in cases], folder)
     adds_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
     text_of = token_text(subject.training.tokenizer)
-    differ, first = 0, None
+    differ, first, extra_bos = 0, None, 0
     for (where, _, want), text in zip(cases, rendered):
         got = ([tokenizer.bos_token_id] if adds_bos else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
         found = first_mismatch(want, got, text_of, f"{where} (ollama template)")
         differ += found is not None
+        extra_bos += got == [tokenizer.bos_token_id, *want]
         first = first or found
     if first is not None:
+        why = (f"; the only difference is the BOS ollama adds (the tokenizer adds one to plain text, so the GGUF "
+               f"says add_bos) where training's template writes none") if extra_bos == differ else ""
         return Check(name, FAIL, f"{differ} of {len(cases)} conversations rendered by the Modelfile's TEMPLATE (Go) "
-                     f"differ from training's ids; {first.lines()[0]}", mismatch=first)
+                     f"differ from training's ids{why}; {first.lines()[0]}", mismatch=first)
     return Check(name, PASS, f"Go renders all {len(cases)} conversations (system turn and several turns included) "
                  "to training's ids")
