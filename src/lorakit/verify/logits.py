@@ -35,3 +35,19 @@ def logit_gap(got: np.ndarray, want: np.ndarray) -> Gap:
     diff = np.abs(got - want)
     picked = np.take_along_axis(want, got.argmax(-1)[:, None], axis=-1)[:, 0]
     return Gap(float(diff.mean() / scale), float(diff.max() / scale), float((want.max(-1) - picked).max() / scale))
+
+
+def first_pick_apart(rows: np.ndarray, prompt_length: int, answer: list[int]) -> int | None:
+    """Where the token ``rows`` rank first leaves ``answer`` (an index into it); None when it never does.
+
+    ``rows``: logits along prompt + answer. Greedy decoding picks the top token at each step, so a
+    model whose top token follows ``answer`` all the way gives that answer greedily: one forward pass
+    tells what generating would.
+    """
+    picks = rows[prompt_length - 1 : prompt_length - 1 + len(answer)].argmax(-1)
+    return next((k for k, (got, want) in enumerate(zip(picks, answer)) if int(got) != want), None)
+
+
+def picks(rows: np.ndarray, prompt_length: int, length: int) -> list[int]:
+    """The tokens ``rows`` rank first at each of an answer's ``length`` positions."""
+    return [int(t) for t in rows[prompt_length - 1 : prompt_length - 1 + length].argmax(-1)]

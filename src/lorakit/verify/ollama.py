@@ -138,8 +138,8 @@ def check_ollama(subject: Subject, gguf: Path | None) -> Check:
         extra_bos += got == [tokenizer.bos_token_id, *want]
         first = first or found
     if first is not None:
-        why = (f"; the only difference is the BOS ollama adds (the tokenizer adds one to plain text, so the GGUF "
-               f"says add_bos) where training's template writes none") if extra_bos == differ else ""
+        why = ("; the only difference is the BOS ollama adds (the tokenizer adds one to plain text, so the GGUF "
+               "says add_bos) where training's template writes none") if extra_bos == differ else ""
         return Check(name, FAIL, f"{differ} of {len(cases)} conversations rendered by the Modelfile's TEMPLATE (Go) "
                      f"differ from training's ids{why}; {first.lines()[0]}", mismatch=first)
     return Check(name, PASS, f"Go renders all {len(cases)} conversations (system turn and several turns included) "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from transformers import PreTrainedModel
 
 from lorakit.config import GenerationConfig, RunConfig
@@ -21,6 +22,7 @@ from lorakit.infer.session import Session
 from lorakit.labels import IGNORE_INDEX
 from lorakit.model.setup import TextSetup
 from lorakit.templates import Conversation
+from lorakit.verify.logits import logits
 from lorakit.verify.prompts import HeldOut
 
 # The shortest answer limit: a model that has learned to stop says so well within it.
@@ -49,6 +51,7 @@ class Subject:
     _prompts: list[list[int]] | None = field(default=None, repr=False)
     _answers: list[Answer] | None = field(default=None, repr=False)
     _merged: PreTrainedModel | None = field(default=None, repr=False)
+    _merged_answers: list[tuple[list[int], np.ndarray]] | None = field(default=None, repr=False)
 
     def training_prompts(self) -> list[list[int]]:
         """Training's prompt ids for each held-out conversation (errors of encoding surface here)."""
@@ -91,3 +94,13 @@ class Subject:
 
             self._merged = merged_model(self.run)[0]
         return self._merged
+
+    def merged_answers(self) -> list[tuple[list[int], np.ndarray]]:
+        """The merged model's greedy answer to each of training's prompts, with its logits along prompt + answer:
+        what every GGUF is held to, made once."""
+        if self._merged_answers is None:
+            merged, prompts = self.merged(), self.training_prompts()
+            answers = generate_ids(merged, self.session.tokenizer, prompts, self.greedy(),
+                                   self.session.template.end_token_ids)
+            self._merged_answers = [(a.token_ids, logits(merged, ids + a.token_ids)) for ids, a in zip(prompts, answers)]
+        return self._merged_answers
