@@ -112,3 +112,18 @@ def test_export_verify_needs_a_run(tmp_path):
     model = make_tiny_model_dir(tmp_path / "model")
     result = CliRunner().invoke(app, ["export", "gguf", str(model), "--out", str(tmp_path / "m.gguf"), "--verify"])
     assert result.exit_code == 2 and "give a run folder" in result.output
+
+
+@needs_llama_cpp
+def test_an_adapter_only_gguf_runs_on_the_base_its_modelfile_names(trained_run, tmp_path):
+    from lorakit.export.gguf_adapter import export_adapter_gguf
+
+    adapter, _, _ = export_adapter_gguf(trained_run, tmp_path / "tiny-lora.gguf", "f16", with_base=True)
+    checks = check_gguf(open_subject(trained_run), adapter)
+    assert rows(checks) == {f"gguf tiny-lora.gguf: {row}": "pass" for row in ("chat prompt", "raw text", "answers")}, \
+        checks
+    alone = tmp_path / "alone" / "tiny-lora.gguf"  # no Modelfile, so no base to run it on
+    alone.parent.mkdir()
+    shutil.copy(adapter, alone)
+    skipped = check_gguf(open_subject(trained_run), alone)
+    assert rows(skipped) == {"gguf tiny-lora.gguf": "skip"} and "--with-base" in skipped[0].summary
