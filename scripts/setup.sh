@@ -32,7 +32,7 @@ pip_install --upgrade pip
 # The CPU build of torch first: with it installed, the package's torch range adds nothing.
 pip_install "torch==2.13.0"
 if [ "$TESTS" = 1 ]; then
-    pip_install -e ".[test,qlora]"   # qlora: bitsandbytes, so the QLoRA tests run
+    pip_install -e ".[test,qlora,docs]"   # qlora: bitsandbytes, so the QLoRA tests run; docs: the site's build test
 else
     pip_install -e .
 fi
