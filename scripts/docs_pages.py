@@ -146,7 +146,7 @@ def config_reference() -> str:
     return "\n".join([
         "# Config reference",
         "",
-        "<!-- Written by scripts/docs_pages.py from the schema; edit the schema (src/lorakit/config/), not this page. -->",
+        "<!-- Written by scripts/docs_pages.py from the schema (src/lorakit/config/); edit that, not this page. -->",
         "",
         "Every key of a lorakit config, as `lorakit config show` prints it from the schema itself",
         "(`src/lorakit/config/`). One YAML file, every key optional; `--set key=value` overrides any key",

@@ -38,8 +38,8 @@ def export_gguf(
     type_: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's quantizer: needs llama-cpp-python).")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
     adapter_only: Annotated[bool, typer.Option(
-        "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA for llama.cpp's --lora "
-                               "(Ollama 0.34.1 and later refuse adapters: for Ollama export the merged model).")] = False,
+        "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA for llama.cpp's --lora (Ollama "
+                               "0.34.1 and later refuse adapters: for Ollama export the merged model).")] = False,
     with_base: Annotated[bool, typer.Option(
         "--with-base", help="With --adapter-only: also write the base model's GGUF beside the adapter.")] = False,
     overwrite: Annotated[bool, typer.Option(
