@@ -29,8 +29,8 @@ chosen side only, would be this module (plus a line in ``methods/__init__.py``):
 
 ``num_items`` counts the items of the whole optimizer step (over every process), so each
 micro-batch's share adds up to the step's mean: accumulated steps and split passes equal one
-large batch. The trainer logs the mean of each returned value over the items seen since the
-last log.
+large batch. The trainer logs the mean of each returned value over the values seen since the
+last log (each key its own count, so a value may be given for some of a batch's items only).
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ class Step(Protocol):
 
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+        ...
+
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the processes of the run (itself when there is one)."""
         ...
 
 
@@ -100,6 +104,20 @@ class Method:
     def item_count(self, batch: Batch) -> int:
         """How many of ``item`` a batch holds (only asked when ``item`` is set)."""
         raise NotImplementedError
+
+    def prepare_step(self, step: Step, model: torch.nn.Module, batches: list[Batch]) -> list[Batch]:
+        """The micro-batches of one optimizer step, before any of them is trained on.
+
+        For what a step needs from all of its batches at once, so that accumulation equals one
+        large batch: KTO's KL estimate over the step's answers, GRPO's completions and advantages.
+        Called on every process with that process's batches; the default changes nothing.
+        """
+        return batches
+
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        """The logged values from the means of what ``loss`` returned since the last log (a
+        difference of two means, say); the default logs the means."""
+        return means
 
     def loss(self, step: Step, model: torch.nn.Module, inputs: Batch,
              num_items: torch.Tensor | int | None) -> tuple[torch.Tensor, Values] | None:
