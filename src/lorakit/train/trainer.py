@@ -9,6 +9,7 @@ passes and loss) is asked of the method (``train/methods``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 from contextlib import nullcontext
@@ -33,8 +34,9 @@ from lorakit.train.methods.base import Batch, Method, Values
 from lorakit.train.passes import PassRunner
 from lorakit.train.preference import REFERENCE
 from lorakit.transformers_internals import (
-    LoopStateCheck, check_installed, initial_global_step, logged_loss, output_dir, pending_loss, prepare_inputs,
+    LoopStateCheck, check_installed, initial_global_step, logged_loss, pending_loss, prepare_inputs,
 )
+from lorakit.transformers_internals import output_dir as checkpoints_root  # _save has an output_dir argument
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,17 @@ class LorakitTrainer(Trainer):
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logps(model, inputs, self.loss_chunk_size, self.selective_loss, self.accelerator.autocast())
 
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(value, "mean")
+
+    # --- one optimizer step's batches, prepared together (methods/base.Method.prepare_step)
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        batches = list(itertools.islice(epoch_iterator, num_batches))
+        if batches:
+            batches = self.method.prepare_step(self, self.model_wrapped, batches)
+        # The Trainer's own collects the prepared batches and counts their items (the override below).
+        return super().get_batch_samples(iter(batches), len(batches), device)
+
     # --- the loss: the method's
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """The method's items in the optimizer step (over all ranks), the divisor of every micro-batch's loss."""
@@ -192,11 +205,12 @@ class LorakitTrainer(Trainer):
         return loss.detach(), None, None
 
     def _remember(self, split: str, values: Values) -> None:
+        """Add each value's sum and count: a key may cover some of a batch's items only (KTO's per-label means)."""
         sums = self._sums[split]
         for key, value in values.items():
-            sums[key] = sums.get(key, 0) + value.detach().float().sum()
-        items = next(iter(values.values())).shape[0]
-        sums["items"] = sums.get("items", 0) + torch.tensor(float(items), device=self.args.device)
+            value = value.detach().float().reshape(-1)
+            total, count = sums.get(key, (0, 0))
+            sums[key] = (total + value.sum(), count + value.numel())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the means of the method's values over the items seen since the last log (rewards, margins)."""
@@ -205,10 +219,10 @@ class LorakitTrainer(Trainer):
         if split is not None and self._sums[split]:
             sums = self._sums[split]
             keys = sorted(sums)
-            totals = self.accelerator.reduce(torch.stack([torch.as_tensor(sums[k]).float() for k in keys]), "sum")
-            found = dict(zip(keys, totals.tolist()))
-            items = max(found.pop("items"), 1.0)
-            logs.update({f"{prefix or ''}{key}": value / items for key, value in found.items()})
+            pairs = [torch.stack([torch.as_tensor(sums[k][0]), torch.as_tensor(float(sums[k][1]))]) for k in keys]
+            totals = self.accelerator.reduce(torch.stack(pairs).float().to(self.args.device), "sum").tolist()
+            means = {key: total / count for key, (total, count) in zip(keys, totals) if count}
+            logs.update({f"{prefix or ''}{key}": value for key, value in self.method.summarize(means).items()})
             self._sums[split] = {}
         super().log(logs, start_time)
 
@@ -278,7 +292,7 @@ class LorakitTrainer(Trainer):
         shutil.rmtree(Path(output_dir or self.args.output_dir) / REFERENCE, ignore_errors=True)
 
     def _save_checkpoint(self, model, trial):
-        run_dir = output_dir(self, trial)
+        run_dir = checkpoints_root(self, trial)
         folder = checkpoints.step_folder(run_dir, self.state.global_step)
         if self.args.should_save:
             # A run resumed from an older checkpoint writes this step's folder again (over a newer

@@ -29,19 +29,19 @@ chosen side only, would be this module (plus a line in ``methods/__init__.py``):
 
 ``num_items`` counts the items of the whole optimizer step (over every process), so each
 micro-batch's share adds up to the step's mean: accumulated steps and split passes equal one
-large batch. The trainer logs the mean of each returned value over the items seen since the
-last log.
+large batch. The trainer logs the mean of each returned value over the values seen since the
+last log (each key its own count, so a value may be given for some of a batch's items only).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar, Protocol
 
 import torch
 
-from lorakit.config import RunConfig
+from lorakit.config import ConfigError, RunConfig
 from lorakit.data.pipeline import Rows
 
 Batch = dict[str, torch.Tensor]
@@ -60,6 +60,10 @@ class Step(Protocol):
 
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+        ...
+
+    def average(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over the processes of the run (itself when there is one)."""
         ...
 
 
@@ -85,12 +89,16 @@ class Method:
         """The method with its own settings from the run's config (none by default)."""
         return cls()
 
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Refuse, with a ConfigError, settings this method cannot train with; checked when the config loads."""
+
     def collator(self, pad_token_id: int, packing: bool) -> Callable[[Sequence[Any]], Batch]:
         """Turns a list of encoded rows into one batch of tensors."""
         raise NotImplementedError
 
     def train_rows(self, encoded: list[Any]) -> list[Any]:
-        """What the Trainer's data loader holds, from the encoded training split."""
+        """What the Trainer's data loaders hold, from an encoded split (the training one, the eval one)."""
         return encoded
 
     def split(self, inputs: Batch, budget: int, packed: bool) -> list[Batch]:
@@ -101,6 +109,20 @@ class Method:
         """How many of ``item`` a batch holds (only asked when ``item`` is set)."""
         raise NotImplementedError
 
+    def prepare_step(self, step: Step, model: torch.nn.Module, batches: list[Batch]) -> list[Batch]:
+        """The micro-batches of one optimizer step, before any of them is trained on.
+
+        For what a step needs from all of its batches at once, so that accumulation equals one
+        large batch: KTO's KL estimate over the step's answers, GRPO's completions and advantages.
+        Called on every process with that process's batches; the default changes nothing.
+        """
+        return batches
+
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        """The logged values from the means of what ``loss`` returned since the last log (a
+        difference of two means, say); the default logs the means."""
+        return means
+
     def loss(self, step: Step, model: torch.nn.Module, inputs: Batch,
              num_items: torch.Tensor | int | None) -> tuple[torch.Tensor, Values] | None:
         """This batch's share of the step's loss, and per-item values to log; None: the model's own loss.
@@ -109,6 +131,29 @@ class Method:
         None when the Trainer does not count them (then the batch is its own step).
         """
         raise NotImplementedError
+
+
+def refuse_rows_of_one_kind(cfg: RunConfig, method: str, formats: tuple[str, ...], unit: str) -> None:
+    """The refusals of a method whose batches keep rows together (the answers of a pair): the data shapes it
+    reads, and no packing or grouping by length, which would part them."""
+    if cfg.data.format not in formats:
+        raise ConfigError(f"method: {method} trains on {unit}; data.format={cfg.data.format} is not such a shape: "
+                          f"use {' or '.join(formats)}")
+    if cfg.train.packing or cfg.train.group_by_length:
+        raise ConfigError(f"method: {method} keeps each pair's two answers in one batch: train.packing and "
+                          "train.group_by_length do not apply; set them to false")
+
+
+@contextmanager
+def without_dropout(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode for a while: for scoring in ``prepare_step``, which must not draw random numbers,
+    since on resume the Trainer restores its RNG only after the first step's batches are prepared."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def step_share(losses: torch.Tensor, num_items: torch.Tensor | int | None) -> torch.Tensor:
