@@ -15,6 +15,7 @@ so a folder that is not one is refused alike everywhere, as a :class:`NotARunErr
       checkpoints/                 resumable checkpoints, checkpoint-N (named in train/checkpoints.py)
       summary.json                 RunSummary: written last, so it means "finished"
       eval.json, eval.md           lorakit eval (or eval.at_end)
+      verify.json                  lorakit verify: each hand-off check's verdict
       .lorakit.lock                held while a run trains (train/run_folder.py)
 
 ``RUN_WRITES`` names everything a run may put at the top of its folder: ``--overwrite``
@@ -45,6 +46,7 @@ CHECKPOINTS = "checkpoints"
 SUMMARY = "summary.json"
 EVAL_JSON = "eval.json"
 EVAL_MARKDOWN = "eval.md"
+VERIFY_JSON = "verify.json"
 LOCK = ".lorakit.lock"
 # What a run writes; any of them means the folder holds a run (finished, killed or failed).
 RUN_FILES = (CONFIG, METRICS, SUMMARY, ADAPTER_WEIGHTS, CHECKPOINTS)
@@ -58,10 +60,10 @@ TOKENIZER_FILES = (
     "chat_template.json", "additional_chat_templates", "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",
     "spiece.model", "sentencepiece.bpe.model",
 )
-# Every name a run (and `lorakit eval` on it) may write at the top of its folder.
+# Every name a run (and `lorakit eval` and `verify` on it) may write at the top of its folder.
 RUN_WRITES = frozenset({
     CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, METRICS, PLOT, PLOT_PARTIAL, CHECKPOINTS, SUMMARY, EVAL_JSON,
-    EVAL_MARKDOWN, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
+    EVAL_MARKDOWN, VERIFY_JSON, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
 })
 
 

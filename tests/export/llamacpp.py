@@ -7,11 +7,13 @@ that use it skip, with the reason, where it is not installed.
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from lorakit.verify.llamacpp import LlamaCpp  # noqa: F401  (the tests judge with the product's wrapper)
+from lorakit.verify.logits import logit_gap  # noqa: F401
 
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(
@@ -19,63 +21,6 @@ needs_llama_cpp = pytest.mark.skipif(
     reason="llama.cpp's Python binding is not installed: scripts/setup.sh --test builds llama-cpp-python==0.3.36 "
            "(about 15 minutes on 2 cores; see docs/tests.md)",
 )
-
-
-class LlamaCpp:
-    """One GGUF (and optionally a GGUF LoRA on top) loaded by llama.cpp, with every position's logits kept."""
-
-    def __init__(self, path: Path, lora: Path | None = None, n_ctx: int = 256):
-        import llama_cpp
-
-        self._lib = llama_cpp
-        self.llm = llama_cpp.Llama(
-            model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=n_ctx, n_batch=n_ctx,
-            n_threads=1, n_threads_batch=1, logits_all=True, verbose=False, seed=0,
-        )
-
-    def close(self) -> None:
-        self.llm.close()
-
-    def tokenize(self, text: str) -> list[int]:
-        """Text as llama.cpp splits it, special tokens parsed, no BOS added (lorakit's prompts carry their own)."""
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-
-    def chat_prompt(self, messages: list[dict]) -> str:
-        """The prompt llama-cpp-python's chat completion builds from the GGUF's own chat template."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        def text(token: int) -> str:
-            return self.llm._model.token_get_text(token) if token != -1 else ""
-
-        formatter = Jinja2ChatFormatter(self.metadata()["tokenizer.chat_template"],
-                                        eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos()))
-        return formatter(messages=messages).prompt
-
-    def is_end(self, token: int) -> bool:
-        """llama.cpp's own end-of-generation rule (EOS, EOT and the like)."""
-        return bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))
-
-    def metadata(self) -> dict[str, str]:
-        return dict(self.llm.metadata)
-
-    def logits(self, ids: list[int]) -> np.ndarray:
-        """Logits at every position of ``ids`` (teacher-forced), shape (len, vocab)."""
-        self.llm.reset()
-        self.llm.eval(ids)
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
-
-    def greedy(self, ids: list[int], max_new: int) -> list[int]:
-        """Greedy tokens after ``ids``, ending with (and including) the first end-of-generation token."""
-        self.llm.reset()
-        self.llm.eval(ids)
-        out: list[int] = []
-        for _ in range(max_new):
-            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-            out.append(token)
-            if self.is_end(token):
-                break
-            self.llm.eval([token])
-        return out
 
 
 def hf_greedy(model, ids: list[int], max_new: int, end_ids) -> list[int]:
@@ -120,14 +65,3 @@ def with_file_weights(model, qtype: str):
 def hf_logits(model, ids: list[int]) -> np.ndarray:
     with torch.no_grad():
         return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
-
-
-def logit_gap(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float]:
-    """Mean and max |difference| as fractions of the largest |logit|, and the worst pick: how far below
-    transformers' best logit (same fraction) the token llama.cpp ranks first can be. A near tie may flip;
-    a real disagreement shows as a large worst pick."""
-    scale = float(np.abs(want).max())
-    diff = np.abs(got - want)
-    picked = np.take_along_axis(want, got.argmax(-1)[:, None], axis=-1)[:, 0]
-    worst_pick = float((want.max(-1) - picked).max() / scale)
-    return float(diff.mean() / scale), float(diff.max() / scale), worst_pick

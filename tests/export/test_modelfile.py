@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from lorakit.export.modelfile import TemplateShapeError, go_template, stop_tokens, turn_pieces, write_modelfile
+from lorakit.verify.ollama import go_render, modelfile_template
 from tests.conftest import FAMILIES, FAMILY_FORMATS, make_tokenizer
 from tests.export.spm import make_spm_tokenizer
 
@@ -26,39 +25,6 @@ CONVERSATIONS = [
      {"role": "user", "content": 'say "{{ x }}"'}],
     [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"}],
 ]
-GO_RENDERER = """package main
-
-import (
-	"encoding/json"
-	"os"
-	"text/template"
-)
-
-type Message struct{ Role, Content string }
-
-func main() {
-	text, _ := os.ReadFile(os.Args[1])
-	raw, _ := os.ReadFile(os.Args[2])
-	var conversations [][]Message
-	if err := json.Unmarshal(raw, &conversations); err != nil {
-		panic(err)
-	}
-	tmpl := template.Must(template.New("t").Parse(string(text)))
-	var out []string
-	for _, c := range conversations {
-		var b = new(stringsBuilder)
-		if err := tmpl.Execute(b, map[string]any{"Messages": c}); err != nil {
-			panic(err)
-		}
-		out = append(out, b.s)
-	}
-	json.NewEncoder(os.Stdout).Encode(out)
-}
-
-type stringsBuilder struct{ s string }
-
-func (b *stringsBuilder) Write(p []byte) (int, error) { b.s += string(p); return len(p), nil }
-"""
 
 
 # Every family's chat format in the test tokenizers: the named templates and the families' own.
@@ -77,11 +43,6 @@ def tokenizers():
     yield "smollm", smol
     # TinyLlama as transformers 5 builds it: its Modelfile's template starts with a space (gguf_vocab.SpaceRule)
     yield "zephyr-spm-first", make_spm_tokenizer("zephyr", metaspace="first")
-
-
-def modelfile_template(path) -> str:
-    text = path.read_text(encoding="utf-8")
-    return text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
 
 
 def jinja(tokenizer, conversation) -> str:
@@ -116,21 +77,12 @@ def test_irregular_template_is_refused():
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (apt-get install golang-go) to run text/template")
 def test_go_template_renders_like_jinja(tmp_path):
-    program = tmp_path / "render.go"
-    program.write_text(GO_RENDERER, encoding="utf-8")
-    binary = tmp_path / "render"
-    env = {**os.environ, "GOCACHE": str(tmp_path / "gocache"), "GOPATH": str(tmp_path / "gopath"), "GOFLAGS": "-mod=mod"}
-    subprocess.run(["go", "build", "-o", str(binary), str(program)], check=True, env=env, cwd=tmp_path, timeout=300)
     conversations = [*CONVERSATIONS, []]
-    (tmp_path / "conversations.json").write_text(json.dumps(conversations), encoding="utf-8")
     for family, tokenizer in tokenizers():
-        # the TEMPLATE the export writes, read back from the Modelfile itself
-        template = tmp_path / f"{family}.tmpl"
-        template.write_text(modelfile_template(write_modelfile(tmp_path / f"{family}.gguf", tokenizer)), "utf-8")
-        result = subprocess.run([str(binary), str(template), str(tmp_path / "conversations.json")],
-                                capture_output=True, text=True, check=True, timeout=60)
+        # the TEMPLATE the export writes, read back from the Modelfile itself, rendered as ollama does
+        template = modelfile_template(write_modelfile(tmp_path / f"{family}.gguf", tokenizer))
+        rendered = go_render(template, conversations, tmp_path)
         lead = " " if family == "zephyr-spm-first" else ""
-        rendered = json.loads(result.stdout)
         assert rendered == [lead + jinja(tokenizer, c) if c else "" for c in conversations], family
         # what matters to the model: the tokens, which the lead leaves as training had them
         assert [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered] == [

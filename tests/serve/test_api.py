@@ -19,7 +19,7 @@ from lorakit.infer.catalog import open_catalog
 from lorakit.infer.stream import TextStream
 from lorakit.serve.app import ServeConfig, chat_prompt_ids, create_app
 from tests.infer.runs import make_tiny_catalog, make_tiny_run, trainer_prompt_ids
-from tests.serve.server import running
+from lorakit.serve.in_process import running
 
 GEN = GenerationConfig(max_new_tokens=8, context_length=96)
 HI = [{"role": "user", "content": "What is two plus two?"}]

@@ -21,7 +21,7 @@ from lorakit.infer.catalog import open_catalog
 from lorakit.serve.app import ServeConfig, chat_prompt_ids, create_app
 from tests.conftest import needs_embedded
 from tests.infer.runs import trainer_prompt_ids
-from tests.serve.server import running
+from lorakit.serve.in_process import running
 
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency: pip install -e '.[test]'")
 

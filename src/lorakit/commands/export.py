@@ -44,14 +44,20 @@ def export_gguf(
         "--with-base", help="With --adapter-only: also write the base model's GGUF beside the adapter.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace --out and the files written beside it if they exist (regular files only).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Then check the file with llama.cpp and its Modelfile with Go against the run "
+                         "(lorakit verify's GGUF rows, added to RUN/verify.json).")] = False,
 ) -> None:
     """Write one GGUF file (weights, tokenizer, chat template) for llama.cpp and ollama, plus an Ollama Modelfile."""
     setup_logging(False)
     from lorakit.export.gguf import export_gguf as write
     from lorakit.export.gguf_adapter import export_adapter_gguf
+    from lorakit.run import run_or_model
 
     if with_base and not adapter_only:
         fail("--with-base goes with --adapter-only (a merged export already holds the base)")
+    if verify and run_or_model(source) is None:
+        fail("--verify checks an export against the run it came from: give a run folder")
     if adapter_only:
         gguf_path, modelfile, base = export_adapter_gguf(source, output, type_, with_base, system_prompt=system,
                                                         overwrite=overwrite)
@@ -63,3 +69,11 @@ def export_gguf(
         return
     gguf_path, modelfile = write(source, output, type_, system_prompt=system, overwrite=overwrite)
     err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")
+    if verify:
+        from lorakit.commands.verify import print_report
+        from lorakit.verify.run import verify_run
+
+        report = verify_run(source, ggufs=[gguf_path], exports_only=True)
+        print_report(report)
+        if report.failed:
+            raise typer.Exit(1)

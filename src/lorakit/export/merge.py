@@ -36,7 +36,7 @@ class MergeError(LorakitError, ValueError):
     """The folder cannot be merged as asked; the message says why and what to give instead."""
 
 
-def _base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
+def base_checkpoint_dtype(cfg: RunConfig) -> torch.dtype:
     """The dtype the base model was published in: a merged model is saved like its base."""
     config = json.loads((Path(resolve_model_folder(cfg.model)) / "config.json").read_text(encoding="utf-8"))
     dtype = config.get("dtype") or config.get("torch_dtype")
@@ -130,7 +130,7 @@ def merge_run(
         raise MergeError(f"{out_dir} exists and is not empty; choose another --out or pass --overwrite")
     model, tokenizer, cfg = merged_model(run_dir, others, weights)
     if dtype == "base":
-        target = _base_checkpoint_dtype(cfg)
+        target = base_checkpoint_dtype(cfg)
     elif dtype in DTYPES:
         target = DTYPES[dtype]
     else:

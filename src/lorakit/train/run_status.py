@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lorakit.run import open_run
 from lorakit.train import checkpoints, run_folder
+from lorakit.verify.report import read_report as read_verify
 
 # The summary's fields that ``runs show`` adds once the run has finished.
 SHOWN = ("steps", "train_loss", "eval_loss", "train_seconds", "tokens_seen", "loss_tokens_seen",
@@ -49,4 +50,8 @@ def describe_run(folder: Path) -> dict:
     if summary:
         for key in SHOWN:
             info[key] = summary[key]
+    checked = read_verify(folder)
+    if checked is not None:  # lorakit verify's verdicts, one per check
+        info["verify"] = checked.verdict
+        info["verify_checks"] = [f"{c.name}: {c.verdict}" for c in checked.checks]
     return info

@@ -1,4 +1,5 @@
-"""Run the app under uvicorn on a free loopback port, in a thread of the test process."""
+"""Run the app under uvicorn on a free loopback port, in a thread of this process: for ``lorakit verify``'s
+server check and the server's tests, which talk to it over real HTTP as any client would."""
 
 from __future__ import annotations
 
