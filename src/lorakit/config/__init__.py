@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from lorakit.config.grpo import GRPOConfig
 from lorakit.config.section import EXPAND_HOME, RESUMABLE, Section, resumable_keys
 from lorakit.config.train import TrainConfig
 from lorakit.errors import LorakitError
@@ -279,10 +280,12 @@ class RunConfig(Section):
         None, strict=False, json_schema_extra=RESUMABLE, description="Default: runs/<name>; always set once validated."
     )
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the model's initialisation and the training order.")
-    method: Literal["sft", "dpo", "orpo"] = Field(
-        "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data)."
+    method: Literal["sft", "dpo", "orpo", "grpo"] = Field(
+        "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data); "
+        "grpo: learn from reward functions' scores of sampled answers (prompts data).",
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -301,7 +304,7 @@ class RunConfig(Section):
     def _pairs_for_preference(self) -> RunConfig:
         if self.method == "sft" and self.data.format == "preference":
             raise ValueError("data.format=preference holds pairs of answers: train them with method: dpo or orpo")
-        if self.method != "sft" and self.data.format not in ("auto", "preference"):
+        if self.method not in ("sft", "grpo") and self.data.format not in ("auto", "preference"):
             raise ValueError(f"method: {self.method} trains on pairs of answers (prompt, chosen, rejected); "
                              f"data.format={self.data.format} is not such a shape: use auto or preference")
         if self.method != "sft" and (self.train.packing or self.train.group_by_length):

@@ -53,6 +53,9 @@ class Step(Protocol):
 
     selective_loss: bool  # the answer positions alone are projected to the vocabulary (model/loss.py)
     loss_chunk_size: int
+    state: Any  # the Trainer's TrainerState: ``global_step`` is the optimizer steps taken so far
+
+    def is_world_process_zero(self) -> bool: ...
 
     def autocast(self) -> AbstractContextManager: ...
 
@@ -88,6 +91,10 @@ class Method:
     def from_config(cls, cfg: RunConfig) -> Method:
         """The method with its own settings from the run's config (none by default)."""
         return cls()
+
+    def use_text(self, tokenizer: Any, template: Any) -> None:
+        """The run's tokenizer and chat template, for a method that renders or decodes text itself
+        (GRPO samples and decodes completions); the default needs neither."""
 
     def collator(self, pad_token_id: int, packing: bool) -> Callable[[Sequence[Any]], Batch]:
         """Turns a list of encoded rows into one batch of tensors."""
