@@ -159,6 +159,12 @@ class LorakitTrainer(Trainer):
     def average(self, value: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(value, "mean")
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step_rows = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        own = self.method.train_sampler(len(dataset), step_rows, self.args.data_seed)
+        return own if own is not None else super()._get_train_sampler(train_dataset)
+
     # --- one optimizer step's batches, prepared together (methods/base.Method.prepare_step)
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batches = list(itertools.islice(epoch_iterator, num_batches))

@@ -40,6 +40,7 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
 import torch
+from torch.utils.data import Sampler
 
 from lorakit.config import RunConfig
 from lorakit.data.pipeline import Rows
@@ -103,6 +104,11 @@ class Method:
     def train_rows(self, encoded: list[Any]) -> list[Any]:
         """What the Trainer's data loader holds, from the encoded training split."""
         return encoded
+
+    def train_sampler(self, size: int, step_rows: int, seed: int) -> Sampler | None:
+        """The order the Trainer's loader reads the ``size`` training rows in, ``step_rows`` (over every
+        process) an optimizer step; None: the Trainer's own shuffle (GRPO repeats steps: ``RepeatedSteps``)."""
+        return None
 
     def split(self, inputs: Batch, budget: int, packed: bool) -> list[Batch]:
         """The forward passes one batch runs as, each under ``budget`` tokens (``train/microbatch.py``)."""

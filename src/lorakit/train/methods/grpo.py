@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import Sampler
 
 from lorakit.config import GenerationConfig, GRPOConfig, RunConfig
 from lorakit.data.collate import PadCollator
@@ -63,6 +64,35 @@ def split_rows(inputs: Batch, budget: int) -> list[Batch]:
     if len(groups) == 1:
         return [inputs]
     return [{key: value[rows, : lengths[rows[0]]] for key, value in inputs.items()} for rows in groups]
+
+
+class RepeatedSteps(Sampler[int]):
+    """The training rows in a seeded order per epoch, each optimizer step's ``step_rows`` of them read
+    ``repeats`` times in a row, so the steps that reuse a batch of completions are handed its prompts.
+
+    Rows 0-4, steps of 2, repeats 2, order [3, 0, 4, 1, 2]: 3 0 3 0 4 1 4 1 2 3 2 3 (the last step
+    is filled from the start of the order, so every step is whole and the repeats stay aligned).
+    The order is a function of the seed and the epoch alone, so a resumed run reads what the first read.
+    """
+
+    def __init__(self, size: int, step_rows: int, repeats: int, seed: int):
+        self.size, self.step_rows, self.repeats, self.seed = size, step_rows, repeats, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.step_rows) * self.step_rows * self.repeats
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        for start in range(0, self.size, self.step_rows):
+            rows = order[start : start + self.step_rows]
+            rows += (order * self.step_rows)[: self.step_rows - len(rows)]
+            for _ in range(self.repeats):
+                yield from rows
 
 
 class Window:
@@ -116,6 +146,9 @@ class GRPO(Method):
 
     def collator(self, pad_token_id, packing):
         return lambda prompts: {"prompts": list(prompts)}
+
+    def train_sampler(self, size, step_rows, seed):
+        return RepeatedSteps(size, step_rows, self.settings.iterations, seed) if self.settings.iterations > 1 else None
 
     def split(self, inputs, budget, packed):
         return split_rows(inputs, budget)
