@@ -169,6 +169,9 @@ class LorakitTrainer(Trainer):
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batches = list(itertools.islice(epoch_iterator, num_batches))
         if batches:
+            # The model's own attention, whatever the last pass switched to: what a method computes here
+            # (GRPO's sampling, KTO's KL rows) is then the same in a run resumed before this step.
+            self.passes.restore()
             batches = self.method.prepare_step(self, self.model_wrapped, batches)
         return batches, self._get_num_items_in_batch(batches, device)
 
