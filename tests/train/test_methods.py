@@ -15,12 +15,13 @@ from tests.conftest import REPO
 def test_the_config_offers_exactly_the_registered_methods():
     assert set(get_args(RunConfig.model_fields["method"].annotation)) == set(METHODS)
     for name, method in METHODS.items():
-        assert method.name == name and method_for(RunConfig(method=name)).name == name
+        settings = {"grpo": {"rewards": ["builtin:valid_json"]}} if name == "grpo" else {}  # it needs a reward
+        assert method.name == name and method_for(RunConfig(method=name, **settings)).name == name
 
 
 def test_what_each_method_reads_and_reports():
     assert (METHODS["sft"].rows, METHODS["dpo"].rows, METHODS["orpo"].rows) == (SAMPLES, PAIRS, PAIRS)
-    assert [n for n, m in METHODS.items() if m.reference] == ["dpo"]  # the reference pass: adapter off
+    assert [n for n, m in METHODS.items() if m.reference] == ["dpo", "grpo"]  # the reference pass: adapter off
     assert [n for n, m in METHODS.items() if m.perplexity] == ["sft"]
     assert [n for n, m in METHODS.items() if m.item is None] == ["sft"]  # a mean over answer tokens
 

@@ -23,6 +23,7 @@ from lorakit.data.encode import PROMPT_ONLY, Encoded
 from lorakit.data.encode_cache import EncodeSettings
 from lorakit.data.records import Record
 from lorakit.data.report import DataReport, Finding
+from lorakit.labels import IGNORE_INDEX
 from lorakit.data.shapes import COLUMN_NAMES, Conversation, RecordView, detect_shape, to_content, to_prompt
 from lorakit.templates import ChatTemplate
 
@@ -81,6 +82,11 @@ def to_prompt_row(record: Record, system_prompt: str | None, columns: dict[str, 
     return PromptRow(conversation, record.origin(), extra)
 
 
+def as_encoded(prompt: EncodedPrompt) -> Encoded:
+    """The prompt as a sequence with no label, for the data report and ``data inspect``."""
+    return Encoded(prompt.input_ids, [IGNORE_INDEX] * len(prompt.input_ids), origin=prompt.row.origin)
+
+
 class PromptRows:
     """Prompts, as the data path (``pipeline``) reads, encodes and checks them."""
 
@@ -110,14 +116,14 @@ class PromptRows:
         return EncodedPrompt(encoded[0].input_ids, row, encoded[0].cut_tokens)
 
     def sequences(self, encoded: EncodedPrompt) -> list[Encoded]:
-        return [Encoded(encoded.input_ids, [], origin=encoded.row.origin)]
+        return [as_encoded(encoded)]
 
     def encode_findings(self, report: DataReport, settings: EncodeSettings) -> list[Finding]:
         return []
 
     def diagnose(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, rows: list[PromptRow],
                  encoded: list[EncodedPrompt], report: DataReport) -> list[Finding]:
-        return doubled_bos(tokenizer, [Encoded(e.input_ids, [], origin=e.row.origin) for e in encoded])
+        return doubled_bos(tokenizer, [as_encoded(e) for e in encoded])
 
 
 PROMPTS = PromptRows()
