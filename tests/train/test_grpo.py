@@ -85,6 +85,14 @@ def older_policy(model):
     return model
 
 
+def models_and_batch(model_dir, iterations: int) -> tuple:
+    """The fixed batch; the policy; the reference as a separately loaded model; the older policy (iterations > 1)."""
+    prompts, completions, batch = fixed_batch()
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    old_model = older_policy(lora_model(model_dir)) if iterations > 1 else None
+    return prompts, completions, batch, lora_model(model_dir), base, old_model
+
+
 def lorakit_loss(model, batch, old_model, ref_model, loss_type: str, beta: float) -> torch.Tensor:
     logps, keep = token_logps(model, batch, temperature=TEMPERATURE)
     rows = keep.nonzero()[:, 0]
@@ -100,10 +108,7 @@ def lorakit_loss(model, batch, old_model, ref_model, loss_type: str, beta: float
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_the_loss_equals_the_formula_on_separately_computed_logps(tiny_model_dir, loss_type, beta, iterations):
-    prompts, completions, batch = fixed_batch()
-    model = lora_model(tiny_model_dir)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # the reference, as a separate model
-    old_model = older_policy(lora_model(tiny_model_dir)) if iterations > 1 else None
+    prompts, completions, batch, model, base, old_model = models_and_batch(tiny_model_dir, iterations)
     policy = [logps_by_hand(model, p, c) for p, c in zip(prompts, completions)]
     old = [logps_by_hand(old_model, p, c) for p, c in zip(prompts, completions)] if old_model else policy
     ref = [logps_by_hand(base, p, c) for p, c in zip(prompts, completions)]
@@ -162,10 +167,7 @@ def trl_inputs(prompts, completions, old, ref) -> dict:
 @pytest.mark.parametrize("beta", [0.0, 0.05])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_the_loss_equals_trls_on_the_same_batch(tiny_model_dir, loss_type, beta, iterations):
-    prompts, completions, batch = fixed_batch()
-    model = lora_model(tiny_model_dir)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    old_model = older_policy(lora_model(tiny_model_dir)) if iterations > 1 else None
+    prompts, completions, batch, model, base, old_model = models_and_batch(tiny_model_dir, iterations)
     found = lorakit_loss(model, batch, old_model, base, loss_type, beta)
     old = [logps_by_hand(old_model, p, c) for p, c in zip(prompts, completions)] if old_model else None
     ref = [logps_by_hand(base, p, c) for p, c in zip(prompts, completions)] if beta else None

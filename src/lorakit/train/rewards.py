@@ -16,7 +16,6 @@ with one line naming the function and the sample's file and line.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from lorakit.errors import LorakitError
+from lorakit.eval.scorer import module_from_file
 
 BUILTIN = "builtin:"
 
@@ -118,16 +118,7 @@ def _builtin(spec: str, max_completion_length: int) -> RewardFunction:
 def _from_file(spec: str) -> RewardFunction:
     where, _, name = spec.rpartition(":")
     path = Path(where).expanduser()
-    if not path.is_file():
-        raise RewardError(f"grpo.rewards {spec}: file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"lorakit_rewards_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise RewardError(f"grpo.rewards {spec}: {path} cannot be loaded as Python")
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:  # the user's code: any failure is named with the file
-        raise RewardError(f"grpo.rewards {spec}: importing {path} failed: {type(err).__name__}: {err}") from err
+    module = module_from_file(path, f"grpo.rewards {spec}", RewardError)
     function = getattr(module, name, None)
     if not callable(function):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
