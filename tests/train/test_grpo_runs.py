@@ -24,7 +24,7 @@ from lorakit.train.methods.grpo import GRPO, RepeatedSteps
 from lorakit.train.rewards import RewardError, load_rewards, score
 from lorakit.templates import resolve_template
 from lorakit.train.trainer import LorakitTrainer
-from tests.conftest import make_tokenizer
+from tests.conftest import make_tokenizer, write_jsonl
 from tests.train.helpers import adapter, assert_same_update, metrics, run_on_one_thread, tiny_config
 from tests.train.test_preference import lora_model
 from tests.train.test_resume import CHILD_ENV, assert_same_adapter, start_training, wait_for_checkpoint
@@ -223,3 +223,18 @@ def test_a_reward_that_fails_during_training_stops_it_naming_the_sample(tiny_mod
     cfg = grpo_config(tiny_model_dir, tmp_path, "train.max_steps=4", "train.batch_size=4", rewards=("raises",))
     with pytest.raises(RewardError, match=r"rewards.py:raises failed on .*train.jsonl, line [37]: ZeroDivisionError"):
         recipe.run(cfg)
+
+
+def test_eval_at_end_reports_each_rewards_mean_for_base_and_tuned(tiny_model_dir, tmp_path):
+    held_out = [{"prompt": "Say hi", "completion": "hi", "tag": "a"}, {"prompt": "Count", "completion": "1 2 3",
+                "tag": "b"}, {"prompt": "No answer", "completion": "", "tag": "c"}]  # no reference: not scored
+    cfg = grpo_config(tiny_model_dir, tmp_path, "train.max_steps=2", "train.batch_size=2", "eval.at_end=true",
+                      "generation.max_new_tokens=6", f"data.eval={write_jsonl(tmp_path / 'held.jsonl', held_out)}")
+    summary = recipe.run(cfg)
+    table = summary["eval"]
+    for name in ("vowels", "skips_some", "length"):
+        assert set(table[f"reward/{name}"]) == {"base", "tuned"}
+    assert -1 <= table["reward/length"]["base"] < 0 and "exact_match" in table
+    report = json.loads((cfg.output_dir / "eval.json").read_text())
+    assert report["settings"]["samples_scored"] == 2
+    assert "reward vowels" in (cfg.output_dir / "eval.md").read_text()
