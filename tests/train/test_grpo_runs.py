@@ -238,3 +238,18 @@ def test_eval_at_end_reports_each_rewards_mean_for_base_and_tuned(tiny_model_dir
     report = json.loads((cfg.output_dir / "eval.json").read_text())
     assert report["settings"]["samples_scored"] == 2
     assert "reward vowels" in (cfg.output_dir / "eval.md").read_text()
+
+
+def test_from_an_sft_adapter_the_reference_is_that_adapter_frozen(tiny_model_dir, tmp_path):
+    sft = tiny_config(tiny_model_dir, tmp_path / "sft", "train.max_steps=3", "train.save_steps=null",
+                      "train.learning_rate=0.02")
+    recipe.run(sft)
+    cfg = grpo_config(tiny_model_dir, tmp_path / "grpo", "train.max_steps=3", "train.batch_size=2", "grpo.beta=0.1",
+                      "train.warmup=0", f"model.adapter={sft.output_dir}")
+    recipe.run(cfg)
+    rows = [r for r in metrics(cfg.output_dir) if "loss" in r]
+    # Step 1: the policy is still the SFT adapter, so it is the reference exactly; then it moves away.
+    assert rows[0]["kl"] == 0.0 and rows[2]["kl"] > 0
+    tuned, start = adapter(cfg.output_dir), adapter(sft.output_dir)
+    assert tuned.keys() == start.keys() and any(not torch.equal(tuned[k], start[k]) for k in tuned)
+    assert not (cfg.output_dir / "reference").exists()
