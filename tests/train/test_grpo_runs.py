@@ -9,6 +9,7 @@ import json
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,21 @@ def test_from_an_sft_adapter_the_reference_is_that_adapter_frozen(tiny_model_dir
     tuned, start = adapter(cfg.output_dir), adapter(sft.output_dir)
     assert tuned.keys() == start.keys() and any(not torch.equal(tuned[k], start[k]) for k in tuned)
     assert not (cfg.output_dir / "reference").exists()
+
+
+def test_a_run_resumed_inside_a_cycle_of_iterations_reuses_the_saved_completions(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """Steps 3 and 4 share one batch of completions; resumed after step 3, step 4 takes it from the checkpoint."""
+    common = ("train.batch_size=2", "grpo.iterations=2", "train.scheduler=constant", "train.warmup=0",
+              "train.precision=fp32", "model.dtype=float32", "train.save_steps=1", "grpo.beta=0.05")
+    whole = grpo_config(tiny_model_dir, tmp_path / "whole", "train.max_steps=4", *common)
+    run_on_one_thread(whole)
+    cut = grpo_config(tiny_model_dir, tmp_path / "cut", "train.max_steps=3", *common)
+    run_on_one_thread(cut)
+    assert (cut.output_dir / "checkpoints" / "checkpoint-3" / "grpo-batches-0.pt").is_file()
+    resumed = cut.model_copy(update={"train": cut.train.model_copy(update={"max_steps": 4})})
+    monkeypatch.setattr(recipe, "run", partial(recipe.run, resume="latest"))
+    run_on_one_thread(resumed)  # on one thread, as the other two ran
+    assert_same_adapter(adapter(cut.output_dir), adapter(whole.output_dir))
+    last = [[r for r in metrics(run.output_dir) if r.get("step") == 4 and "loss" in r][0] for run in (cut, whole)]
+    assert last[0]["reward"] == last[1]["reward"] and last[0]["loss"] == last[1]["loss"]

@@ -117,6 +117,7 @@ class LorakitTrainer(Trainer):
         """Start counting from the checkpoint's totals (rank 0 holds them: the others count from 0)."""
         saved = checkpoints.read_marker(checkpoint)
         self.compiling.resume(saved)
+        self.method.load_state(checkpoint, self.args.process_index)
         if "loss_sum" not in saved:
             self._steps_before_unknown = True
             log.warning("%s predates run totals: summary.json counts only the steps after it", checkpoint)
@@ -308,6 +309,7 @@ class LorakitTrainer(Trainer):
         # A save that fails (a full disk) deletes the folder it started: no half checkpoint is left.
         with writing(f"checkpoint {self.state.global_step}", folder, undo=None if folder.exists() else folder):
             super()._save_checkpoint(model, trial)
+            self.method.save_state(folder, self.args.process_index)
             # Every rank writes its own RNG state into the folder; mark it complete only after all have.
             self.accelerator.wait_for_everyone()
             # Collectives, so every rank takes part; only rank 0 writes them down.

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -126,6 +127,13 @@ class Method:
         Called on every process with that process's batches; the default changes nothing.
         """
         return batches
+
+    def save_state(self, folder: Path, process: int) -> None:
+        """Write into a checkpoint's ``folder`` what the method carries from one step to the next (GRPO's
+        completions reused over iterations), one file per ``process``; the default carries nothing."""
+
+    def load_state(self, folder: Path, process: int) -> None:
+        """Take back what ``save_state`` wrote, when a run resumes from ``folder``."""
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         """The logged values from the means of what ``loss`` returned since the last log (a

@@ -18,7 +18,8 @@ micro-batches sample, and so train, exactly as one large batch does.
 
 With ``iterations`` k > 1 each batch of completions is trained on for k optimizer steps (TRL's
 num_iterations): the data loader repeats each step's prompts k times (``RepeatedSteps``), and the
-completions, advantages and log-probs prepared at the first of them are kept for the others.
+completions, advantages and log-probs prepared at the first of them are kept for the others, in the
+checkpoints too (``save_state``), so a run resumed inside a cycle trains on the same completions.
 """
 
 from __future__ import annotations
@@ -157,6 +158,17 @@ class GRPO(Method):
         tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         return items(self.settings.loss_type, batch["labels"].shape[0], tokens, self.settings.max_completion_length)
 
+    # --- completions reused over iterations travel with the checkpoints
+    def save_state(self, folder, process):
+        if self.kept is not None:
+            torch.save({"first_step": self.kept[0], "batches": self.kept[1]}, folder / f"grpo-batches-{process}.pt")
+
+    def load_state(self, folder, process):
+        path = folder / f"grpo-batches-{process}.pt"
+        if path.is_file():
+            saved = torch.load(path, weights_only=True)
+            self.kept = (saved["first_step"], saved["batches"])
+
     # --- one step's completions, scores and advantages
     def prepare_step(self, step, model, batches):
         self.window.close_training()
@@ -165,9 +177,9 @@ class GRPO(Method):
         if self.kept is not None and self.kept[0] <= global_step < self.kept[0] + k:
             prepared = self.kept[1]  # the same prompts again (RepeatedSteps): the same completions
         else:
-            if global_step % k:
-                log.warning("step %d: resumed inside a cycle of grpo.iterations=%d; its completions are sampled "
-                            "again, from the current policy", global_step + 1, k)
+            if global_step % k:  # a checkpoint written before GRPO kept its completions in them
+                log.warning("step %d: resumed inside a cycle of grpo.iterations=%d from a checkpoint without its "
+                            "completions; they are sampled again, from the current policy", global_step + 1, k)
             seed = sampling_seed(self.seed, global_step, getattr(step.args, "process_index", 0))
             prepared = self.prepare(step, model, [b["prompts"] for b in batches], seed, global_step + 1)
             self.kept = (global_step, prepared) if k > 1 else None
