@@ -6,6 +6,7 @@ one line naming the function and the sample."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainingArguments
+from typer.testing import CliRunner
 
+from lorakit.cli import app
 from lorakit.config import GRPOConfig
 from lorakit.data.prompt_rows import EncodedPrompt, PromptRow
 from lorakit.infer.generate import prompt_ids
@@ -272,3 +275,24 @@ def test_a_run_resumed_inside_a_cycle_of_iterations_reuses_the_saved_completions
     assert_same_adapter(adapter(cut.output_dir), adapter(whole.output_dir))
     last = [[r for r in metrics(run.output_dir) if r.get("step") == 4 and "loss" in r][0] for run in (cut, whole)]
     assert last[0]["reward"] == last[1]["reward"] and last[0]["loss"] == last[1]["loss"]
+
+
+@pytest.mark.parametrize(("rows", "rewards", "message"), [
+    ([{"answer": "no prompt"}], ("vowels",), r"train.jsonl, line 1: cannot tell the data shape"),
+    (ROWS, ("missing_function",), r"has no 'missing_function'"),
+    (ROWS, ("returns_string",), r"returned 'good' for .*train.jsonl, line \d+; return a number"),
+    (ROWS, ("wrong_length",), r"returned 1 values for 6 completions"),
+])
+def test_the_command_refuses_bad_input_in_one_line_with_exit_code_2(tiny_model_dir, tmp_path, rows, rewards, message):
+    file = reward_file(tmp_path)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    specs = json.dumps([f"{file}:{name}" for name in rewards])
+    result = CliRunner().invoke(app, [
+        "train", "--set", f"model.name={tiny_model_dir}", "--set", "method=grpo", "--set", f"data.train={data}",
+        "--set", f"grpo.rewards={specs}", "--set", "grpo.num_generations=3", "--set", "grpo.max_completion_length=4",
+        "--set", f"output_dir={tmp_path / 'run'}", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+        "--set", "data.cache_dir=null", "--set", "train.progress_bar=false"])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
+    assert "Traceback" not in result.output
