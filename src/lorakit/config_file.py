@@ -207,7 +207,14 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         source = str(path)
     for assignment in overrides or []:
         apply_override(raw, assignment)
-    return _resolve_paths(_validate(raw, source), base)
+    cfg = _validate(raw, source)
+    # What the chosen method cannot train with (pairs data for SFT, packing for pairs) is refused
+    # here too, so every command that loads the config refuses it. Imported here: the methods
+    # import the config's schema, and the schema names no method's needs.
+    from lorakit.train.methods import method_for
+
+    method_for(cfg)
+    return _resolve_paths(cfg, base)
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
@@ -253,3 +260,12 @@ def reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[Key]
             continue
         keys.append(Key(prefix + name, _type_name(field.annotation), _default(field), field.description or ""))
     return keys
+
+
+def reference_markdown() -> str:
+    """Every key as a Markdown table: ``lorakit config show --markdown`` and the docs' config reference."""
+    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for k in reference():
+        cells = (f"`{k.name}`", k.type, f"`{k.default}`", k.description)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -82,7 +82,7 @@ class RunSummary:
     train_loss: float | None
     eval_loss: float | None
     base_model: str | None = None
-    method: str = "sft"  # sft, dpo or orpo
+    method: str = "sft"  # the config's method: sft, dpo, orpo, simpo, kto
     template: str | None = None
     precision: str | None = None
     weights_dtype: str | None = None  # the frozen base's dtype as trained ("float32", "bfloat16")

@@ -9,15 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 from lorakit.data.encode import IGNORE_INDEX, Encoded, encode_conversation
 from lorakit.data.records import DataError, Record
 from lorakit.model.loss import sequence_logps
 from lorakit.templates import resolve_template
-from lorakit.train.methods.kto import (
-    Answer, EncodedAnswer, collate, kl_estimate, kl_rows, kto_loss, kto_metrics, mismatched, to_answers,
-)
+from lorakit.config import PreferenceConfig
+from lorakit.data.answers import Answer, EncodedAnswer, to_answers
+from lorakit.train.methods.kto import KTO, collate, kl_estimate, kl_rows, kto_loss, mismatched
+from lorakit.train.trainer import LorakitTrainer
 from lorakit.train.preference import reference_model
 from tests.conftest import make_tokenizer
 from tests.train.test_preference import logp_by_hand, lora_model
@@ -62,6 +63,17 @@ def lorakit_values(model, answers, pad_token_id) -> dict:
     return {"batch": batch, "policy": policy, "kl": kl, "losses": losses, "rewards": rewards}
 
 
+def logged_by_the_method(model, answers, pad_token_id, tmp_path) -> tuple[torch.Tensor, dict[str, float]]:
+    """The KTO method's loss on one batch (an eval batch: z from the batch itself) and the values the
+    trainer would log for it: each value's mean over the answers it is about, then ``summarize``."""
+    method = KTO(PreferenceConfig(beta=BETA, desirable_weight=DESIRABLE_WEIGHT,
+                                  undesirable_weight=UNDESIRABLE_WEIGHT), max_length=None)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    step = LorakitTrainer(model=model, args=args, method=method)
+    loss, values = method.loss(step, model, method.collator(pad_token_id, False)(answers), None)
+    return loss, method.summarize({key: value.float().mean().item() for key, value in values.items()})
+
+
 def test_the_loss_equals_the_formula_on_separately_computed_logps(tiny_model_dir):
     tokenizer, answers = encoded_answers()
     _, encode = encoder()
@@ -87,7 +99,7 @@ def test_the_loss_equals_the_formula_on_separately_computed_logps(tiny_model_dir
     assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
 
 
-def test_the_loss_and_logged_values_equal_trls_on_the_same_batch(tiny_model_dir):
+def test_the_loss_and_logged_values_equal_trls_on_the_same_batch(tiny_model_dir, tmp_path):
     """TRL 1.16 computes the KTO loss inside ``KTOTrainer._compute_loss`` (there is no separate loss
     method to call): it is run here on the same model and batch, computing its own policy, reference
     and KL log-probs, on a bare trainer holding only the attributes that method reads."""
@@ -97,7 +109,8 @@ def test_the_loss_and_logged_values_equal_trls_on_the_same_batch(tiny_model_dir)
     tokenizer, answers = encoded_answers()
     model = lora_model(tiny_model_dir)
     found = lorakit_values(model, answers, tokenizer.pad_token_id)
-    values = kto_metrics(found["rewards"], found["policy"], found["batch"]["desirable"], found["kl"])
+    method_loss, values = logged_by_the_method(model, answers, tokenizer.pad_token_id, tmp_path)
+    torch.testing.assert_close(method_loss, found["losses"].mean(), rtol=1e-5, atol=1e-6)
 
     trainer = object.__new__(trl.KTOTrainer)
     trainer.model, trainer.ref_model = model, None
@@ -121,7 +134,7 @@ def test_the_loss_and_logged_values_equal_trls_on_the_same_batch(tiny_model_dir)
     torch.testing.assert_close(found["losses"].mean(), loss, rtol=1e-5, atol=1e-6)
     logged = {key: trainer._metrics["train"][key][-1] for key in values}
     # Each side sums float32 log-probs from its own output head; a margin of small rewards keeps their ~1e-6 noise.
-    assert logged == pytest.approx({key: value.item() for key, value in values.items()}, rel=1e-5, abs=1e-5)
+    assert logged == pytest.approx(values, rel=1e-5, abs=1e-5)
     assert set(values) == {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
                            "logps/rejected"}
 
@@ -167,7 +180,7 @@ def test_the_formulas_worked_examples():
     # Over processes, the mean of their means is clamped, not each one: 0.75 here, -1.75 on another.
     assert kl_estimate(torch.tensor([-20.0, -15.0]), torch.tensor([-21.0, -15.5]),
                        average=lambda mean: (mean - 1.75) / 2).item() == 0.0
-    only_desirable = kto_metrics(rewards[:1], torch.tensor([-10.0]), torch.tensor([True]), torch.tensor(0.5))
+    only_desirable = KTO.summarize(None, {"kl": 0.5, "rewards/chosen": 0.2, "logps/chosen": -10.0})
     assert set(only_desirable) == {"kl", "rewards/chosen", "logps/chosen"}  # no margin without both kinds
 
 
@@ -212,3 +225,41 @@ def test_a_pair_reads_as_a_desirable_and_an_undesirable_answer():
 def test_a_bad_row_is_named_by_file_and_line(fields, message):
     with pytest.raises(DataError, match=r"^data/kto\.jsonl, line 7: " + message):
         to_answers(Record(fields, "data/kto.jsonl", "line 7"), None)
+
+
+def test_a_kto_run_on_labelled_answers_trains_evaluates_and_scores_the_desirable_answers(tiny_model_dir, tmp_path):
+    import json
+
+    from lorakit.config_file import load_config
+    from lorakit.train import recipe
+    from tests.conftest import write_jsonl
+    from tests.train.helpers import metrics
+
+    data = write_jsonl(tmp_path / "answers.jsonl", ROWS * 2)
+    held = write_jsonl(tmp_path / "held.jsonl", ROWS)
+    out = tmp_path / "run"
+    summary = recipe.run(load_config(None, [
+        f"model.name={tiny_model_dir}", f"data.train={data}", f"data.eval={held}", f"output_dir={out}",
+        "method=kto", "train.max_steps=2", "train.batch_size=2", "train.grad_accum=2", "train.logging_steps=1",
+        "train.progress_bar=false", "eval.at_end=true", "generation.max_new_tokens=4", "data.cache_dir=null",
+    ]))
+    assert summary.method == "kto" and summary.steps == 2 and summary.eval_loss is not None
+    logged = [r for r in metrics(out) if "loss" in r]
+    assert len(logged) == 2 and all({"kl", "rewards/chosen", "rewards/rejected"} <= set(r) for r in logged)
+    assert any("final_eval_kl" in r for r in metrics(out))  # evaluation estimates z from each eval batch
+    report = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    # Generations are scored against the two desirable answers only: an undesirable one is no target.
+    assert report["settings"]["samples_scored"] == 2
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (["train.batch_size=1", "train.grad_accum=1"], r"batch_size x train.grad_accum must be 2 or more"),
+    (["data.format=alpaca"], r"data.format=alpaca is not such a shape"),
+    (["train.packing=true"], r"train.packing and train.group_by_length do not apply"),
+])
+def test_kto_settings_that_cannot_work_are_refused_when_the_config_loads(settings, message):
+    from lorakit.config import ConfigError
+    from lorakit.config_file import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["method=kto", *settings])

@@ -179,7 +179,7 @@ def test_split_passes_keep_pairs_together_and_give_the_same_loss(tiny_model_dir,
     torch.testing.assert_close(parts.sum(), whole.sum(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["dpo", "orpo"])
+@pytest.mark.parametrize("method", ["dpo", "orpo", "simpo", "kto"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_accumulated_and_split_steps_equal_one_large_batch(tiny_model_dir, tmp_path, method, precision):
     # SGD, not Adam: Adam divides each gradient by its own size, so LoRA A's first, near-zero gradients
@@ -202,8 +202,10 @@ def test_accumulated_and_split_steps_equal_one_large_batch(tiny_model_dir, tmp_p
     losses, weights = found.pop("one")
     # DPO's loss is a function of a difference of four sums of log-probs, and bf16 rounds each sum:
     # the difference amplifies it. On a Xeon with AMX the batch of 8 rows and the runs of 2 rows
-    # measured 1.1% apart at step 3 (each within 1.2% of float32; on an AMD EPYC 0.1% apart).
-    rtol = 2e-2 if (method, precision) == ("dpo", "bf16") else LOSS_RTOL[precision]
+    # measured 1.1% apart at step 3 (each within 1.2% of float32; on an AMD EPYC 0.1% apart). KTO's
+    # loss is a function of the same log-ratios. SimPO's falls to 0.15 by step 3, where -log sigmoid(z)
+    # turns z's bf16 rounding into a larger relative error: 0.6% on the AMD EPYC. All three get 2%.
+    rtol = 2e-2 if method in ("dpo", "kto", "simpo") and precision == "bf16" else LOSS_RTOL[precision]
     assert losses[-1] < losses[0] - 1e-3  # the model moved: later steps are not the reference's loss again
     for name, (other_losses, other_weights) in found.items():
         assert other_losses == pytest.approx(losses, rel=rtol), name

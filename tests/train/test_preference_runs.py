@@ -28,10 +28,10 @@ SETTINGS = {"max_steps": STEPS, "batch_size": 2, "save_steps": 5, "save_total_li
             "learning_rate": 0.005, "progress_bar": False}
 
 
-def dpo_config(tmp: Path, model_dir: Path) -> Path:
+def dpo_config(tmp: Path, model_dir: Path, method: str = "dpo") -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     data = write_jsonl(tmp / "pairs.jsonl", PAIRS * 3)
-    lines = [f"model:\n  name: {model_dir}", "method: dpo", "preference:\n  beta: 0.2",
+    lines = [f"model:\n  name: {model_dir}", f"method: {method}", "preference:\n  beta: 0.2",
              f"data:\n  train: {data}\n  cache_dir: null", f"output_dir: {tmp / 'run'}", "lora:\n  dropout: 0.1",
              "train:", *(f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in SETTINGS.items())]
     path = tmp / "dpo.yaml"
@@ -39,15 +39,24 @@ def dpo_config(tmp: Path, model_dir: Path) -> Path:
     return path
 
 
+LOGGED = {
+    "dpo": {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"},
+    "simpo": {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"},
+    # KTO reads the pairs as answers, each labelled; its reference point z is logged as kl
+    "kto": {"kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"},
+}
+
+
 @pytest.mark.slow  # starts training subprocesses
-def test_dpo_sigkill_then_resume_is_exact(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("method", ["dpo", "simpo", "kto"])
+def test_dpo_sigkill_then_resume_is_exact(tiny_model_dir, tmp_path, method):
     from lorakit.config_file import load_config
 
-    reference_config = dpo_config(tmp_path / "reference", tiny_model_dir)
+    reference_config = dpo_config(tmp_path / "reference", tiny_model_dir, method)
     summary = run_on_one_thread(load_config(reference_config))
     expected = adapter(tmp_path / "reference" / "run")
 
-    config = dpo_config(tmp_path / "killed", tiny_model_dir)
+    config = dpo_config(tmp_path / "killed", tiny_model_dir, method)
     run_dir = tmp_path / "killed" / "run"
     proc = start_training(config)
     wait_for_checkpoint(run_dir / "checkpoints", proc)
@@ -61,12 +70,12 @@ def test_dpo_sigkill_then_resume_is_exact(tiny_model_dir, tmp_path):
                              capture_output=True, text=True, timeout=600, env=CHILD_ENV)
     assert resumed.returncode == 0, resumed.stderr
     got = json.loads((run_dir / "summary.json").read_text())
-    assert got["resumed_from"] == str(killed_at) and got["method"] == "dpo"
+    assert got["resumed_from"] == str(killed_at) and got["method"] == method
     assert_same_adapter(adapter(run_dir), expected)
     assert_same_totals(got, summary)
     rows = [r for r in metrics(run_dir) if "loss" in r]
     assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
-    assert all({"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(r) for r in rows)
+    assert all(LOGGED[method] <= set(r) for r in rows)
 
 
 def test_dpo_from_an_sft_run_keeps_that_adapter_as_reference_and_saves_only_its_own(tiny_model_dir, tmp_path):

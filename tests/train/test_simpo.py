@@ -9,10 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import TrainingArguments
 
 from lorakit.data.collate import PadCollator, PairCollator
 from lorakit.model.loss import sequence_logps
-from lorakit.train.methods.simpo import pair_losses, simpo_loss
+from lorakit.config import SimPOConfig
+from lorakit.train.methods.simpo import SimPO, simpo_loss
+from lorakit.train.trainer import LorakitTrainer
 from tests.conftest import tiny_lora_model
 from tests.train.test_preference import encoded_pairs, logp_by_hand
 
@@ -35,7 +38,7 @@ def test_the_docstrings_worked_example():
 
 
 @pytest.mark.parametrize(("gamma", "smoothing"), [(0.5, 0.0), (1.5, 0.1)])
-def test_simpo_loss_equals_the_formula_on_separately_computed_logps(tiny_model_dir, gamma, smoothing):
+def test_simpo_loss_equals_the_formula_on_separately_computed_logps(tiny_model_dir, tmp_path, gamma, smoothing):
     _, pairs = three_pairs()
     model = tiny_lora_model(tiny_model_dir)
     beta = 2.0
@@ -46,8 +49,10 @@ def test_simpo_loss_equals_the_formula_on_separately_computed_logps(tiny_model_d
         rejected.append(beta * pr / nr)
         z = chosen[-1] - rejected[-1] - gamma
         expected.append(-(1 - smoothing) * log_sigmoid(z) - smoothing * log_sigmoid(-z))
-    sums, counts = sequence_logps(model, PairCollator(0)(pairs))
-    losses, values = pair_losses(sums, counts, beta, gamma, smoothing)
+    method = SimPO(SimPOConfig(beta=beta, gamma=gamma, label_smoothing=smoothing))
+    step = LorakitTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                                              report_to="none"), method=method)
+    losses, values = method.pair_losses(step, model, PairCollator(0)(pairs))
 
     def close(actual, wanted):
         torch.testing.assert_close(actual.double(), torch.tensor(wanted, dtype=torch.double), rtol=1e-4, atol=1e-5)

@@ -130,7 +130,7 @@ class DataConfig(Section):
         "auto", "alpaca", "dolly", "prompt_completion", "text", "messages", "sharegpt", "preference"
     ] = Field(
         "auto", description="Sample shape; 'auto' detects it from each source's columns ('preference': pairs of "
-        "answers, for method dpo and orpo)."
+        "answers, for methods dpo, orpo, simpo and kto)."
     )
     columns: dict[str, str] = Field(
         default_factory=dict,
@@ -258,10 +258,10 @@ class EvalConfig(Section):
 
 
 class PreferenceConfig(Section):
-    """How method dpo and orpo weigh the chosen answer against the rejected one."""
+    """How methods dpo, orpo and kto weigh the answers to learn against those to unlearn."""
 
-    beta: float = Field(0.1, gt=0, description="DPO: how far the tuned model may move from the reference; higher: "
-                        "closer to it.")
+    beta: float = Field(0.1, gt=0, description="DPO and KTO: how far the tuned model may move from the reference; "
+                        "higher: closer to it.")
     loss: Literal["sigmoid", "ipo"] = Field(
         "sigmoid", description="DPO loss: sigmoid (the DPO paper's) or ipo (squared distance to 1/(2 beta), on "
         "per-token mean log-probs).",
@@ -270,6 +270,23 @@ class PreferenceConfig(Section):
         0.1, gt=0, validation_alias=AliasChoices("lambda", "orpo_lambda"),
         description="ORPO (written 'lambda'): weight of the odds-ratio term beside the SFT loss on the chosen answer.",
     )
+    desirable_weight: float = Field(
+        1.0, gt=0, description="KTO: weight of the desirable answers' loss. With more desirable than undesirable "
+        "answers, lower it (or raise undesirable_weight) so the two kinds weigh about the same in all.",
+    )
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of the undesirable answers' loss.")
+
+
+class SimPOConfig(Section):
+    """How method simpo compares the chosen answer with the rejected one (no reference model)."""
+
+    beta: float = Field(2.0, gt=0, description="Scale of the reward, beta x the answer's per-token mean log-prob "
+                        "(the paper's 2.0 for base models).")
+    gamma: float = Field(0.5, ge=0, description="The margin, in reward units, by which the chosen answer's reward "
+                         "must beat the rejected one's (as TRL's simpo_gamma; the paper's repository sets "
+                         "gamma/beta instead).")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="The chance that a pair's label is wrong (0: "
+                                   "trust every pair).")
 
 
 class RunConfig(Section):
@@ -280,11 +297,13 @@ class RunConfig(Section):
         None, strict=False, json_schema_extra=RESUMABLE, description="Default: runs/<name>; always set once validated."
     )
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the model's initialisation and the training order.")
-    method: Literal["sft", "dpo", "orpo", "grpo"] = Field(
-        "sft", description="sft: learn the answers; dpo, orpo: learn which of two answers is better (pairs data); "
-        "grpo: learn from reward functions' scores of sampled answers (prompts data).",
+    method: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
+        "sft", description="sft: learn the answers; dpo, orpo, simpo: learn which of two answers is better (pairs "
+        "data); kto: learn from answers labelled desirable or undesirable (or pairs, split); grpo: learn from "
+        "reward functions' scores of sampled answers (prompts).",
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    simpo: SimPOConfig = Field(default_factory=SimPOConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -298,18 +317,6 @@ class RunConfig(Section):
         # Checked here, not after training, so a missing file list costs no training time.
         if self.eval.at_end and not self.data.eval:
             raise ValueError("eval.at_end needs held-out samples: set data.eval to one or more files")
-        return self
-
-    @model_validator(mode="after")
-    def _pairs_for_preference(self) -> RunConfig:
-        if self.method == "sft" and self.data.format == "preference":
-            raise ValueError("data.format=preference holds pairs of answers: train them with method: dpo or orpo")
-        if self.method not in ("sft", "grpo") and self.data.format not in ("auto", "preference"):
-            raise ValueError(f"method: {self.method} trains on pairs of answers (prompt, chosen, rejected); "
-                             f"data.format={self.data.format} is not such a shape: use auto or preference")
-        if self.method != "sft" and (self.train.packing or self.train.group_by_length):
-            raise ValueError(f"method: {self.method} keeps each pair's two answers in one batch: train.packing and "
-                             "train.group_by_length do not apply; set them to false")
         return self
 
     @model_validator(mode="after")

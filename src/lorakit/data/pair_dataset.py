@@ -23,7 +23,7 @@ from lorakit.data.pairs import (
 )
 from lorakit.data.records import Record
 from lorakit.data.report import MAX_EXAMPLES, DataReport, Finding
-from lorakit.data.samples import SAMPLES
+from lorakit.data.samples import SAMPLES, Sample
 from lorakit.data.shapes import Conversation
 from lorakit.data.sources import as_source, read_source
 from lorakit.templates import ChatTemplate
@@ -53,6 +53,15 @@ def holds_pairs(sources: Sequence[DataSource | Path | str], cfg: DataConfig) -> 
         if not record.problem:
             return is_pair(record.fields, cfg.columns)
     return False
+
+
+def dropped_whole(report: DataReport, reason: str, code: str, what: str) -> list[Finding]:
+    """The warning for rows dropped whole as too long (``what`` follows their count), if there were any."""
+    long = report.dropped[reason]
+    if not long:
+        return []
+    return [Finding("warning", code, f"{long} {what}; raise data.max_length to keep them", long,
+                    report.examples[reason])]
 
 
 class PairRows:
@@ -93,15 +102,13 @@ class PairRows:
         return [encoded.chosen, encoded.rejected]
 
     def encode_findings(self, report: DataReport, settings: EncodeSettings) -> list[Finding]:
-        long = report.dropped[TOO_LONG]
-        if not long:
-            return []
-        return [Finding(
-            "warning", "pair_too_long",
-            f"{long} pairs had a side longer than data.max_length={settings.max_length} and were dropped whole "
-            "(a cut answer would be compared against a whole one); raise data.max_length to keep them",
-            long, report.examples[TOO_LONG],
-        )]
+        return dropped_whole(report, TOO_LONG, "pair_too_long",
+                             f"pairs had a side longer than data.max_length={settings.max_length} and were dropped "
+                             "whole (a cut answer would be compared against a whole one)")
+
+    def references(self, pairs: list[Pair]) -> list[Sample]:
+        """Each pair's prompt with its chosen answer: what generations are scored against."""
+        return [Sample(p.conversation("chosen"), p.origin, record=p.record) for p in pairs]
 
     def diagnose(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, pairs: list[Pair],
                  encoded: list[EncodedPair], report: DataReport) -> list[Finding]:

@@ -72,6 +72,9 @@ class Rows(Protocol):
 
     def encode_findings(self, report: DataReport, settings: EncodeSettings) -> list[Finding]: ...
 
+    def references(self, rows: list[Any]) -> list[Any]:
+        """The samples (``data.samples.Sample``) that eval's generations are scored against."""
+
     def diagnose(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, rows: list[Any],
                  encoded: list[Any], report: DataReport) -> list[Finding]:
         """The doctor's findings about the encoded training split."""

@@ -23,6 +23,7 @@ from lorakit.data.encode import PROMPT_ONLY, Encoded
 from lorakit.data.encode_cache import EncodeSettings
 from lorakit.data.records import Record
 from lorakit.data.report import DataReport, Finding
+from lorakit.data.samples import Sample
 from lorakit.labels import IGNORE_INDEX
 from lorakit.data.shapes import COLUMN_NAMES, Conversation, RecordView, detect_shape, to_content, to_prompt
 from lorakit.templates import ChatTemplate
@@ -120,6 +121,11 @@ class PromptRows:
 
     def encode_findings(self, report: DataReport, settings: EncodeSettings) -> list[Finding]:
         return []
+
+    def references(self, rows: list[PromptRow]) -> list[Sample]:
+        """The prompts that carry a reference, answered by it: what eval scores generations against."""
+        return [Sample([*row.conversation, {"role": "assistant", "content": row.columns["reference"]}], row.origin,
+                       record=row.columns) for row in rows if isinstance(row.columns.get("reference"), str)]
 
     def diagnose(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, rows: list[PromptRow],
                  encoded: list[EncodedPrompt], report: DataReport) -> list[Finding]:

@@ -105,6 +105,9 @@ class SampleRows:
     def encode_findings(self, report: DataReport, settings: EncodeSettings) -> list[Finding]:
         return []  # the doctor (``diagnose``) reads the drops and cuts of the training split
 
+    def references(self, samples: list[Sample]) -> list[Sample]:
+        return samples
+
     def diagnose(self, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, samples: list[Sample],
                  encoded: list[Encoded], report: DataReport) -> list[Finding]:
         return diagnose(tokenizer, template, encoded, report, has_conversations=any(s.text is None for s in samples),

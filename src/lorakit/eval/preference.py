@@ -16,16 +16,10 @@ from lorakit.data.pairs import EncodedPair, Pair
 from lorakit.data.pipeline import encode_rows, kept
 from lorakit.data.records import DataError
 from lorakit.data.report import DataReport
-from lorakit.data.samples import Sample
 from lorakit.eval.compare import Comparison, MetricRow
 from lorakit.infer.session import Session
 from lorakit.data.collate import PairCollator
 from lorakit.model.loss import selective_loss_supported, sequence_logps
-
-
-def as_samples(pairs: list[Pair]) -> list[Sample]:
-    """Each pair's prompt with its chosen answer: what generations are scored against."""
-    return [Sample(p.conversation("chosen"), p.origin, record=p.record) for p in pairs]
 
 
 @torch.inference_mode()

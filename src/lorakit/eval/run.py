@@ -38,22 +38,21 @@ def evaluate(
 ) -> Comparison:
     """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md.
 
-    ``reads``: the rows the run's method reads. Files of pairs (a dpo or orpo run's, or any with
-    chosen/rejected) also get preference accuracy; their generations are scored against the chosen
-    answer. ``scorer``: ``settings.scorer`` already loaded. ``rewards``: a GRPO run's reward functions, each
-    averaged over the answers as a row of the table. A method whose rows eval cannot compare (GRPO's
-    prompts) is evaluated on the samples of those files that carry an answer.
+    ``reads``: the rows the run's method reads. Generations are scored against the rows' references
+    (a pair's chosen answer, a desirable answer). Files of pairs (a dpo or orpo run's, or any with
+    chosen/rejected) also get preference accuracy. ``scorer``: ``settings.scorer`` already loaded.
+    ``rewards``: a GRPO run's reward functions, each averaged over the answers as a row of the table.
     """
     if not files:
         raise EvalError("no evaluation data: pass --data FILE or set data.eval")
     if scorer is None and settings.scorer:
         # The scorer loads first: a typo in its name should fail before minutes of generation.
         scorer = load_scorer(settings.scorer)
-    kind = rows_to_read(files, data, reads if reads in (SAMPLES, PAIRS) else SAMPLES)
+    kind = rows_to_read(files, data, reads)
     # Eval scores the answer before an unanswered last user turn, which is removed whatever train_on says.
     rows, unusable = read_all(files, data.model_copy(update={"train_on": "all_assistant"}), kind)
     pairs = rows if kind is PAIRS else None
-    samples = preference.as_samples(pairs) if pairs is not None else rows
+    samples = kind.references(rows)
     if settings.limit is not None and settings.limit < len(samples):
         log.info("eval: scoring the first %d of %d samples (limit)", settings.limit, len(samples))
         samples = samples[: settings.limit]

@@ -12,13 +12,16 @@ import logging
 import math
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, set_seed
 
 from lorakit.config import ConfigError, RunConfig
-from lorakit.data.pipeline import build_splits
+from lorakit.data.pipeline import Splits, build_splits
+from lorakit.data.report import DataReport
 from lorakit.eval.run import evaluate_at_end
 from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.hardware.memory import cuda_peak_bytes, peak_rss_bytes
@@ -34,7 +37,7 @@ from lorakit.run import SAVED_ADAPTER, TRAINED_BY, RunFolder, RunSummary, of_che
 from lorakit.train import checkpoints, distributed, run_folder
 from lorakit.train.callbacks import LossPlot, MetricsLog, RichProgress, StopOnInterrupt
 from lorakit.train.methods import Method, method_for
-from lorakit.train.plan import resolve_plan
+from lorakit.train.plan import Plan, resolve_plan
 from lorakit.train.preference import start_from_adapter
 from lorakit.train.tracking import close_trackers, tracker_callbacks
 from lorakit.train.trainer import LorakitTrainer, training_arguments
@@ -130,7 +133,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     text = training_setup(cfg.model, cfg.data)
     tokenizer, template = text.tokenizer, text.template
     method.use_text(tokenizer, template)
-    splits = build_splits(cfg.data, tokenizer, template, method.rows)  # samples, or pairs of answers: what it reads
+    splits = build_splits(cfg.data, tokenizer, template, method.rows)  # samples, pairs, answers: what it reads
     for report in splits.reports:
         for line in report.lines():
             log.info("data %s", line)
@@ -149,23 +152,8 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     plan = resolve_plan(cfg.model, cfg.train, cfg.method, model)
     log.info("plan (train/plan.py: what each setting comes to here):\n  %s", "\n  ".join(plan.lines()))
-    precision = plan.precision.value
 
-    args = training_arguments(cfg.train, out, cfg.seed, precision, on_gpu, has_eval=bool(splits.eval),
-                              quantized=is_quantized(base))
-    trainer = LorakitTrainer(
-        model=model,
-        args=args,
-        train_dataset=method.train_rows(splits.train),
-        eval_dataset=splits.eval or None,
-        data_collator=method.collator(tokenizer.pad_token_id, cfg.train.packing),
-        method=method,
-        on_nonfinite=cfg.train.on_nonfinite,
-        keep_checkpoints=cfg.train.save_total_limit,
-        selective_loss=cfg.train.selective_loss,
-        loss_chunk_size=cfg.train.loss_chunk_size,
-        **plan.trainer_options(),
-    )
+    trainer = _trainer(cfg, method, model, tokenizer.pad_token_id, splits, plan, on_gpu, is_quantized(base))
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; our bar and metrics.jsonl replace it
     if resume_from is not None:
         trainer.resume_totals(resume_from)  # so the summary counts the steps before the resume too
@@ -174,16 +162,8 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
         log.info("resuming from %s", resume_from)
     stopper = StopOnInterrupt()
     trackers = tracker_callbacks(cfg.train.report_to, out) if main else []
-    for callback in [
-        MetricsLog(run.metrics_file, trainer.count, fresh=resume_from is None and main,
-                   perplexity=method.perplexity),
-        LossPlot(run.metrics_file, run.plot_file),
-        stopper,
-        *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
-        *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
-        *trackers,
-        *hooks,
-    ]:
+    for callback in [*_callbacks(cfg, trainer, run, method, stopper, fresh=resume_from is None and main),
+                     *trackers, *hooks]:
         trainer.add_callback(callback)
 
     # --- train
@@ -209,13 +189,11 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
         close_trackers(trackers, ok=finished)  # a failed run is marked failed in the tracker, not left open
 
     # The whole run's counts: a resumed run starts from its checkpoint's (see LorakitTrainer.resume_totals).
-    tokens, loss_tokens = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
-    train_loss = trainer.whole_run_train_loss()
+    # Collectives: every rank takes part before the others return.
+    totals = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
+    trained = Trained(result.global_step, trainer.whole_run_train_loss(), eval_loss, elapsed, *totals)
     if not main:
-        return RunSummary(result.global_step, train_loss, eval_loss)
-    # Speeds are this session's: the tokens trained since it started over its time.
-    session_tokens = tokens - trainer.before_resume.tokens
-    session_loss_tokens = loss_tokens - trainer.before_resume.loss_tokens
+        return RunSummary(trained.steps, trained.train_loss, trained.eval_loss)
 
     # --- save: the adapter in peft's layout (the best one when keep_best), the tokenizer
     # carrying the template we trained with (so chat and serving render exactly the same
@@ -224,25 +202,81 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     with staged_into(out, "the trained adapter and tokenizer") as job:
         model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a frozen reference
         tokenizer.save_pretrained(job.tmp)
+    summary = _summary(cfg, method, trainer, model, trained, template.name, plan, splits.reports, reserved_before)
+    summary.resumed_from = str(resume_from) if resume_from else None
+    run.write_summary(summary)
+    return summary
+
+
+def _trainer(cfg: RunConfig, method: Method, model: PeftModel, pad_token_id: int, splits: Splits, plan: Plan,
+             on_gpu: bool, quantized: bool) -> LorakitTrainer:
+    """The Trainer, told the run's settings, the method and the plan."""
+    args = training_arguments(cfg.train, cfg.output_dir, cfg.seed, plan.precision.value, on_gpu,
+                              has_eval=bool(splits.eval), quantized=quantized)
+    return LorakitTrainer(
+        model=model,
+        args=args,
+        train_dataset=method.train_rows(splits.train),
+        eval_dataset=method.train_rows(splits.eval) or None,
+        data_collator=method.collator(pad_token_id, cfg.train.packing),
+        method=method,
+        on_nonfinite=cfg.train.on_nonfinite,
+        keep_checkpoints=cfg.train.save_total_limit,
+        selective_loss=cfg.train.selective_loss,
+        loss_chunk_size=cfg.train.loss_chunk_size,
+        **plan.trainer_options(),
+    )
+
+
+@dataclass
+class Trained:
+    """What the training loop came to, for the summary."""
+
+    steps: int
+    train_loss: float
+    eval_loss: float | None
+    seconds: float
+    tokens: int  # the whole run's, over every process
+    loss_tokens: int
+
+
+def _callbacks(cfg: RunConfig, trainer: LorakitTrainer, run: RunFolder, method: Method, stopper: StopOnInterrupt,
+               fresh: bool) -> list[TrainerCallback]:
+    """What watches the run: metrics.jsonl and its plot, Ctrl-C, the progress bar, early stopping."""
+    return [
+        MetricsLog(run.metrics_file, trainer.count, fresh=fresh, perplexity=method.perplexity),
+        LossPlot(run.metrics_file, run.plot_file),
+        stopper,
+        *([RichProgress(trainer.count)] if cfg.train.progress_bar else []),
+        *([EarlyStoppingCallback(cfg.train.early_stopping_patience)] if cfg.train.early_stopping_patience else []),
+    ]
+
+
+def _summary(cfg: RunConfig, method: Method, trainer: LorakitTrainer, model: PeftModel, trained: Trained,
+             template: str, plan: Plan, reports: list[DataReport], reserved_before: int) -> RunSummary:
+    """summary.json: the whole run's counts and losses, this session's speeds, the model's size, the plan."""
+    # Speeds are this session's: the tokens trained since it started over its time.
+    session_tokens = trained.tokens - trainer.before_resume.tokens
+    session_loss_tokens = trained.loss_tokens - trainer.before_resume.loss_tokens
+    elapsed, eval_loss = trained.seconds, trained.eval_loss
     trainable, total = model.get_nb_trainable_parameters()
     cuda_peak = cuda_peak_bytes()
-    summary = RunSummary(
+    return RunSummary(
         base_model=cfg.model.name,
         method=cfg.method,
-        template=template.name,
-        precision=precision,
-        weights_dtype=str(base.dtype).removeprefix("torch."),
-        steps=result.global_step,
-        train_loss=train_loss,
+        template=template,
+        precision=plan.precision.value,
+        weights_dtype=str(model.get_base_model().dtype).removeprefix("torch."),
+        steps=trained.steps,
+        train_loss=trained.train_loss,
         eval_loss=eval_loss,
         eval_perplexity=math.exp(eval_loss) if eval_loss is not None and eval_loss < 50 and method.perplexity
         else None,
         best_checkpoint=trainer.state.best_model_checkpoint,
         skipped_steps=trainer.skipped_steps,
-        resumed_from=str(resume_from) if resume_from else None,
         train_seconds=round(elapsed, 2),
-        tokens_seen=tokens,
-        loss_tokens_seen=loss_tokens,
+        tokens_seen=trained.tokens,
+        loss_tokens_seen=trained.loss_tokens,
         tokens_per_second=round(session_tokens / elapsed, 1) if elapsed > 0 else None,
         loss_tokens_per_second=round(session_loss_tokens / elapsed, 1) if elapsed > 0 else None,
         peak_rss_bytes=peak_rss_bytes(),
@@ -251,11 +285,9 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
         trainable_parameters=trainable,
         total_parameters=total,
         memory_footprint_bytes=model.get_memory_footprint(),
-        data=[r.as_dict() for r in splits.reports],
+        data=[r.as_dict() for r in reports],
         compiled_from_step=trainer.compiling.report.compiled_from_step,
         compile_seconds=trainer.compiling.report.compile_seconds,
         compile_note=trainer.compiling.report.reason,
         plan=plan.as_dict(),
     )
-    run.write_summary(summary)
-    return summary

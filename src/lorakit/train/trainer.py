@@ -34,8 +34,9 @@ from lorakit.train.methods.base import Batch, Method, Values
 from lorakit.train.passes import PassRunner
 from lorakit.train.preference import REFERENCE
 from lorakit.transformers_internals import (
-    LoopStateCheck, check_installed, initial_global_step, logged_loss, output_dir, pending_loss, prepare_inputs,
+    LoopStateCheck, check_installed, initial_global_step, logged_loss, pending_loss, prepare_inputs,
 )
+from lorakit.transformers_internals import output_dir as checkpoints_root  # _save has an output_dir argument
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,8 @@ class LorakitTrainer(Trainer):
             # (GRPO's sampling, KTO's KL rows) is then the same in a run resumed before this step.
             self.passes.restore()
             batches = self.method.prepare_step(self, self.model_wrapped, batches)
-        return batches, self._get_num_items_in_batch(batches, device)
+        # The Trainer's own collects the prepared batches and counts their items (the override below).
+        return super().get_batch_samples(iter(batches), len(batches), device)
 
     # --- the loss: the method's
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
@@ -300,7 +302,7 @@ class LorakitTrainer(Trainer):
         shutil.rmtree(Path(output_dir or self.args.output_dir) / REFERENCE, ignore_errors=True)
 
     def _save_checkpoint(self, model, trial):
-        run_dir = output_dir(self, trial)
+        run_dir = checkpoints_root(self, trial)
         folder = checkpoints.step_folder(run_dir, self.state.global_step)
         if self.args.should_save:
             # A run resumed from an older checkpoint writes this step's folder again (over a newer

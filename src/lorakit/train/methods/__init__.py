@@ -9,12 +9,16 @@ from lorakit.config import RunConfig
 from lorakit.train.methods.base import Method
 from lorakit.train.methods.dpo import DPO
 from lorakit.train.methods.grpo import GRPO
+from lorakit.train.methods.kto import KTO
 from lorakit.train.methods.orpo import ORPO
 from lorakit.train.methods.sft import SFT
+from lorakit.train.methods.simpo import SimPO
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, DPO, ORPO, GRPO)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SFT, DPO, ORPO, SimPO, KTO, GRPO)}
 
 
 def method_for(cfg: RunConfig) -> Method:
-    """The configured method, with its settings."""
-    return METHODS[cfg.method].from_config(cfg)
+    """The configured method, with its settings; a ConfigError for settings it cannot train with."""
+    method = METHODS[cfg.method]
+    method.check(cfg)
+    return method.from_config(cfg)

@@ -35,15 +35,15 @@ last log (each key its own count, so a value may be given for some of a batch's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch.utils.data import Sampler
 
-from lorakit.config import RunConfig
+from lorakit.config import ConfigError, RunConfig
 from lorakit.data.pipeline import Rows
 
 Batch = dict[str, torch.Tensor]
@@ -98,12 +98,16 @@ class Method:
         """The run's tokenizer and chat template, for a method that renders or decodes text itself
         (GRPO samples and decodes completions); the default needs neither."""
 
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        """Refuse, with a ConfigError, settings this method cannot train with; checked when the config loads."""
+
     def collator(self, pad_token_id: int, packing: bool) -> Callable[[Sequence[Any]], Batch]:
         """Turns a list of encoded rows into one batch of tensors."""
         raise NotImplementedError
 
     def train_rows(self, encoded: list[Any]) -> list[Any]:
-        """What the Trainer's data loader holds, from the encoded training split."""
+        """What the Trainer's data loaders hold, from an encoded split (the training one, the eval one)."""
         return encoded
 
     def train_sampler(self, size: int, step_rows: int, seed: int) -> Sampler | None:
@@ -148,6 +152,29 @@ class Method:
         None when the Trainer does not count them (then the batch is its own step).
         """
         raise NotImplementedError
+
+
+def refuse_rows_of_one_kind(cfg: RunConfig, method: str, formats: tuple[str, ...], unit: str) -> None:
+    """The refusals of a method whose batches keep rows together (the answers of a pair): the data shapes it
+    reads, and no packing or grouping by length, which would part them."""
+    if cfg.data.format not in formats:
+        raise ConfigError(f"method: {method} trains on {unit}; data.format={cfg.data.format} is not such a shape: "
+                          f"use {' or '.join(formats)}")
+    if cfg.train.packing or cfg.train.group_by_length:
+        raise ConfigError(f"method: {method} keeps each pair's two answers in one batch: train.packing and "
+                          "train.group_by_length do not apply; set them to false")
+
+
+@contextmanager
+def without_dropout(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model in eval mode for a while: for scoring in ``prepare_step``, which must not draw random numbers,
+    since on resume the Trainer restores its RNG only after the first step's batches are prepared."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def step_share(losses: torch.Tensor, num_items: torch.Tensor | int | None) -> torch.Tensor:

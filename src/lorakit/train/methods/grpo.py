@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Sampler
 
-from lorakit.config import GenerationConfig, GRPOConfig, RunConfig
+from lorakit.config import ConfigError, GenerationConfig, GRPOConfig, RunConfig
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
 from lorakit.data.prompt_rows import PROMPTS, EncodedPrompt
@@ -141,6 +141,12 @@ class GRPO(Method):
     def from_config(cls, cfg: RunConfig) -> GRPO:
         rewards = load_rewards(cfg.grpo.rewards, cfg.grpo.max_completion_length)
         return cls(cfg.grpo, rewards, cfg.seed, cfg.train.logging_steps, cfg.output_dir)
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.train.packing or cfg.train.group_by_length:
+            raise ConfigError("method: grpo samples its answers in groups per prompt: train.packing and "
+                              "train.group_by_length do not apply; set them to false")
 
     def use_text(self, tokenizer, template):
         self.tokenizer, self.stop_ids = tokenizer, template.end_token_ids

@@ -20,78 +20,33 @@ averaged, log-probs; the same rotation of answers; the same clamp; the same logg
 
 Rows are read as ``{"prompt": ..., "completion": ..., "label": true|false}``, prompt and completion
 as text or lists of turns (TRL's unpaired preference format), or as DPO pairs, each split into
-its chosen answer (desirable) and its rejected one (undesirable).
+its chosen answer (desirable) and its rejected one (undesirable): ``data/answers.py``.
+
+One difference from TRL, on purpose: TRL estimates z from each micro-batch, so with gradient
+accumulation its loss depends on how a step is split. Here z is estimated once per optimizer
+step from all of the step's answers (``prepare_step``), and the mismatched rows rotate over the
+whole step, so accumulated micro-batches, split passes and one large batch give the same loss.
+Evaluation, which has no steps, estimates z from each eval batch, as TRL does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 import torch
 
+from lorakit.config import ConfigError, PreferenceConfig, RunConfig
+from lorakit.data.answers import ANSWERS, EncodedAnswer
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
-from lorakit.data.pairs import is_pair, to_pair
-from lorakit.data.records import Record
-from lorakit.data.shapes import RecordView, to_content
 from lorakit.labels import IGNORE_INDEX
-from lorakit.templates import Conversation
+from lorakit.train.methods.base import (
+    Batch, Method, Step, refuse_rows_of_one_kind, step_share, without_dropout,
+)
+from lorakit.train.microbatch import plan
+from lorakit.train.preference import reference_model
 
-Batch = dict[str, torch.Tensor]
-
-
-@dataclass
-class Answer:
-    """One answer to a prompt, and whether it is the kind of answer to learn (desirable) or to unlearn."""
-
-    prompt: Conversation  # ends with the turn the answer replies to
-    completion: str
-    desirable: bool
-    origin: str
-
-    def conversation(self) -> Conversation:
-        return [*self.prompt, {"role": "assistant", "content": self.completion}]
-
-    def key(self) -> tuple:
-        """Equal for rows that train the same thing; used to find repeats and eval leaks."""
-        return (*((m["role"], m["content"]) for m in self.prompt), self.completion, self.desirable)
-
-
-def to_answers(record: Record, system_prompt: str | None, columns: Mapping[str, str] | None = None
-               ) -> list[Answer]:
-    """The labelled answers of one record: one for a labelled row, two for a pair.
-
-    A pair (``chosen`` and ``rejected`` columns) reads as ``data.pairs.to_pair`` reads it, and may
-    raise its ``PairSkipped``. Anything else is a prompt/completion row (``data.shapes``) with a
-    boolean ``label``; a malformed one raises DataError naming the file and line.
-    """
-    columns = columns or {}
-    if is_pair(record.fields, columns):
-        pair = to_pair(record, system_prompt, columns)
-        return [Answer(pair.prompt, pair.chosen, True, pair.origin),
-                Answer(pair.prompt, pair.rejected, False, pair.origin)]
-    view = RecordView(record, columns)
-    label = view.raw("label")
-    if not isinstance(label, bool):
-        got = "nothing" if label is None else f"{label!r:.40}"
-        raise view.fail(
-            f"field {view.label('label')} must be true (a desirable answer) or false (an undesirable one), got "
-            f"{got}; or give pairs of answers as prompt/chosen/rejected"
-        )
-    conversation = to_content(record, "prompt_completion", system_prompt, columns)
-    *prompt, answer = conversation
-    if answer["role"] != "assistant":
-        raise view.fail(f"{view.label('completion')} must end with the assistant's answer, not a {answer['role']} turn")
-    if prompt[-1]["role"] == "assistant":
-        raise view.fail("the prompt ends with an assistant turn; the completion must reply to a user turn")
-    return [Answer(prompt, answer["content"], label, record.origin())]
-
-
-@dataclass
-class EncodedAnswer:
-    encoded: Encoded  # the prompt and the answer, only the answer (and its end of turn) trained
-    desirable: bool
+_SEQUENCE = ("input_ids", "labels", "attention_mask")
 
 
 def collate(batch: Sequence[EncodedAnswer], pad_token_id: int) -> Batch:
@@ -174,17 +129,93 @@ def kto_loss(
     return torch.where(desirable, wanted, unwanted), (beta * logratios).detach()
 
 
-def kto_metrics(rewards: torch.Tensor, policy_logps: torch.Tensor, desirable: torch.Tensor,
-                kl: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One batch's logged values, as TRL logs them: the means of rewards and log-probs over the desirable
-    rows (``rewards/chosen``, ``logps/chosen``) and over the undesirable ones (``…/rejected``), their
-    margin when the batch has both kinds, and ``kl``.
-    """
-    values = {"kl": kl.detach()}
-    for name, rows in (("chosen", desirable), ("rejected", ~desirable)):
-        if rows.any():
-            values[f"rewards/{name}"] = rewards[rows].mean()
-            values[f"logps/{name}"] = policy_logps[rows].detach().mean()
-    if desirable.any() and not desirable.all():
-        values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
-    return values
+def split_answers(inputs: Batch, budget: int) -> list[Batch]:
+    """Padding-free passes (see ``microbatch``) of a batch of answers, its row mask and its z carried along."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    groups = plan(lengths, budget)
+    if len(groups) == 1:
+        return [inputs]
+    passes = []
+    for rows in groups:
+        width = max(lengths[k] for k in rows)
+        passes.append({key: value if value.dim() == 0 else value[rows] if value.dim() == 1 else value[rows, :width]
+                       for key, value in inputs.items()})
+    return passes
+
+
+class KTO(Method):
+    name = "kto"
+    rows = ANSWERS
+    item = "answer"
+    reference = True
+
+    def __init__(self, settings: PreferenceConfig, max_length: int | None):
+        self.settings = settings
+        self.max_length = max_length  # a mismatched row longer than this is cut at its end, as TRL cuts it
+        self.pad_token_id = 0
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> KTO:
+        return cls(cfg.preference, cfg.data.max_length)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        refuse_rows_of_one_kind(cfg, cls.name, ("auto", "preference", "prompt_completion"),
+                                "answers labelled desirable or undesirable (prompt, completion, label), or pairs")
+        if cfg.train.batch_size * cfg.train.grad_accum < 2:
+            raise ConfigError("method: kto estimates its reference point from other answers of the same step: "
+                              "train.batch_size x train.grad_accum must be 2 or more")
+
+    def collator(self, pad_token_id, packing):
+        self.pad_token_id = pad_token_id  # the mismatched rows are padded as the batches are
+        return lambda answers: collate(answers, pad_token_id)
+
+    def train_rows(self, encoded: list[list[EncodedAnswer]]) -> list[EncodedAnswer]:
+        return [answer for row in encoded for answer in row]
+
+    def split(self, inputs, budget, packed):
+        return split_answers(inputs, budget)
+
+    def item_count(self, batch):
+        return batch["input_ids"].shape[0]
+
+    def reference_point(self, step: Step, model: torch.nn.Module, batches: Sequence[Batch]) -> torch.Tensor:
+        """z from the mismatched rows of ``batches``, scored a micro-batch's worth of rows at a time."""
+        rows = kl_rows(batches, self.pad_token_id, self.max_length)
+        size = batches[0]["input_ids"].shape[0]
+        policy, reference = [], []
+        with torch.no_grad():
+            for start in range(0, rows["input_ids"].shape[0], size):
+                chunk = {key: value[start:start + size] for key, value in rows.items()}
+                policy.append(step.logps(model, chunk)[0])
+                with reference_model(model) as frozen:
+                    reference.append(step.logps(frozen, chunk)[0])
+        return kl_estimate(torch.cat(policy), torch.cat(reference), average=step.average)
+
+    def prepare_step(self, step, model, batches):
+        # Scored without dropout, unlike TRL's: z is then a function of the weights and the step's
+        # answers alone, so a resumed run estimates it exactly as the uninterrupted one did.
+        with without_dropout(step.unwrap(model)) as scorer:
+            z = self.reference_point(step, scorer, batches)
+        return [{**batch, "kl": z} for batch in batches]
+
+    def loss(self, step, model, inputs, num_items):
+        answers = {key: inputs[key] for key in _SEQUENCE}
+        # Evaluation has no steps: each eval batch estimates its own z, as TRL's does.
+        z = inputs["kl"] if "kl" in inputs else self.reference_point(step, step.unwrap(model), [answers])
+        policy, _ = step.logps(model, answers)
+        with torch.no_grad(), reference_model(step.unwrap(model)) as frozen:
+            ref, _ = step.logps(frozen, answers)
+        desirable = inputs["desirable"]
+        losses, rewards = kto_loss(policy, ref, desirable, z, self.settings.beta,
+                                   self.settings.desirable_weight, self.settings.undesirable_weight)
+        # Per answer, each value only over the answers it is about; the trainer logs each one's mean.
+        values = {"kl": z.reshape(1),
+                  "rewards/chosen": rewards[desirable], "rewards/rejected": rewards[~desirable],
+                  "logps/chosen": policy[desirable].detach(), "logps/rejected": policy[~desirable].detach()}
+        return step_share(losses, num_items), values
+
+    def summarize(self, means):
+        if "rewards/chosen" in means and "rewards/rejected" in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        return means

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from lorakit.config import PreferenceConfig, RunConfig
+from lorakit.config import PreferenceConfig, RunConfig, SimPOConfig
 from lorakit.data.collate import PairCollator
 from lorakit.data.pair_dataset import PAIRS
-from lorakit.train.methods.base import Batch, Method, Step, Values, step_share
+from lorakit.train.methods.base import Batch, Method, Step, Values, refuse_rows_of_one_kind, step_share
 from lorakit.train.microbatch import plan
 
 
@@ -44,12 +44,16 @@ class PairMethod(Method):
     rows = PAIRS
     item = "pair"
 
-    def __init__(self, settings: PreferenceConfig):
+    def __init__(self, settings: PreferenceConfig | SimPOConfig):
         self.settings = settings
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> PairMethod:
         return cls(cfg.preference)
+
+    @classmethod
+    def check(cls, cfg: RunConfig) -> None:
+        refuse_rows_of_one_kind(cfg, cls.name, ("auto", "preference"), "pairs of answers (prompt, chosen, rejected)")
 
     def collator(self, pad_token_id, packing):
         return PairCollator(pad_token_id)

@@ -8,6 +8,7 @@ equally. Only the answer positions are projected to the vocabulary (``model/loss
 
 from __future__ import annotations
 
+from lorakit.config import ConfigError
 from lorakit.data.collate import PackCollator, PadCollator
 from lorakit.data.samples import SAMPLES
 from lorakit.model.loss import answer_only_loss, output_head
@@ -20,6 +21,12 @@ class SFT(Method):
     rows = SAMPLES
     perplexity = True
     compiles = True
+
+    @classmethod
+    def check(cls, cfg):
+        if cfg.data.format == "preference":
+            raise ConfigError("data.format=preference holds pairs of answers: train them with method: dpo or orpo, "
+                              "or with simpo or kto")
 
     def collator(self, pad_token_id, packing):
         return PackCollator() if packing else PadCollator(pad_token_id)

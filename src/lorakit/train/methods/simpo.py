@@ -22,6 +22,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lorakit.config import RunConfig
+from lorakit.train.methods.pairs import PairMethod
+
 
 def simpo_loss(
     chosen_sum: torch.Tensor, chosen_count: torch.Tensor, rejected_sum: torch.Tensor, rejected_count: torch.Tensor,
@@ -42,12 +45,16 @@ def simpo_loss(
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-def pair_losses(sums: torch.Tensor, counts: torch.Tensor, beta: float, gamma: float, label_smoothing: float = 0.0
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per pair, from a pair batch's 2B rows (the B chosen first): the loss, and the values logged about it,
-    named as DPO's."""
-    pairs = sums.shape[0] // 2
-    losses, chosen, rejected = simpo_loss(sums[:pairs], counts[:pairs], sums[pairs:], counts[pairs:],
-                                          beta, gamma, label_smoothing)
-    return losses, {"rewards/chosen": chosen, "rewards/rejected": rejected, "rewards/margins": chosen - rejected,
-                    "rewards/accuracies": (chosen > rejected).float()}
+class SimPO(PairMethod):
+    name = "simpo"
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> SimPO:
+        return cls(cfg.simpo)
+
+    def compare(self, step, model, inputs):
+        sums, counts = step.logps(model, inputs)
+        pairs = sums.shape[0] // 2
+        losses, chosen, rejected = simpo_loss(sums[:pairs], counts[:pairs], sums[pairs:], counts[pairs:],
+                                              self.settings.beta, self.settings.gamma, self.settings.label_smoothing)
+        return losses, chosen, rejected, {}
