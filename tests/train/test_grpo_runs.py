@@ -217,9 +217,11 @@ def test_a_bad_reward_file_stops_before_the_run_folder_is_touched(tiny_model_dir
     cfg = grpo_config(tiny_model_dir, tmp_path, "train.max_steps=1", "train.batch_size=2")
     recipe.run(cfg)
     before = sorted((p.relative_to(cfg.output_dir), p.stat().st_mtime_ns) for p in cfg.output_dir.rglob("*"))
-    bad = grpo_config(tiny_model_dir, tmp_path, "train.max_steps=1", rewards=("missing_function",))
-    with pytest.raises(RewardError, match="has no 'missing_function'"):
-        recipe.run(bad, overwrite=True)
+    with pytest.raises(RewardError, match="has no 'missing_function'"):  # refused as the config loads
+        grpo_config(tiny_model_dir, tmp_path, "train.max_steps=1", rewards=("missing_function",))
+    with pytest.raises(RewardError, match="has no 'missing_function'"):  # and by the recipe, given one in code
+        recipe.run(cfg.model_copy(update={"grpo": cfg.grpo.model_copy(update={"rewards": [
+            cfg.grpo.rewards[0].rpartition(":")[0] + ":missing_function"]})}), overwrite=True)
     assert sorted((p.relative_to(cfg.output_dir), p.stat().st_mtime_ns) for p in cfg.output_dir.rglob("*")) == before
 
 
