@@ -175,6 +175,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     if cfg.eval.scorer and cfg.eval.scorer.rpartition(":")[0].endswith(".py"):
         file, _, function = cfg.eval.scorer.rpartition(":")
         cfg.eval.scorer = f"{fix(Path(file), 'eval.scorer')}:{function}"
+    cfg.grpo.rewards = [f"{fix(Path(spec.rpartition(':')[0]), 'grpo.rewards')}:{spec.rpartition(':')[2]}"
+                        if spec.rpartition(":")[0].endswith(".py") else spec for spec in cfg.grpo.rewards]
     return cfg
 
 

@@ -8,6 +8,7 @@ from typing import get_args
 from lorakit.config import RunConfig
 from lorakit.data.answers import ANSWERS
 from lorakit.data.pair_dataset import PAIRS
+from lorakit.data.prompt_rows import PROMPTS
 from lorakit.data.samples import SAMPLES
 from lorakit.train.methods import METHODS, method_for
 from tests.conftest import REPO
@@ -16,13 +17,14 @@ from tests.conftest import REPO
 def test_the_config_offers_exactly_the_registered_methods():
     assert set(get_args(RunConfig.model_fields["method"].annotation)) == set(METHODS)
     for name, method in METHODS.items():
-        assert method.name == name and method_for(RunConfig(method=name)).name == name
+        settings = {"grpo": {"rewards": ["builtin:valid_json"]}} if name == "grpo" else {}  # it needs a reward
+        assert method.name == name and method_for(RunConfig(method=name, **settings)).name == name
 
 
 def test_what_each_method_reads_and_reports():
     assert {n: m.rows for n, m in METHODS.items()} == {
-        "sft": SAMPLES, "dpo": PAIRS, "orpo": PAIRS, "simpo": PAIRS, "kto": ANSWERS}
-    assert [n for n, m in METHODS.items() if m.reference] == ["dpo", "kto"]  # the reference pass: adapter off
+        "sft": SAMPLES, "dpo": PAIRS, "orpo": PAIRS, "simpo": PAIRS, "kto": ANSWERS, "grpo": PROMPTS}
+    assert [n for n, m in METHODS.items() if m.reference] == ["dpo", "kto", "grpo"]  # the reference pass: adapter off
     assert [n for n, m in METHODS.items() if m.perplexity] == ["sft"]
     assert [n for n, m in METHODS.items() if m.item is None] == ["sft"]  # a mean over answer tokens
 

@@ -164,6 +164,7 @@ def evaluate(
     from lorakit.config import RunConfig
     from lorakit.eval.results import print_comparison
     from lorakit.eval.run import evaluate as run_eval
+    from lorakit.eval.run import run_rewards
     from lorakit.infer.session import open_session
     from lorakit.run import run_or_model
     from lorakit.train.methods import METHODS
@@ -187,5 +188,5 @@ def evaluate(
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
                       output or (Path(target) if is_run else Path.cwd()), console=err,
-                      reads=METHODS[run_cfg.method].rows)
+                      reads=METHODS[run_cfg.method].rows, rewards=run_rewards(run_cfg))
     print_comparison(out, result)

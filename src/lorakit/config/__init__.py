@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
+from lorakit.config.grpo import GRPOConfig
 from lorakit.config.section import EXPAND_HOME, RESUMABLE, Section, resumable_keys
 from lorakit.config.train import TrainConfig
 from lorakit.errors import LorakitError
@@ -296,12 +297,14 @@ class RunConfig(Section):
         None, strict=False, json_schema_extra=RESUMABLE, description="Default: runs/<name>; always set once validated."
     )
     seed: int = Field(42, ge=0, le=SEED_MAX, description="Seed of the model's initialisation and the training order.")
-    method: Literal["sft", "dpo", "orpo", "simpo", "kto"] = Field(
+    method: Literal["sft", "dpo", "orpo", "simpo", "kto", "grpo"] = Field(
         "sft", description="sft: learn the answers; dpo, orpo, simpo: learn which of two answers is better (pairs "
-        "data); kto: learn from answers labelled desirable or undesirable (or pairs, split).",
+        "data); kto: learn from answers labelled desirable or undesirable (or pairs, split); grpo: learn from "
+        "reward functions' scores of sampled answers (prompts).",
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     simpo: SimPOConfig = Field(default_factory=SimPOConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)

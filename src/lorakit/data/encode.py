@@ -109,6 +109,8 @@ def _fit(encoded: Encoded, end_positions: list[int], max_length: int, truncation
 
 
 EMPTY_PROMPT = "empty prompt"
+# data train_on for a prompt to be answered (method grpo): no answer, no label (see ``encode_prompt``).
+PROMPT_ONLY = "prompt"
 
 
 def empty_prompt(conv: Conversation) -> bool:
@@ -127,7 +129,7 @@ def content_problem(conv: Conversation, text: str | None, train_on: str) -> str 
     """Why a sample cannot be trained on, judged from its content alone (no tokenizer needed)."""
     if text is not None:
         return None if text.strip() else "empty text"
-    if train_on != "everything" and not any(m["role"] == "assistant" for m in conv):
+    if train_on not in ("everything", PROMPT_ONLY) and not any(m["role"] == "assistant" for m in conv):
         return "no assistant turn"
     if any(m["role"] == "assistant" and not m["content"].strip() for m in conv):
         return "empty assistant answer"
@@ -170,6 +172,26 @@ def encode_conversation(
     if all(x == IGNORE_INDEX for x in labels):
         raise SampleDropped("no token carries loss")
     return _fit(Encoded(ids, labels, answers_without_end=without_end), end_positions, max_length, truncation)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv: Conversation,
+                  max_length: int, truncation: str = "drop") -> Encoded:
+    """A conversation to be answered: rendered with the generation prompt, as chat and generate render it.
+
+    No token carries a label: the answer is sampled later. Over ``max_length``, ``cut`` keeps the
+    prompt's end (where the answer starts), so the tokens dropped are its earliest.
+    """
+    problem = content_problem(conv, None, PROMPT_ONLY)
+    if problem:
+        raise SampleDropped(problem)
+    ids = tokenizer(template.render(tokenizer, conv, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return Encoded(ids, [IGNORE_INDEX] * len(ids))
+    if truncation == "error":
+        raise ValueError(f"prompt has {len(ids)} tokens, over max_length={max_length} (data.truncation=error)")
+    if truncation == "drop":
+        raise SampleDropped(f"longer than max_length={max_length}")
+    return Encoded(ids[-max_length:], [IGNORE_INDEX] * max_length, cut_tokens=len(ids) - max_length)
 
 
 def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int, truncation: str = "drop") -> Encoded:

@@ -31,7 +31,7 @@ import tokenizers
 import transformers
 from transformers import PreTrainedTokenizerBase
 
-from lorakit.data.encode import Encoded, SampleDropped, encode_conversation, encode_text
+from lorakit.data.encode import PROMPT_ONLY, Encoded, SampleDropped, encode_conversation, encode_prompt, encode_text
 from lorakit.templates import ChatTemplate, Conversation
 
 # Bump whenever encode.py can produce different ids or labels for the same input.
@@ -60,6 +60,8 @@ def encode_one(
     try:
         if text is not None:
             return encode_text(tokenizer, text, settings.max_length, settings.truncation)
+        if settings.train_on == PROMPT_ONLY:
+            return encode_prompt(tokenizer, template, conversation, settings.max_length, settings.truncation)
         return encode_conversation(
             tokenizer, template, conversation, settings.max_length, settings.truncation, settings.train_on
         )

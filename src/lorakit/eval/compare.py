@@ -22,12 +22,14 @@ from lorakit.data.encode_cache import EncodeSettings
 from lorakit.data.pipeline import encode_rows
 from lorakit.data.report import DataReport
 from lorakit.data.samples import Sample
+from lorakit.data.shapes import COLUMN_NAMES
 from lorakit.errors import LorakitError
 from lorakit.eval.metrics import chrf, corpus_scores, normalize, sentence_scores, signatures
 from lorakit.eval.scorer import UserScorer
-from lorakit.infer.generate import generate_batch
+from lorakit.infer.generate import Answer, generate_batch
 from lorakit.infer.session import Session
 from lorakit.model.loss import answer_token_losses
+from lorakit.train.rewards import RewardFunction, score
 
 
 class EvalError(LorakitError, ValueError):
@@ -94,6 +96,7 @@ class Scoring:
     train_on: str = "all_assistant"
     scorer: UserScorer | None = None
     examples: int = 3
+    rewards: list[RewardFunction] = field(default_factory=list)  # a GRPO run's reward functions, each a column
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -135,13 +138,26 @@ def answer_loss(session: Session, samples: list[Sample], max_length: int, batch_
 
 def _answers(
     session: Session, samples: list[Sample], gen: GenerationConfig, progress: Progress | None, task: TaskID | None
-) -> list[str]:
+) -> list[Answer]:
     # Batch by batch rather than one generate_batch call, so the progress bar moves.
-    answers: list[str] = []
+    answers: list[Answer] = []
     for chunk in _chunks([s.conversation[:-1] for s in samples], gen.batch_size):
-        answers += [a.text for a in generate_batch(session.model, session.tokenizer, session.template, chunk, gen)]
+        answers += generate_batch(session.model, session.tokenizer, session.template, chunk, gen)
         _advance(progress, task, len(chunk))
     return answers
+
+
+def reward_scores(rewards: list[RewardFunction], samples: list[Sample], answers: list[Answer]) -> torch.Tensor:
+    """(samples, functions) scores of the answers, NaN where a function does not score one; each function
+    sees the sample's columns and its reference as GRPO training does."""
+    names = sorted({k for s in samples for k in s.record} - set(COLUMN_NAMES))
+    columns: dict[str, list] = {name: [s.record.get(name) for s in samples] for name in names}
+    if "reference" not in columns:
+        columns["reference"] = [s.conversation[-1]["content"] for s in samples]
+    columns["completion_ids"] = [a.token_ids for a in answers]
+    columns["truncated"] = [a.finish_reason == "length" for a in answers]
+    return score(rewards, [_last_user_turn(s) for s in samples], [a.text for a in answers], columns,
+                 [s.origin for s in samples])
 
 
 def _usable(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[str]]]:
@@ -178,14 +194,19 @@ def _run_side(
 ) -> tuple[list[SideResult], dict[str, float | None]]:
     steps = len(samples) + sum(e is not None for e in encoded)  # every answer, every loss
     task = progress.add_task(f"{name} model", total=steps) if progress is not None else None
-    answers = _answers(session, samples, gen, progress, task)
+    generated = _answers(session, samples, gen, progress, task)
+    answers = [a.text for a in generated]
     losses = answer_losses(session, encoded, gen.batch_size, progress, task)
+    rewards = reward_scores(scoring.rewards, samples, generated) if scoring.rewards else None
     results = []
-    for sample, answer, loss in zip(samples, answers, losses):
+    for k, (sample, answer, loss) in enumerate(zip(samples, answers, losses)):
         reference = sample.conversation[-1]["content"]
         scores = sentence_scores(answer, reference)
         if scoring.scorer is not None:
             scores["scorer"] = scoring.scorer(answer, reference, sample.record, sample.origin)
+        for j, reward in enumerate(scoring.rewards):
+            if not math.isnan(rewards[k, j]):
+                scores[f"reward/{reward.name}"] = float(rewards[k, j])
         results.append(SideResult(answer, None if loss is None else loss[0] / max(loss[1], 1), scores))
     references = [s.conversation[-1]["content"] for s in samples]
     totals: dict[str, float | None] = dict(corpus_scores(answers, references, [r.scores for r in results]))
@@ -195,18 +216,23 @@ def _run_side(
     totals["answer_loss"], totals["perplexity"] = loss, (math.exp(min(loss, 50.0)) if loss is not None else None)
     if scoring.scorer is not None:
         totals["scorer"] = sum(r.scores["scorer"] for r in results) / len(results)
+    for j, reward in enumerate(scoring.rewards):  # the mean over the answers the function scores
+        found = rewards[:, j][~torch.isnan(rewards[:, j])]
+        totals[f"reward/{reward.name}"] = float(found.mean()) if found.numel() else None
     return results, totals
 
 
 Totals = dict[str, float | None]
 
 
-def _rows(base: Totals | None, tuned: Totals | None, scorer: UserScorer | None) -> list[MetricRow]:
+def _rows(base: Totals | None, tuned: Totals | None, scorer: UserScorer | None,
+          rewards: list[RewardFunction]) -> list[MetricRow]:
     labels = [("answer_loss", "answer loss", False), ("perplexity", "answer perplexity", False),
               ("exact_match", "exact match", True), ("chrf", "chrF", True), ("bleu", "BLEU", True),
               ("rouge_l", "ROUGE-L", True)]
     if scorer is not None:
         labels.append(("scorer", scorer.name, True))
+    labels += [(f"reward/{r.name}", f"reward {r.name}", True) for r in rewards]
     return [MetricRow(key, label, up, base[key] if base else None, tuned[key] if tuned else None)
             for key, label, up in labels]
 
@@ -257,4 +283,4 @@ def compare(
     # With no tuned column nothing changed: the first samples stand as examples.
     first = list(range(min(scoring.examples, len(results))))
     examples = changed_most(results, scoring.examples) if tuned_totals else first
-    return Comparison(_rows(base_totals, tuned_totals, scoring.scorer), results, examples, skipped, excluded, settings)
+    return Comparison(_rows(base_totals, tuned_totals, scoring.scorer, scoring.rewards), results, examples, skipped, excluded, settings)

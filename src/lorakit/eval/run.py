@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from lorakit.config import DataConfig, EvalConfig, GenerationConfig
+from lorakit.config import DataConfig, EvalConfig, GenerationConfig, RunConfig
 from lorakit.data.pair_dataset import PAIRS, rows_to_read
 from lorakit.data.pipeline import Rows, read_all
 from lorakit.data.samples import SAMPLES
@@ -18,6 +18,7 @@ from lorakit.eval.results import write_reports
 from lorakit.eval.scorer import UserScorer, load_scorer
 from lorakit.infer.session import Session, open_session
 from lorakit.run import RunFolder, RunSummary
+from lorakit.train.rewards import RewardFunction, load_rewards
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,14 @@ def evaluate(
     show_progress: bool = True,
     reads: Rows = SAMPLES,
     scorer: UserScorer | None = None,
+    rewards: list[RewardFunction] | None = None,
 ) -> Comparison:
     """Read ``files`` as the trainer reads them, score base and tuned, write eval.json and eval.md.
 
     ``reads``: the rows the run's method reads. Generations are scored against the rows' references
     (a pair's chosen answer, a desirable answer). Files of pairs (a dpo or orpo run's, or any with
     chosen/rejected) also get preference accuracy. ``scorer``: ``settings.scorer`` already loaded.
+    ``rewards``: a GRPO run's reward functions, each averaged over the answers as a row of the table.
     """
     if not files:
         raise EvalError("no evaluation data: pass --data FILE or set data.eval")
@@ -54,7 +57,7 @@ def evaluate(
         log.info("eval: scoring the first %d of %d samples (limit)", settings.limit, len(samples))
         samples = samples[: settings.limit]
         pairs = pairs[: settings.limit] if pairs is not None else None
-    scoring = Scoring(data.max_length, data.train_on, scorer, settings.examples)
+    scoring = Scoring(data.max_length, data.train_on, scorer, settings.examples, rewards or [])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console or Console(stderr=True), transient=True,
                   disable=not show_progress) as progress:
@@ -68,6 +71,11 @@ def evaluate(
     return result
 
 
+def run_rewards(cfg: RunConfig) -> list[RewardFunction] | None:
+    """A run's reward functions (a GRPO run's grpo.rewards), to score its answers with; None for a run without."""
+    return load_rewards(cfg.grpo.rewards, cfg.grpo.max_completion_length) if cfg.grpo.rewards else None
+
+
 def evaluate_at_end(run_dir: Path, summary: RunSummary, reads: Rows, show_progress: bool = True,
                     scorer: UserScorer | None = None) -> Comparison:
     """eval.at_end: score the finished run as ``lorakit eval RUN`` does, and add the table to its ``summary``."""
@@ -75,7 +83,7 @@ def evaluate_at_end(run_dir: Path, summary: RunSummary, reads: Rows, show_progre
     cfg = run.read_config()
     session = open_session(str(run_dir), cfg.model.cache_dir)
     result = evaluate(session, cfg.data.eval, cfg.data, cfg.generation, cfg.eval, run_dir, show_progress=show_progress,
-                      reads=reads, scorer=scorer)
+                      reads=reads, scorer=scorer, rewards=run_rewards(cfg))
     summary.eval = {row.key: {"base": row.base, "tuned": row.tuned} for row in result.metrics}
     run.write_summary(summary)
     return result

@@ -64,17 +64,18 @@ def _takes_three(function: Callable[..., Any], spec: str) -> bool:
     return len(positional) >= 3
 
 
-def _module_from_file(path: Path, spec: str) -> Any:
+def module_from_file(path: Path, label: str, error: type[LorakitError] = ScorerError) -> Any:
+    """The Python file a user's function lives in, imported; ``label`` begins each message ("scorer f.py:fn")."""
     if not path.is_file():
-        raise ScorerError(f"scorer {spec}: file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"lorakit_user_scorer_{path.stem}", path)
+        raise error(f"{label}: file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"lorakit_user_{path.stem}", path)
     if module_spec is None or module_spec.loader is None:
-        raise ScorerError(f"scorer {spec}: {path} cannot be loaded as Python")
+        raise error(f"{label}: {path} cannot be loaded as Python")
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except Exception as err:
-        raise ScorerError(f"scorer {spec}: importing {path} failed: {type(err).__name__}: {err}") from err
+        raise error(f"{label}: importing {path} failed: {type(err).__name__}: {err}") from err
     return module
 
 
@@ -84,7 +85,7 @@ def load_scorer(spec: str) -> UserScorer:
     if not sep or not where or not name:
         raise ScorerError(f"scorer '{spec}' must look like 'file.py:function' or 'module:function'")
     if where.endswith(".py"):
-        module = _module_from_file(Path(where).expanduser(), spec)
+        module = module_from_file(Path(where).expanduser(), f"scorer {spec}")
     else:
         try:
             module = importlib.import_module(where)

@@ -161,18 +161,21 @@ def answer_token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) 
     return losses, keep.nonzero()[:, 0]
 
 
-def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return -F.cross_entropy(project(head, hidden), targets, reduction="none")
+def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                 temperature: float = 1.0) -> torch.Tensor:
+    logits = project(head, hidden)
+    return -F.cross_entropy(logits / temperature if temperature != 1.0 else logits, targets, reduction="none")
 
 
-def sequence_logps(
+def token_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int = 2048, selective: bool = True,
-    autocast: AbstractContextManager | None = None,
+    autocast: AbstractContextManager | None = None, temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+    """The log-prob of every answer token (row by row, in order), and the (batch, length - 1) mask of
+    the positions predicting one. ``temperature`` divides the logits first (GRPO scores the tokens it
+    sampled at the temperature it sampled them)."""
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    rows = keep.nonzero()[:, 0]
     args = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
     if selective:
         hidden = model(**args, output_hidden_states=True,
@@ -182,14 +185,23 @@ def sequence_logps(
         with autocast if autocast is not None else nullcontext():
             parts = [
                 # Past the first chunk, recomputed in backward: one chunk of logits is alive at a time.
-                _chunk_logps(head, hidden[s : s + chunk_size], wanted[s : s + chunk_size]) if s == 0 else
-                checkpoint(_chunk_logps, head, hidden[s : s + chunk_size], wanted[s : s + chunk_size],
-                           use_reentrant=False)
+                _chunk_logps(head, hidden[s : s + chunk_size], wanted[s : s + chunk_size], temperature) if s == 0
+                else checkpoint(_chunk_logps, head, hidden[s : s + chunk_size], wanted[s : s + chunk_size],
+                                temperature, use_reentrant=False)
                 for s in range(0, hidden.shape[0], chunk_size)
             ]
-        token_logps = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+        found = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
     else:  # logits the model post-processes (soft-capping): its own, whole
-        logits = model(**args).logits[:, :-1].float()
-        token_logps = -F.cross_entropy(logits[keep], targets[keep], reduction="none")
-    sums = token_logps.new_zeros(keep.shape[0]).index_add(0, rows, token_logps)
+        logits = model(**args).logits[:, :-1].float() / temperature
+        found = -F.cross_entropy(logits[keep], targets[keep], reduction="none")
+    return found, keep
+
+
+def sequence_logps(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], chunk_size: int = 2048, selective: bool = True,
+    autocast: AbstractContextManager | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
+    found, keep = token_logps(model, batch, chunk_size, selective, autocast)
+    sums = found.new_zeros(keep.shape[0]).index_add(0, keep.nonzero()[:, 0], found)
     return sums, keep.sum(dim=1)

@@ -76,7 +76,7 @@ class LossPlot(TrainerCallback):
 
 
 class RichProgress(TrainerCallback):
-    """One progress bar with loss, learning rate, tokens per second and ETA."""
+    """One progress bar with loss (and a GRPO run's mean reward), learning rate, tokens per second and ETA."""
 
     def __init__(self, count: TokenCount, console: Console | None = None):
         self.count = count
@@ -91,13 +91,13 @@ class RichProgress(TrainerCallback):
             return
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TextColumn("loss {task.fields[loss]}{task.fields[reward]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                           loss="-", lr="-", tps="-")
+                                           loss="-", reward="", lr="-", tps="-")
         self.started = time.monotonic()
         self.tokens_at_start = self.count.tokens
 
@@ -114,6 +114,8 @@ class RichProgress(TrainerCallback):
         fields = {}
         if "loss" in logs:
             fields["loss"] = f"{logs['loss']:.4f}"
+        if "reward" in logs:
+            fields["reward"] = f"  reward {logs['reward']:.3f}"
         if "learning_rate" in logs:
             fields["lr"] = f"{logs['learning_rate']:.2e}"
         if "eval_loss" in logs:

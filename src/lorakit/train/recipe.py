@@ -70,6 +70,7 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
     ``overwrite``: a fresh run may delete the run already in the output folder.
     """
     scorer = check_start(cfg, resume, overwrite)
+    method = method_for(cfg)  # its own settings load here (GRPO's reward files), before the folder is taken
     # --- several processes (lorakit train --nproc N, torchrun, accelerate launch): the Trainer
     # does data parallelism; here only rank 0 writes run files, and all ranks resume alike.
     on_gpu = torch.cuda.is_available()
@@ -86,7 +87,6 @@ def run(cfg: RunConfig, resume: str | None = None, hooks: list[TrainerCallback] 
         elif main:
             # The checkpoint's own run folder (usually this one) holds the config it was trained with.
             run_folder.check_resume(of_checkpoint(resume_from), cfg.model_dump(mode="json"))
-        method = method_for(cfg)
         summary = _train(cfg, method, out, resume_from, hooks or [], on_gpu, main)
         if cfg.eval.at_end and main:  # base against tuned on the held-out data: eval.json, eval.md, summary.eval
             evaluate_at_end(out, summary, method.rows, cfg.train.progress_bar, scorer)
@@ -132,6 +132,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     # hub model, before its weights are downloaded)
     text = training_setup(cfg.model, cfg.data)
     tokenizer, template = text.tokenizer, text.template
+    method.use_text(tokenizer, template)
     splits = build_splits(cfg.data, tokenizer, template, method.rows)  # samples, pairs, answers: what it reads
     for report in splits.reports:
         for line in report.lines():

@@ -118,6 +118,7 @@ class LorakitTrainer(Trainer):
         """Start counting from the checkpoint's totals (rank 0 holds them: the others count from 0)."""
         saved = checkpoints.read_marker(checkpoint)
         self.compiling.resume(saved)
+        self.method.load_state(checkpoint, self.args.process_index)
         if "loss_sum" not in saved:
             self._steps_before_unknown = True
             log.warning("%s predates run totals: summary.json counts only the steps after it", checkpoint)
@@ -160,10 +161,19 @@ class LorakitTrainer(Trainer):
     def average(self, value: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(value, "mean")
 
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        step_rows = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        own = self.method.train_sampler(len(dataset), step_rows, self.args.data_seed)
+        return own if own is not None else super()._get_train_sampler(train_dataset)
+
     # --- one optimizer step's batches, prepared together (methods/base.Method.prepare_step)
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batches = list(itertools.islice(epoch_iterator, num_batches))
         if batches:
+            # The model's own attention, whatever the last pass switched to: what a method computes here
+            # (GRPO's sampling, KTO's KL rows) is then the same in a run resumed before this step.
+            self.passes.restore()
             batches = self.method.prepare_step(self, self.model_wrapped, batches)
         # The Trainer's own collects the prepared batches and counts their items (the override below).
         return super().get_batch_samples(iter(batches), len(batches), device)
@@ -301,6 +311,7 @@ class LorakitTrainer(Trainer):
         # A save that fails (a full disk) deletes the folder it started: no half checkpoint is left.
         with writing(f"checkpoint {self.state.global_step}", folder, undo=None if folder.exists() else folder):
             super()._save_checkpoint(model, trial)
+            self.method.save_state(folder, self.args.process_index)
             # Every rank writes its own RNG state into the folder; mark it complete only after all have.
             self.accelerator.wait_for_everyone()
             # Collectives, so every rank takes part; only rank 0 writes them down.

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import torch
+from torch.utils.data import Sampler
 
 from lorakit.config import ConfigError, RunConfig
 from lorakit.data.pipeline import Rows
@@ -53,6 +55,9 @@ class Step(Protocol):
 
     selective_loss: bool  # the answer positions alone are projected to the vocabulary (model/loss.py)
     loss_chunk_size: int
+    state: Any  # the Trainer's TrainerState: ``global_step`` is the optimizer steps taken so far
+
+    def is_world_process_zero(self) -> bool: ...
 
     def autocast(self) -> AbstractContextManager: ...
 
@@ -89,6 +94,10 @@ class Method:
         """The method with its own settings from the run's config (none by default)."""
         return cls()
 
+    def use_text(self, tokenizer: Any, template: Any) -> None:
+        """The run's tokenizer and chat template, for a method that renders or decodes text itself
+        (GRPO samples and decodes completions); the default needs neither."""
+
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
         """Refuse, with a ConfigError, settings this method cannot train with; checked when the config loads."""
@@ -100,6 +109,11 @@ class Method:
     def train_rows(self, encoded: list[Any]) -> list[Any]:
         """What the Trainer's data loaders hold, from an encoded split (the training one, the eval one)."""
         return encoded
+
+    def train_sampler(self, size: int, step_rows: int, seed: int) -> Sampler | None:
+        """The order the Trainer's loader reads the ``size`` training rows in, ``step_rows`` (over every
+        process) an optimizer step; None: the Trainer's own shuffle (GRPO repeats steps: ``RepeatedSteps``)."""
+        return None
 
     def split(self, inputs: Batch, budget: int, packed: bool) -> list[Batch]:
         """The forward passes one batch runs as, each under ``budget`` tokens (``train/microbatch.py``)."""
@@ -117,6 +131,13 @@ class Method:
         Called on every process with that process's batches; the default changes nothing.
         """
         return batches
+
+    def save_state(self, folder: Path, process: int) -> None:
+        """Write into a checkpoint's ``folder`` what the method carries from one step to the next (GRPO's
+        completions reused over iterations), one file per ``process``; the default carries nothing."""
+
+    def load_state(self, folder: Path, process: int) -> None:
+        """Take back what ``save_state`` wrote, when a run resumes from ``folder``."""
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
         """The logged values from the means of what ``loss`` returned since the last log (a
