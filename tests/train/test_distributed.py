@@ -275,3 +275,108 @@ def test_strategy_trains_on_two_gpus(tmp_path, strategy):
     assert summary["steps"] == STEPS and summary["train_loss"] < 10
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
     assert set(adapter(tmp_path / "run")) == set(adapter(tmp_path / "run" / "checkpoints" / "checkpoint-6"))
+
+
+# --- two nodes on one machine: the README's two-machine command, as two torchrun launches
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_nodes(config: Path, *args: str) -> list[subprocess.Popen]:
+    """Two torchrun launches of one worker each, meeting at a c10d rendezvous on 127.0.0.1, as
+    the README tells two machines to start.
+
+    On two machines only the first one is HOST, so its agent holds the rendezvous store; here
+    both are, and whichever started first would hold it, so ``is_host`` says it is node 0's
+    (otherwise node 1's end would take the store with it and node 0 would report the store lost).
+    """
+    endpoint, rdzv_id = f"127.0.0.1:{_free_port()}", f"lorakit-test-{os.getpid()}-{time.monotonic_ns()}"
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                              "--nproc-per-node", "1", "--max-restarts", "0", "--rdzv-backend", "c10d",
+                              "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id,
+                              "--rdzv-conf", f"is_host={int(node == 0)}",
+                              "-m", "lorakit", "train", str(config), *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                             start_new_session=True)
+            for node in (0, 1)]
+
+
+def _finish(nodes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each node's stderr once it has exited (any node left over is killed, with its worker)."""
+    try:
+        return [node.communicate(timeout=timeout)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_two_nodes_train_the_same_run_as_one_launch_of_two_processes(two_process_run, tmp_path):
+    _, config, run2 = two_process_run
+    out = tmp_path / "nodes"
+    nodes = _start_nodes(config, "--set", f"output_dir={out}")
+    errors = _finish(nodes, timeout=300)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    # Global rank 0 (node 0's worker) alone wrote the run files, though node 1 sees the same folder.
+    two, nodes_run = metrics(run2), metrics(out)
+    assert [r["step"] for r in nodes_run if "loss" in r] == list(range(1, STEPS + 1))
+    # The same ranks, batches and allreduce as one launch: the same numbers, not merely close ones.
+    assert [(r["loss"], r["loss_tokens_seen"]) for r in nodes_run if "loss" in r] == [
+        (r["loss"], r["loss_tokens_seen"]) for r in two if "loss" in r]
+    got, expected = adapter(out), adapter(run2)
+    assert got.keys() == expected.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+    for step in (3, 6):  # node 1's rank wrote its RNG state into rank 0's checkpoint before it was marked
+        names = {p.name for p in (out / "checkpoints" / f"checkpoint-{step}").iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= names
+
+
+@pytest.mark.slow
+def test_killing_one_nodes_worker_stops_the_other_node_and_the_run_resumes(two_process_run, tmp_path):
+    _, config, run2 = two_process_run
+    out = tmp_path / "nodes"
+    settings = ("--set", f"output_dir={out}", "--set", "train.distributed.timeout_s=5")
+    nodes = _start_nodes(config, *settings)
+    marker = out / "checkpoints" / "checkpoint-3" / "lorakit-complete.json"
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert all(node.poll() is None for node in nodes), "a node exited before checkpoint-3"
+            assert time.monotonic() < deadline, "checkpoint-3 never completed"
+            time.sleep(0.01)
+        (worker,) = _children(nodes[1].pid)
+        os.kill(worker, signal.SIGSTOP)  # hold node 1 at once, so the run cannot reach its last step
+        assert not (out / "checkpoints" / "checkpoint-6").exists()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        nodes[0].wait(timeout=5 + 30 + 30)
+        took = time.monotonic() - killed
+    finally:
+        errors = _finish(nodes, timeout=60)
+    # Node 0's worker fails in the next collective (at once, or after timeout_s=5) and its
+    # agent stops; torchrun's report on each node names the global rank that failed there.
+    assert took < 5 + 30 + 30, took
+    assert nodes[0].returncode != 0 and nodes[1].returncode != 0
+    assert "rank      : 1" in errors[1] and "exitcode  : -9" in errors[1], errors[1][-3000:]
+    assert "rank      : 0" in errors[0], errors[0][-3000:]
+    assert not (out / "summary.json").exists()
+    # Both nodes again, --resume alone: every rank takes checkpoint-3 (the last complete one) and the
+    # run ends where the uninterrupted one did.
+    nodes = _start_nodes(config, *settings, "--resume", "latest")
+    errors = _finish(nodes, timeout=300)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["resumed_from"].endswith("checkpoint-3")
+    resumed = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    original = {r["step"]: r["loss"] for r in metrics(run2) if "loss" in r}
+    assert sorted(resumed) == list(range(1, STEPS + 1)) and resumed == original
+    got, expected = adapter(out), adapter(run2)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
