@@ -380,3 +380,56 @@ def test_killing_one_nodes_worker_stops_the_other_node_and_the_run_resumes(two_p
     got, expected = adapter(out), adapter(run2)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+
+
+# --- SIGTERM under --nproc: every rank stops at one step, saves, and the run resumes exactly
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [
+    # torchrun's agent turns SIGTERM into SignalException, passes the signal to every worker and
+    # waits 30 s for them; lorakit's launcher then says how to resume.
+    "launcher",
+    # One worker alone (a scheduler that signals the process it started): the ranks agree on the
+    # signal at the next step's end, so both stop there, and both exit 143.
+    "worker",
+])
+def test_sigterm_under_nproc_stops_every_rank_at_a_checkpoint_that_resumes_exactly(two_process_run, tmp_path, target):
+    _, config, run2 = two_process_run
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
+                             "--set", f"output_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        log = out / "metrics.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 1):  # step 1 is done
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        os.kill(proc.pid if target == "launcher" else workers[1], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "SIGTERM: every rank stopped" in last and "--nproc 2 --resume" in last, stderr[-4000:]
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not (out / "summary.json").exists()
+    # One checkpoint, at the step both ranks stopped at, complete with both ranks' RNG states.
+    (stopped,) = (out / "checkpoints").iterdir()
+    step = int(stopped.name.split("-")[1])
+    assert 1 <= step < STEPS, step
+    assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= {p.name for p in stopped.iterdir()}
+    result = lorakit_train(config, "--nproc", "2", "--set", f"output_dir={out}", "--resume")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["resumed_from"].endswith(stopped.name)
+    resumed = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    original = {r["step"]: r["loss"] for r in metrics(run2) if "loss" in r}
+    assert resumed == original
+    got, expected = adapter(out), adapter(run2)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)

@@ -178,6 +178,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
             stopper.uninstall()
         elapsed = time.monotonic() - started
         trainer.restore_model()  # evaluation, generation and saving see the model as it was loaded
+        stopper.agree()  # a signal after the last step's end: every rank stops here, or none does
         if stopper.interrupted:
             raise TrainingInterrupted(stopper.signal, trainer.state.global_step, ckpt_dir)
         # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
