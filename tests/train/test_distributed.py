@@ -231,14 +231,15 @@ def test_unsupported_combinations_are_refused(settings, message):
 
 
 @pytest.mark.slow
-def test_sharded_strategies_are_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp"):
+def test_deepspeed_is_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp or fsdp"):
         distributed.check_supported(DistributedConfig(strategy="deepspeed_zero2"), on_gpu=False)
+    distributed.check_supported(DistributedConfig(strategy="fsdp"), on_gpu=False)  # FSDP2 runs on gloo
     cfg = tiny_config(tiny_model_dir, tmp_path)
     config = write_config(tmp_path / "fsdp.yaml", tiny_model_dir, cfg.data.train[0], tmp_path / "run",
                           "train.max_steps=1")
     result = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
-                             "--set", "train.distributed.strategy=fsdp", "--set", "train.selective_loss=false"],
+                             "--set", "train.distributed.strategy=deepspeed_zero3", "--set", "train.selective_loss=false"],
                             capture_output=True, text=True, timeout=120, env=CHILD_ENV)
     assert result.returncode == 2 and "needs CUDA GPUs" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused in the launcher, before any worker started
@@ -433,3 +434,46 @@ def test_sigterm_under_nproc_stops_every_rank_at_a_checkpoint_that_resumes_exact
     got, expected = adapter(out), adapter(run2)
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+
+
+# --- FSDP2 on CPU with gloo: the Trainer's fsdp path, made to shard on CPU (distributed.fsdp_on_cpu)
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_trains_and_resumes_as_ddp_does(two_process_run, tmp_path):
+    """fsdp shards each LoRA and base weight across the two ranks (fully_shard, one unit per decoder
+    layer) and gathers them for every checkpoint; the update is the DDP run's, which equals one process
+    with twice the batch (the first test here). selective_loss is off under fsdp (refused with it)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tmp, config, run2 = two_process_run
+    fsdp = ("--set", "train.distributed.strategy=fsdp", "--set", "train.selective_loss=false")
+    out = tmp_path / "fsdp"
+    result = lorakit_train(config, "--nproc", "2", *fsdp, "--set", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    sharded, ddp = metrics(out), metrics(run2)
+    assert [r["step"] for r in sharded if "loss" in r] == list(range(1, STEPS + 1))
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in sharded if "loss" in r]),
+                               torch.tensor([r["loss"] for r in ddp if "loss" in r]), rtol=LOSS_RTOL, atol=0)
+    got, expected = adapter(out), adapter(run2)
+    assert got.keys() == expected.keys()
+    for key in got:  # whole weights, not a rank's shard
+        assert got[key].shape == expected[key].shape, key
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+    # Checkpoints are ordinary peft adapters: plain peft loads one on the base. That they were written
+    # by accelerate's FSDP saver (its optimizer.bin and model file, not DDP's optimizer.pt) shows the
+    # run was sharded, not DDP under another name.
+    checkpoint = out / "checkpoints" / "checkpoint-3"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"optimizer.bin", "pytorch_model_fsdp.bin", "lorakit-complete.json"} <= names and "optimizer.pt" not in names
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp / "model"), str(checkpoint))
+    # And resume under fsdp: the sharded optimizer state is loaded back, the rest of the run repeats.
+    resumed = tmp_path / "resumed"
+    result = lorakit_train(config, "--nproc", "2", *fsdp, "--set", f"output_dir={resumed}", "--resume", str(checkpoint))
+    assert result.returncode == 0, result.stderr[-4000:]
+    again = {r["step"]: r["loss"] for r in metrics(resumed) if "loss" in r}
+    first = {r["step"]: r["loss"] for r in sharded if "loss" in r}
+    assert sorted(again) == [4, 5, 6] and all(again[s] == first[s] for s in again), (again, first)
+    got = adapter(resumed)
+    for key in expected:
+        torch.testing.assert_close(got[key], adapter(out)[key], rtol=0, atol=0, msg=key)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -115,15 +117,46 @@ def init_process_group(cfg: DistributedConfig, on_gpu: bool) -> None:
 
 def check_supported(cfg: DistributedConfig, on_gpu: bool) -> None:
     """Refuse, before any model is loaded, a strategy this machine cannot run."""
-    if cfg.strategy == "ddp":
+    if cfg.strategy in ("ddp", "fsdp"):  # fsdp on CPU: see fsdp_on_cpu
         return
     if not on_gpu:
         raise DistributedError(
-            f"train.distributed.strategy={cfg.strategy} needs CUDA GPUs; on CPU use strategy ddp "
+            f"train.distributed.strategy={cfg.strategy} needs CUDA GPUs; on CPU use strategy ddp or fsdp "
             "(LoRA's trainable weights are small, so plain data parallelism loses little)"
         )
     if cfg.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise DistributedError(f"train.distributed.strategy={cfg.strategy} needs DeepSpeed: pip install 'lorakit[deepspeed]'")
+
+
+@contextmanager
+def fsdp_on_cpu(enabled: bool) -> Iterator[None]:
+    """While the Trainer builds its Accelerator: a CPU (gloo) run given an FSDP plugin shards with it.
+
+    accelerate 1.16 makes a run FSDP only on accelerator devices (``AcceleratorState.__init__``
+    checks the plugin inside its GPU/NPU/XPU branch); on CPU it drops the plugin without a word
+    and trains DDP. torch's ``fully_shard`` runs on CPU with gloo, so the state is made what it
+    would be on a GPU: the same FSDP2 code path then shards, gathers and saves on CPU too.
+    """
+    if not enabled:
+        yield
+        return
+    from accelerate import state
+    from accelerate.utils import DistributedType
+
+    original = state.AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what Accelerator reads
+
+    state.AcceleratorState.__init__ = init
+    try:
+        yield
+    finally:
+        state.AcceleratorState.__init__ = original
 
 
 def shards_weights(cfg: DistributedConfig) -> bool:
