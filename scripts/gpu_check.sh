@@ -18,8 +18,8 @@ if [ -n "${LORAKIT_PYTHON:-}" ]; then
     PY=$LORAKIT_PYTHON
     echo "gpu_check: using $PY as it is (LORAKIT_PYTHON set; setup skipped)"
 else
-    bash scripts/setup.sh
-    PY=.venv/bin/python
+    bash scripts/setup.sh --test
+    PY=${LORAKIT_VENV:-.venv}/bin/python
 fi
 CACHE=${LORAKIT_CACHE:-$HOME/.cache/lorakit}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")

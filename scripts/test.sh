@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite.
+# Set up (if needed) lorakit and the tests' judges (llama.cpp, Go, Chromium), then run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+bash scripts/setup.sh --test
+exec "${LORAKIT_VENV:-.venv}/bin/python" -m pytest "$@"

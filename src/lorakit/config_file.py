@@ -258,3 +258,12 @@ def reference(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[Key]
             continue
         keys.append(Key(prefix + name, _type_name(field.annotation), _default(field), field.description or ""))
     return keys
+
+
+def reference_markdown() -> str:
+    """Every key as a Markdown table: ``lorakit config show --markdown`` and the docs' config reference."""
+    rows = ["| key | type | default | what it does |", "|---|---|---|---|"]
+    for k in reference():
+        cells = (f"`{k.name}`", k.type, f"`{k.default}`", k.description)
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -1,6 +1,6 @@
 """llama.cpp as the judge of an export: its own tokenizer, its own forward pass, its own stop rule.
 
-Through ``llama-cpp-python`` (the C++ library built from source by scripts/setup.sh). Tests
+Through ``llama-cpp-python`` (the C++ library built from source by scripts/setup.sh --test). Tests
 that use it skip, with the reason, where it is not installed.
 """
 
@@ -16,8 +16,8 @@ import torch
 HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llama_cpp = pytest.mark.skipif(
     not HAVE_LLAMA_CPP,
-    reason="llama.cpp's Python binding is not installed: scripts/setup.sh builds llama-cpp-python==0.3.36 "
-           "(about 15 minutes on 2 cores; see the README's Tests section)",
+    reason="llama.cpp's Python binding is not installed: scripts/setup.sh --test builds llama-cpp-python==0.3.36 "
+           "(about 15 minutes on 2 cores; see docs/tests.md)",
 )
 
 

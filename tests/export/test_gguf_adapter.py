@@ -39,7 +39,7 @@ def test_adapter_deltas_equal_what_merging_adds(tiny_llama, tmp_path, options):
     assert reader.fields["general.architecture"].contents() == "llama"
     assert reader.fields["adapter.type"].contents() == "lora"
     assert not base_path.exists()  # only with --with-base
-    assert modelfile.read_text().startswith(f"FROM ./{base_path.name}\nADAPTER ./adapter.gguf\n")
+    assert f"\nFROM ./{base_path.name}\nADAPTER ./adapter.gguf\n" in modelfile.read_text()
 
     merged, _, _ = merged_model(run)
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -83,7 +83,10 @@ def test_adapter_only_command(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     base = next(p for p in out.parent.glob("*.f16.gguf"))
     assert gguf.GGUFReader(base).fields["general.type"].contents() == "model"
-    assert (out.parent / "style.Modelfile").read_text().startswith(f"FROM ./{base.name}\nADAPTER ./style.gguf\n")
+    assert f"\nFROM ./{base.name}\nADAPTER ./style.gguf\n" in (out.parent / "style.Modelfile").read_text()
+    # the command says where each runtime goes: llama.cpp's --lora, and the merged export for Ollama
+    assert f"llama-cli -m {base} --lora {out}" in " ".join(result.stderr.split())
+    assert "for Ollama export without --adapter-only" in " ".join(result.stderr.split())
     wrong = subprocess.run([sys.executable, "-m", "lorakit", "export", "gguf", str(tiny_run), "--out", str(out),
                             "--with-base"], capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "--with-base goes with --adapter-only" in wrong.stderr

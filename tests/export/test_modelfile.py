@@ -152,7 +152,22 @@ def test_one_modelfile_per_gguf(tmp_path):
     assert f16.read_text().startswith("FROM ./demo-f16.gguf\n") and q8.read_text().startswith("FROM ./demo-q8_0.gguf\n")
     adapter = write_modelfile(tmp_path / "base" / "smol.gguf", tokenizer, adapter=tmp_path / "style.gguf")
     assert adapter == tmp_path / "style.Modelfile"
-    assert adapter.read_text().startswith("FROM ./base/smol.gguf\nADAPTER ./style.gguf\n")
+    assert "\nFROM ./base/smol.gguf\nADAPTER ./style.gguf\n" in adapter.read_text()
+
+
+def test_an_adapters_modelfile_says_ollama_0_34_1_refuses_it_and_where_to_go(tmp_path):
+    # ollama PR #14969: Ollama 0.34.1 and later refuse ADAPTER; the merged export is the Ollama path,
+    # llama.cpp's --lora the adapter's
+    tokenizer = make_tokenizer("chatml")
+    text = write_modelfile(tmp_path / "base" / "smol.gguf", tokenizer, adapter=tmp_path / "style.gguf").read_text()
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert text.startswith("\n".join(comments) + "\nFROM ./base/smol.gguf\nADAPTER ./style.gguf\n")
+    note = " ".join(comments)
+    assert "Ollama 0.34.1 and later refuse a Modelfile with an ADAPTER line" in note
+    assert "lorakit export gguf RUN --out NAME.gguf, without --adapter-only" in note
+    assert "llama-cli -m ./base/smol.gguf --lora ./style.gguf" in note
+    merged = write_modelfile(tmp_path / "demo.gguf", tokenizer).read_text()
+    assert "ADAPTER" not in merged and not merged.startswith("#")
 
 
 def test_modelfile_lines(tmp_path):

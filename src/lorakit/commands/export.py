@@ -38,7 +38,8 @@ def export_gguf(
     type_: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0, or the k-quants q4_k_m, q5_k_m, q6_k (made by llama.cpp's quantizer: needs llama-cpp-python).")] = "f16",
     system: Annotated[Optional[str], typer.Option(help="Default system prompt for the Modelfile.")] = None,
     adapter_only: Annotated[bool, typer.Option(
-        "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA (llama.cpp --lora, ollama ADAPTER).")] = False,
+        "--adapter-only", help="Write the run's LoRA adapter alone as a GGUF LoRA for llama.cpp's --lora (Ollama "
+                               "0.34.1 and later refuse adapters: for Ollama export the merged model).")] = False,
     with_base: Annotated[bool, typer.Option(
         "--with-base", help="With --adapter-only: also write the base model's GGUF beside the adapter.")] = False,
     overwrite: Annotated[bool, typer.Option(
@@ -56,6 +57,9 @@ def export_gguf(
                                                         overwrite=overwrite)
         if with_base:
             err.print(f"wrote {base}")
-    else:
-        gguf_path, modelfile = write(source, output, type_, system_prompt=system, overwrite=overwrite)
+        # Ollama 0.34.1 and later refuse ADAPTER lines: the merged export is the Ollama path.
+        err.print(f"wrote {gguf_path}  (llama.cpp: llama-cli -m {base} --lora {gguf_path}) and {modelfile} "
+                  f"(Ollama before 0.34.1 only; for Ollama export without --adapter-only)")
+        return
+    gguf_path, modelfile = write(source, output, type_, system_prompt=system, overwrite=overwrite)
     err.print(f"wrote {gguf_path} and {modelfile}  (ollama create NAME -f {modelfile})")

@@ -105,15 +105,12 @@ def config_show(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead.")] = False,
 ) -> None:
     """Every config key with its type, default and what it does, read from the schema itself."""
-    from lorakit.config_file import reference
+    from lorakit.config_file import reference, reference_markdown
 
-    keys = reference()
     if markdown:
-        print("| key | type | default | what it does |\n|---|---|---|---|")
-        for k in keys:
-            cells = (f"`{k.name}`", k.type, f"`{k.default}`", k.description)
-            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        print(reference_markdown(), end="")
         return
+    keys = reference()
     table = Table(title="lorakit config keys (YAML sections; --set section.key=value)")
     for column in ("key", "type", "default", "what it does"):
         table.add_column(column, overflow="fold")

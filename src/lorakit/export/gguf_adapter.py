@@ -1,4 +1,4 @@
-"""A run's LoRA adapter alone as a GGUF LoRA file: llama.cpp's ``--lora`` and ollama's ``ADAPTER`` take it.
+"""A run's LoRA adapter alone as a GGUF LoRA file for llama.cpp's ``--lora`` (and Ollama's ``ADAPTER`` before 0.34.1).
 
 One base GGUF then serves many small adapters. The file holds, for each adapted matrix
 ``blk.N.attn_q.weight``, the tensors ``blk.N.attn_q.weight.lora_a`` (rank x in, peft's

@@ -196,6 +196,17 @@ def _relative(target: Path, folder: Path) -> str:
     return rel if rel.startswith("../") else "./" + rel
 
 
+def adapter_note(base: str, adapter: str) -> list[str]:
+    """The comment an adapter's Modelfile opens with: Ollama 0.34.1 and later refuse ``ADAPTER`` (ollama PR
+    #14969), so the merged export is the Ollama path, and ``--lora`` the llama.cpp one."""
+    return [
+        "# Ollama 0.34.1 and later refuse a Modelfile with an ADAPTER line; earlier releases take this one as it is.",
+        "# For Ollama, export the merged model (lorakit export gguf RUN --out NAME.gguf, without --adapter-only)",
+        "# and `ollama create NAME -f NAME.Modelfile` from the Modelfile written beside it.",
+        f"# llama.cpp takes the adapter as it is: llama-cli -m {base} --lora {adapter}",
+    ]
+
+
 def modelfile_path(gguf_path: Path) -> Path:
     """``out/demo-q8_0.gguf`` -> ``out/demo-q8_0.Modelfile``: one per GGUF, so exports into one folder keep theirs."""
     return gguf_path.with_name(gguf_path.stem + ".Modelfile")
@@ -205,11 +216,14 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
                     adapter: Path | None = None) -> Path:
     """Write ``<name>.Modelfile`` beside ``gguf_path``: ``ollama create NAME -f <name>.Modelfile`` uses it.
 
-    ``adapter``: a GGUF LoRA file; the Modelfile then runs ``gguf_path`` as the base with it (``ADAPTER``)
-    and is named after the adapter.
+    ``adapter``: a GGUF LoRA file; the Modelfile then runs ``gguf_path`` as the base with it (``ADAPTER``),
+    is named after the adapter, and starts with a comment saying which Ollama releases take it.
     """
     path = modelfile_path(adapter if adapter is not None else gguf_path)
-    lines = [f"FROM {_relative(gguf_path, path.parent)}"]
+    lines = []
+    if adapter is not None:
+        lines += adapter_note(_relative(gguf_path, path.parent), _relative(adapter, path.parent))
+    lines.append(f"FROM {_relative(gguf_path, path.parent)}")
     if adapter is not None:
         lines.append(f"ADAPTER {_relative(adapter, path.parent)}")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None

@@ -8,7 +8,7 @@ probes), and compiles if the steps left would save well over the compile's cost:
     step 2.5 s,   100 steps left:  0.10 x 2.5 s x   100 =  25 s saved  <  2 x 60 s  -> stay eager
 
 ``GAIN`` and ``COMPILE_SECONDS`` stand for measurements, rounded against compiling
-(bench/compile_bench.py, README "Speed and memory"). On an AMD EPYC with two threads a compiled
+(bench/compile_bench.py, docs/speed.md "Compiling"). On an AMD EPYC with two threads a compiled
 SmolLM2 step was 12% to 19% faster in bf16, after a compile of 47 s, or 21 s with torch's compile
 cache from an earlier run. The margin of 2 keeps a slower compile or a smaller gain from costing
 the run time.
