@@ -81,16 +81,22 @@ def train(
     cfg = load_config(config, set_)
     from lorakit.train import recipe
 
+    from lorakit.train.distributed import LaunchInterrupted, is_main_process, launched
+
     if nproc != 1:
-        recipe.launch(cfg, nproc, _child_command(config, set_, verbose), resume, overwrite)
+        try:
+            recipe.launch(cfg, nproc, _child_command(config, set_, verbose), resume, overwrite)
+        except LaunchInterrupted as e:
+            err.print(f"[yellow]{e}. Continue with: {_resume_command(config, set_, nproc)}[/]", highlight=False)
+            raise typer.Exit(e.exit_code) from None
         return
     try:
         summary = recipe.run(cfg, resume=resume, overwrite=overwrite)
     except recipe.TrainingInterrupted as e:
-        err.print(f"[yellow]{e}. Continue with: {_resume_command(config, set_)}[/]", highlight=False)
-        raise typer.Exit(128 + e.signum)  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
-    from lorakit.train.distributed import is_main_process
-
+        if is_main_process():  # one line for the run, not one per rank
+            again = "the same launch with --resume" if launched() else _resume_command(config, set_)
+            err.print(f"[yellow]{e}. Continue with: {again}[/]", highlight=False)
+        raise typer.Exit(128 + e.signum) from None  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
     if not is_main_process():
         return
     table = Table(title=f"run {cfg.name} -> {cfg.output_dir}", show_header=False)
@@ -120,12 +126,13 @@ def _compile_line(summary) -> str:
     return f"from step {summary.compiled_from_step + 1}{cost}"
 
 
-def _resume_command(config: Path | None, set_: list[str]) -> str:
-    """The command that continues this run: the same config and overrides, plus --resume."""
+def _resume_command(config: Path | None, set_: list[str], nproc: int = 1) -> str:
+    """The command that continues this run: the same config, overrides and processes, plus --resume."""
     import shlex
 
     words = ["lorakit", "train", *([str(config)] if config is not None else [])]
     words += [w for assignment in set_ for w in ("--set", assignment)]
+    words += ["--nproc", str(nproc)] if nproc != 1 else []
     return shlex.join([*words, "--resume"])
 
 

@@ -231,14 +231,15 @@ def test_unsupported_combinations_are_refused(settings, message):
 
 
 @pytest.mark.slow
-def test_sharded_strategies_are_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp"):
+def test_deepspeed_is_refused_on_cpu_before_launch(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="needs CUDA GPUs; on CPU use strategy ddp or fsdp"):
         distributed.check_supported(DistributedConfig(strategy="deepspeed_zero2"), on_gpu=False)
+    distributed.check_supported(DistributedConfig(strategy="fsdp"), on_gpu=False)  # FSDP2 runs on gloo
     cfg = tiny_config(tiny_model_dir, tmp_path)
     config = write_config(tmp_path / "fsdp.yaml", tiny_model_dir, cfg.data.train[0], tmp_path / "run",
                           "train.max_steps=1")
     result = subprocess.run([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
-                             "--set", "train.distributed.strategy=fsdp", "--set", "train.selective_loss=false"],
+                             "--set", "train.distributed.strategy=deepspeed_zero3", "--set", "train.selective_loss=false"],
                             capture_output=True, text=True, timeout=120, env=CHILD_ENV)
     assert result.returncode == 2 and "needs CUDA GPUs" in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "run").exists()  # refused in the launcher, before any worker started
@@ -275,3 +276,204 @@ def test_strategy_trains_on_two_gpus(tmp_path, strategy):
     assert summary["steps"] == STEPS and summary["train_loss"] < 10
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
     assert set(adapter(tmp_path / "run")) == set(adapter(tmp_path / "run" / "checkpoints" / "checkpoint-6"))
+
+
+# --- two nodes on one machine: the README's two-machine command, as two torchrun launches
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_nodes(config: Path, *args: str) -> list[subprocess.Popen]:
+    """Two torchrun launches of one worker each, meeting at a c10d rendezvous on 127.0.0.1, as
+    the README tells two machines to start.
+
+    On two machines only the first one is HOST, so its agent holds the rendezvous store; here
+    both are, and whichever started first would hold it, so ``is_host`` says it is node 0's
+    (otherwise node 1's end would take the store with it and node 0 would report the store lost).
+    """
+    endpoint, rdzv_id = f"127.0.0.1:{_free_port()}", f"lorakit-test-{os.getpid()}-{time.monotonic_ns()}"
+    return [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                              "--nproc-per-node", "1", "--max-restarts", "0", "--rdzv-backend", "c10d",
+                              "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id,
+                              "--rdzv-conf", f"is_host={int(node == 0)}",
+                              "-m", "lorakit", "train", str(config), *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                             start_new_session=True)
+            for node in (0, 1)]
+
+
+def _finish(nodes: list[subprocess.Popen], timeout: float) -> list[str]:
+    """Each node's stderr once it has exited (any node left over is killed, with its worker)."""
+    try:
+        return [node.communicate(timeout=timeout)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_two_nodes_train_the_same_run_as_one_launch_of_two_processes(two_process_run, tmp_path):
+    _, config, run2 = two_process_run
+    out = tmp_path / "nodes"
+    nodes = _start_nodes(config, "--set", f"output_dir={out}")
+    errors = _finish(nodes, timeout=300)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    # Global rank 0 (node 0's worker) alone wrote the run files, though node 1 sees the same folder.
+    two, nodes_run = metrics(run2), metrics(out)
+    assert [r["step"] for r in nodes_run if "loss" in r] == list(range(1, STEPS + 1))
+    # The same ranks, batches and allreduce as one launch: the same numbers, not merely close ones.
+    assert [(r["loss"], r["loss_tokens_seen"]) for r in nodes_run if "loss" in r] == [
+        (r["loss"], r["loss_tokens_seen"]) for r in two if "loss" in r]
+    got, expected = adapter(out), adapter(run2)
+    assert got.keys() == expected.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+    for step in (3, 6):  # node 1's rank wrote its RNG state into rank 0's checkpoint before it was marked
+        names = {p.name for p in (out / "checkpoints" / f"checkpoint-{step}").iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= names
+
+
+@pytest.mark.slow
+def test_killing_one_nodes_worker_stops_the_other_node_and_the_run_resumes(two_process_run, tmp_path):
+    _, config, run2 = two_process_run
+    out = tmp_path / "nodes"
+    settings = ("--set", f"output_dir={out}", "--set", "train.distributed.timeout_s=5")
+    nodes = _start_nodes(config, *settings)
+    marker = out / "checkpoints" / "checkpoint-3" / "lorakit-complete.json"
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert all(node.poll() is None for node in nodes), "a node exited before checkpoint-3"
+            assert time.monotonic() < deadline, "checkpoint-3 never completed"
+            time.sleep(0.01)
+        (worker,) = _children(nodes[1].pid)
+        os.kill(worker, signal.SIGSTOP)  # hold node 1 at once, so the run cannot reach its last step
+        assert not (out / "checkpoints" / "checkpoint-6").exists()
+        os.kill(worker, signal.SIGKILL)
+        killed = time.monotonic()
+        nodes[0].wait(timeout=5 + 30 + 30)
+        took = time.monotonic() - killed
+    finally:
+        errors = _finish(nodes, timeout=60)
+    # Node 0's worker fails in the next collective (at once, or after timeout_s=5) and its
+    # agent stops; torchrun's report on each node names the global rank that failed there.
+    assert took < 5 + 30 + 30, took
+    assert nodes[0].returncode != 0 and nodes[1].returncode != 0
+    assert "rank      : 1" in errors[1] and "exitcode  : -9" in errors[1], errors[1][-3000:]
+    assert "rank      : 0" in errors[0], errors[0][-3000:]
+    assert not (out / "summary.json").exists()
+    # Both nodes again, --resume alone: every rank takes checkpoint-3 (the last complete one) and the
+    # run ends where the uninterrupted one did.
+    nodes = _start_nodes(config, *settings, "--resume", "latest")
+    errors = _finish(nodes, timeout=300)
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-3000:] for e in errors)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["resumed_from"].endswith("checkpoint-3")
+    resumed = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    original = {r["step"]: r["loss"] for r in metrics(run2) if "loss" in r}
+    assert sorted(resumed) == list(range(1, STEPS + 1)) and resumed == original
+    got, expected = adapter(out), adapter(run2)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+
+
+# --- SIGTERM under --nproc: every rank stops at one step, saves, and the run resumes exactly
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [
+    # torchrun's agent turns SIGTERM into SignalException, passes the signal to every worker and
+    # waits 30 s for them; lorakit's launcher then says how to resume.
+    "launcher",
+    # One worker alone (a scheduler that signals the process it started): the ranks agree on the
+    # signal at the next step's end, so both stop there, and both exit 143.
+    "worker",
+])
+def test_sigterm_under_nproc_stops_every_rank_at_a_checkpoint_that_resumes_exactly(two_process_run, tmp_path, target):
+    _, config, run2 = two_process_run
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(config), "--nproc", "2",
+                             "--set", f"output_dir={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        log = out / "metrics.jsonl"
+        while not (log.exists() and log.read_text().count("\n") >= 1):  # step 1 is done
+            assert proc.poll() is None, proc.communicate()[1][-4000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.01)
+        workers = _children(proc.pid)
+        os.kill(proc.pid if target == "launcher" else workers[1], signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
+    last = stderr.strip().splitlines()[-1]
+    assert "SIGTERM: every rank stopped" in last and "--nproc 2 --resume" in last, stderr[-4000:]
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not (out / "summary.json").exists()
+    # One checkpoint, at the step both ranks stopped at, complete with both ranks' RNG states.
+    (stopped,) = (out / "checkpoints").iterdir()
+    step = int(stopped.name.split("-")[1])
+    assert 1 <= step < STEPS, step
+    assert {"rng_state_0.pth", "rng_state_1.pth", "lorakit-complete.json"} <= {p.name for p in stopped.iterdir()}
+    result = lorakit_train(config, "--nproc", "2", "--set", f"output_dir={out}", "--resume")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["resumed_from"].endswith(stopped.name)
+    resumed = {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
+    original = {r["step"]: r["loss"] for r in metrics(run2) if "loss" in r}
+    assert resumed == original
+    got, expected = adapter(out), adapter(run2)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+
+
+# --- FSDP2 on CPU with gloo: the Trainer's fsdp path, made to shard on CPU (distributed.fsdp_on_cpu)
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_trains_and_resumes_as_ddp_does(two_process_run, tmp_path):
+    """fsdp shards each LoRA and base weight across the two ranks (fully_shard, one unit per decoder
+    layer) and gathers them for every checkpoint; the update is the DDP run's, which equals one process
+    with twice the batch (the first test here). selective_loss is off under fsdp (refused with it)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tmp, config, run2 = two_process_run
+    fsdp = ("--set", "train.distributed.strategy=fsdp", "--set", "train.selective_loss=false")
+    out = tmp_path / "fsdp"
+    result = lorakit_train(config, "--nproc", "2", *fsdp, "--set", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-4000:]
+    sharded, ddp = metrics(out), metrics(run2)
+    assert [r["step"] for r in sharded if "loss" in r] == list(range(1, STEPS + 1))
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in sharded if "loss" in r]),
+                               torch.tensor([r["loss"] for r in ddp if "loss" in r]), rtol=LOSS_RTOL, atol=0)
+    got, expected = adapter(out), adapter(run2)
+    assert got.keys() == expected.keys()
+    for key in got:  # whole weights, not a rank's shard
+        assert got[key].shape == expected[key].shape, key
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=ADAPTER_ATOL, msg=key)
+    # Checkpoints are ordinary peft adapters: plain peft loads one on the base. That they were written
+    # by accelerate's FSDP saver (its optimizer.bin and model file, not DDP's optimizer.pt) shows the
+    # run was sharded, not DDP under another name.
+    checkpoint = out / "checkpoints" / "checkpoint-3"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"optimizer.bin", "pytorch_model_fsdp.bin", "lorakit-complete.json"} <= names and "optimizer.pt" not in names
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp / "model"), str(checkpoint))
+    # And resume under fsdp: the sharded optimizer state is loaded back, the rest of the run repeats.
+    resumed = tmp_path / "resumed"
+    result = lorakit_train(config, "--nproc", "2", *fsdp, "--set", f"output_dir={resumed}", "--resume", str(checkpoint))
+    assert result.returncode == 0, result.stderr[-4000:]
+    again = {r["step"]: r["loss"] for r in metrics(resumed) if "loss" in r}
+    first = {r["step"]: r["loss"] for r in sharded if "loss" in r}
+    assert sorted(again) == [4, 5, 6] and all(again[s] == first[s] for s in again), (again, first)
+    got = adapter(resumed)
+    for key in expected:
+        torch.testing.assert_close(got[key], adapter(out)[key], rtol=0, atol=0, msg=key)

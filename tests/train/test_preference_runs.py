@@ -102,19 +102,39 @@ def test_dpo_from_an_sft_run_keeps_that_adapter_as_reference_and_saves_only_its_
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(out))
 
 
+def _kto_two_processes_differ_only_in_z(two: list[dict], one: list[dict], keys: list[str]) -> None:
+    """KTO's reference point z is estimated from each process's own answers, as TRL estimates it.
+
+    Each rank rotates its own 2 answers into mismatched rows, (x1, y2), (x2, y1), where one process
+    with batch 4 rotates all 4: (x1, y4), (x2, y1), (x3, y2), (x4, y3). The mean over ranks
+    (``Step.average``, before the clamp) is of other log-ratios, so z, and with it the loss and the
+    update, differ from one process's once the policy has moved. What must still agree: step 1,
+    where the policy is the reference and z is 0 in both; and at step 2 everything computed from
+    the weights alone (log-probs, rewards), since step 1's update was the same.
+    """
+    assert one[0]["kl"] == two[0]["kl"] == 0.0
+    for key in keys:
+        assert_close_at_scale(torch.tensor([two[0][key]]), torch.tensor([one[0][key]]), rtol=1e-5, msg=key)
+    for key in (k for k in keys if k not in ("loss", "kl")):
+        assert_close_at_scale(torch.tensor([two[1][key]]), torch.tensor([one[1][key]]), rtol=1e-5, msg=key)
+
+
 @pytest.mark.slow  # starts two training processes through torchrun
-def test_two_process_dpo_matches_one_process_with_twice_the_batch(tiny_model_dir, tmp_path):
-    """DDP for DPO: pairs counted over both ranks, rewards reduced over them, the same update as one process.
+@pytest.mark.parametrize("method", ["dpo", "orpo", "simpo", "kto"])
+def test_two_process_preference_run_matches_one_process_with_twice_the_batch(tiny_model_dir, tmp_path, method):
+    """DDP for the preference methods: rows counted over both ranks, logged values reduced over them,
+    the same update as one process.
 
     As tests/train/test_distributed.py does for SFT: both runs draw one seeded permutation of the 16
-    pairs and accelerate gives each worker alternate batches of 2, so step k sees the same 4 pairs.
-    fp32 and no dropout, so the only difference is the order the gradients are summed in.
+    pairs and accelerate gives each worker alternate batches of 2, so step k sees the same 4 pairs
+    (KTO: the same 4 answers of the 32 it splits the pairs into). fp32 and no dropout, so the only
+    difference is the order the gradients are summed in.
     """
     from tests.train.test_distributed import lorakit_train, write_config
 
     settings = ("train.max_steps=4", "train.warmup=0", "train.save_steps=100", "train.logging_steps=1",
                 "train.eval_steps=2", "train.learning_rate=0.005", "lora.dropout=0", "train.precision=fp32")
-    overrides = ("method=dpo", "data.cache_dir=null")  # not "section.key" settings: given as --set
+    overrides = (f"method={method}", "data.cache_dir=null")  # not "section.key" settings: given as --set
     train = write_jsonl(tmp_path / "pairs.jsonl", PAIRS * 4)
     held_out = write_jsonl(tmp_path / "held_out.jsonl", PAIRS * 2)  # 8: two ranks x batch 2, no padding
     config = write_config(tmp_path / "ddp.yaml", tiny_model_dir, train, tmp_path / "run2", *settings,
@@ -126,11 +146,14 @@ def test_two_process_dpo_matches_one_process_with_twice_the_batch(tiny_model_dir
     run_on_one_thread(single)
 
     two, one = metrics(tmp_path / "run2"), metrics(single.output_dir)
-    keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
     two_train, one_train = ([r for r in rows if "loss" in r] for rows in (two, one))
+    keys = ["loss", *(k for k in one_train[0] if k.startswith(("rewards/", "logps/", "nll", "log_odds", "kl")))]
     assert [r["step"] for r in two_train] == [1, 2, 3, 4]  # rank 0 alone wrote: no line twice
     assert [r["step"] for r in one_train] == [1, 2, 3, 4]
-    assert two_train[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # step 1: the policy is the reference
+    if method == "dpo":
+        assert two_train[0]["loss"] == pytest.approx(0.6931472, abs=1e-6)  # step 1: the policy is the reference
+    if method == "kto":
+        return _kto_two_processes_differ_only_in_z(two_train, one_train, keys)
     for key in keys:
         assert_close_at_scale(torch.tensor([r[key] for r in two_train]), torch.tensor([r[key] for r in one_train]),
                               rtol=1e-5, msg=key)
@@ -145,5 +168,5 @@ def test_two_process_dpo_matches_one_process_with_twice_the_batch(tiny_model_dir
     for key in got:  # Adam magnifies last-bit differences early on, as in the SFT twin
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-4, msg=key)
     summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
-    assert summary["method"] == "dpo" and summary["steps"] == 4
+    assert summary["method"] == method and summary["steps"] == 4
     assert summary["tokens_seen"] == json.loads((single.output_dir / "summary.json").read_text())["tokens_seen"]

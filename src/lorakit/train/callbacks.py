@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 
 from lorakit.outputs import writing
-from lorakit.train.distributed import sum_over_ranks
+from lorakit.train.distributed import max_over_ranks, sum_over_ranks
 from lorakit.train.plot import plot_losses
 from lorakit.train.trainer import TokenCount
 
@@ -159,7 +159,14 @@ class StopOnInterrupt(TrainerCallback):
         self.signal = signum
         self.uninstall()
 
+    def agree(self) -> None:
+        """Take the signal any rank got. Under several processes (a collective: every rank calls
+        this at the same point) the ranks then stop at the same step; a rank that stopped alone
+        would leave the others waiting in the next step's allreduce, and no checkpoint would finish."""
+        self.signal = max_over_ranks(self.signal or 0) or None
+
     def on_step_end(self, args, state, control, **kwargs):
+        self.agree()
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +37,17 @@ class LaunchError(LorakitError, RuntimeError):
     exit_code = 1  # the run itself failed (the rank printed why), as a one-process run's error would
 
 
+class LaunchInterrupted(LorakitError):
+    """Ctrl-C or SIGTERM stopped a multi-process run; every rank saved a checkpoint if it had time."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention, as a one-process run: 130 or 143
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        super().__init__(f"{name}: every rank stopped after its current step and saved a checkpoint if it could "
+                         "(a half-written one is ignored)")
+
+
 def launch(nproc: int, child_args: list[str]) -> None:
     """Run ``python -m lorakit <child_args>`` in ``nproc`` processes on this machine.
 
@@ -42,6 +55,7 @@ def launch(nproc: int, child_args: list[str]) -> None:
     collide; ``max_restarts=0`` because a LoRA run that lost a rank should stop and be resumed
     from its checkpoint by the user, not silently restarted from scratch.
     """
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -52,13 +66,27 @@ def launch(nproc: int, child_args: list[str]) -> None:
     launcher_args = ["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--module", "lorakit", *child_args]
     try:
         run(get_args_parser().parse_args(launcher_args))
+    except SignalException as err:
+        # The agent has passed the signal to every worker (each saves a checkpoint at its step's
+        # end, see callbacks.StopOnInterrupt) and waited for them (SIGKILL after 30 s).
+        raise LaunchInterrupted(int(err.sigval)) from None
     except ChildFailedError as err:
+        codes = {f.exitcode for f in _causes(err.failures).values()}
+        # A worker, not the launcher, was signalled: it stopped as one process would (exit 128 + signal),
+        # after the ranks agreed on the step (the others may be stopped by the agent after that).
+        if codes <= {128 + signal.SIGINT, 128 + signal.SIGTERM}:
+            raise LaunchInterrupted(max(codes) - 128) from None
         raise LaunchError(_describe_failures(err.failures)) from None
+
+
+def _causes(failures: dict) -> dict:
+    """The ranks that failed of themselves, not the ones the launcher then stopped with SIGTERM."""
+    return {r: f for r, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
 
 
 def _describe_failures(failures: dict) -> str:
     """Name the rank(s) that failed, not the ones the launcher then stopped with SIGTERM."""
-    causes = {r: f for r, f in failures.items() if f.exitcode != -signal.SIGTERM} or failures
+    causes = _causes(failures)
     # A signal has no traceback to show, so name it; a Python error was printed by the rank itself.
     text = "; ".join(
         f"rank {rank} exited with {f.exitcode}" + (f" ({f.message})" if f.exitcode < 0 else "")
@@ -89,15 +117,46 @@ def init_process_group(cfg: DistributedConfig, on_gpu: bool) -> None:
 
 def check_supported(cfg: DistributedConfig, on_gpu: bool) -> None:
     """Refuse, before any model is loaded, a strategy this machine cannot run."""
-    if cfg.strategy == "ddp":
+    if cfg.strategy in ("ddp", "fsdp"):  # fsdp on CPU: see fsdp_on_cpu
         return
     if not on_gpu:
         raise DistributedError(
-            f"train.distributed.strategy={cfg.strategy} needs CUDA GPUs; on CPU use strategy ddp "
+            f"train.distributed.strategy={cfg.strategy} needs CUDA GPUs; on CPU use strategy ddp or fsdp "
             "(LoRA's trainable weights are small, so plain data parallelism loses little)"
         )
     if cfg.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         raise DistributedError(f"train.distributed.strategy={cfg.strategy} needs DeepSpeed: pip install 'lorakit[deepspeed]'")
+
+
+@contextmanager
+def fsdp_on_cpu(enabled: bool) -> Iterator[None]:
+    """While the Trainer builds its Accelerator: a CPU (gloo) run given an FSDP plugin shards with it.
+
+    accelerate 1.16 makes a run FSDP only on accelerator devices (``AcceleratorState.__init__``
+    checks the plugin inside its GPU/NPU/XPU branch); on CPU it drops the plugin without a word
+    and trains DDP. torch's ``fully_shard`` runs on CPU with gloo, so the state is made what it
+    would be on a GPU: the same FSDP2 code path then shards, gathers and saves on CPU too.
+    """
+    if not enabled:
+        yield
+        return
+    from accelerate import state
+    from accelerate.utils import DistributedType
+
+    original = state.AcceleratorState.__init__
+
+    def init(self, *args, fsdp_plugin=None, **kwargs):
+        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # what Accelerator reads
+
+    state.AcceleratorState.__init__ = init
+    try:
+        yield
+    finally:
+        state.AcceleratorState.__init__ = original
 
 
 def shards_weights(cfg: DistributedConfig) -> bool:
@@ -189,14 +248,23 @@ def same_on_all_ranks(value: Any) -> Any:
     return box[0]
 
 
-def sum_over_ranks(*counts: int) -> tuple[int, ...]:
-    """Add integer counters over all ranks (each rank counted only the tokens it trained on)."""
+def _over_ranks(counts: tuple[int, ...], op: str) -> tuple[int, ...]:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return counts
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     total = torch.tensor(counts, dtype=torch.int64, device=device)
-    dist.all_reduce(total)
+    dist.all_reduce(total, op=getattr(dist.ReduceOp, op))
     return tuple(int(x) for x in total.tolist())
+
+
+def sum_over_ranks(*counts: int) -> tuple[int, ...]:
+    """Add integer counters over all ranks (each rank counted only the tokens it trained on)."""
+    return _over_ranks(counts, "SUM")
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of any rank, on every rank (e.g. a signal that reached some ranks first)."""
+    return _over_ranks((value,), "MAX")[0]
 
 
 def quiet_other_ranks() -> None:

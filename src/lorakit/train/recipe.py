@@ -179,6 +179,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
             stopper.uninstall()
         elapsed = time.monotonic() - started
         trainer.restore_model()  # evaluation, generation and saving see the model as it was loaded
+        stopper.agree()  # a signal after the last step's end: every rank stops here, or none does
         if stopper.interrupted:
             raise TrainingInterrupted(stopper.signal, trainer.state.global_step, ckpt_dir)
         # The kept adapter (the best one when keep_best) evaluated once more, logged apart from
@@ -192,6 +193,10 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     # Collectives: every rank takes part before the others return.
     totals = distributed.sum_over_ranks(trainer.count.tokens, trainer.count.loss_tokens)
     trained = Trained(result.global_step, trainer.whole_run_train_loss(), eval_loss, elapsed, *totals)
+    # fsdp and ZeRO-3 hold each weight in shards: every rank takes part in gathering them whole, as
+    # the Trainer does for its checkpoints (saved as they are, the adapter would be rank 0's shards).
+    sharded = distributed.shards_weights(cfg.train.distributed)
+    whole = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
     if not main:
         return RunSummary(trained.steps, trained.train_loss, trained.eval_loss)
 
@@ -200,7 +205,8 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     # text), and the resolved config. Saved apart and moved in: a half-written adapter never looks like one.
     tokenizer.chat_template = template.jinja
     with staged_into(out, "the trained adapter and tokenizer") as job:
-        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter])  # not a frozen reference
+        # selected: the adapter trained, not a frozen reference
+        model.save_pretrained(job.tmp, selected_adapters=[model.active_adapter], state_dict=whole)
         tokenizer.save_pretrained(job.tmp)
     summary = _summary(cfg, method, trainer, model, trained, template.name, plan, splits.reports, reserved_before)
     summary.resumed_from = str(resume_from) if resume_from else None

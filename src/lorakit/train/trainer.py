@@ -69,6 +69,11 @@ class RunTotals:
 
 
 class LorakitTrainer(Trainer):
+    def create_accelerator_and_postprocess(self) -> None:
+        # fsdp on CPU: accelerate would fall back to DDP without saying so (distributed.fsdp_on_cpu).
+        with distributed.fsdp_on_cpu(bool(self.args.fsdp) and not torch.cuda.is_available()):
+            super().create_accelerator_and_postprocess()
+
     def __init__(
         self,
         *args,
