@@ -30,7 +30,7 @@ from lorakit.model.loader import load_model, resolve_model_folder
 from lorakit.model.adapter import check_same_base
 from lorakit.model.lora import apply_lora
 from lorakit.model.quantization import is_quantized
-from lorakit.model.setup import training_setup
+from lorakit.model.setup import TextSetup, training_setup
 from lorakit.model.tokens import fit_embeddings
 from lorakit.outputs import staged_into
 from lorakit.run import SAVED_ADAPTER, TRAINED_BY, RunFolder, RunSummary, of_checkpoint, open_run, read_metrics
@@ -140,15 +140,7 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     if cfg.train.early_stopping_patience and not splits.eval:
         raise ConfigError("train.early_stopping_patience needs eval data (data.eval)")
 
-    source = resolve_model_folder(cfg.model)
-    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
-                      sharded=distributed.shards_weights(cfg.train.distributed))
-    fit_embeddings(base, tokenizer)
-    if cfg.model.adapter is not None:  # continue a run's adapter (a method's reference starts as it too)
-        check_same_base(out, cfg.model, cfg.model.adapter, tokenizer)
-        model = start_from_adapter(base, cfg.model.adapter, with_reference=method.reference)
-    else:
-        model = apply_lora(base, cfg.lora, new_tokens=bool(text.new_tokens))
+    base, model = _model(cfg, method, text, out)
     reserved_before = torch.cuda.memory_reserved() if on_gpu else 0
     plan = resolve_plan(cfg.model, cfg.train, cfg.method, model)
     log.info("plan (train/plan.py: what each setting comes to here):\n  %s", "\n  ".join(plan.lines()))
@@ -212,6 +204,18 @@ def _train(cfg: RunConfig, method: Method, out: Path, resume_from: Path | None, 
     summary.resumed_from = str(resume_from) if resume_from else None
     run.write_summary(summary)
     return summary
+
+
+def _model(cfg: RunConfig, method: Method, text: TextSetup, out: Path) -> tuple[torch.nn.Module, PeftModel]:
+    """The base, loaded as configured, and the model that trains: a new adapter on it, or a run's to continue."""
+    source = resolve_model_folder(cfg.model)
+    base = load_model(source, cfg.model.dtype, cfg.model.quantization, cfg.model.trust_remote_code,
+                      sharded=distributed.shards_weights(cfg.train.distributed))
+    fit_embeddings(base, text.tokenizer)
+    if cfg.model.adapter is not None:  # continue a run's adapter (a method's reference starts as it too)
+        check_same_base(out, cfg.model, cfg.model.adapter, text.tokenizer)
+        return base, start_from_adapter(base, cfg.model.adapter, with_reference=method.reference)
+    return base, apply_lora(base, cfg.lora, new_tokens=bool(text.new_tokens))
 
 
 def _trainer(cfg: RunConfig, method: Method, model: PeftModel, pad_token_id: int, splits: Splits, plan: Plan,
