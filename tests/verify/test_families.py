@@ -41,7 +41,7 @@ def cases():
         yield pytest.param(case, marks=() if case in FAST else pytest.mark.slow, id=case)
 
 
-@pytest.mark.parametrize("case", cases())
+@pytest.mark.parametrize("case", list(cases()))
 def test_every_family_passes(case, tmp_path):
     arch, kind, fmt, _, sizes = CASES[case]
     run = cli_train(_model_dir(tmp_path / "model", arch, kind, fmt, sizes), tmp_path, *TRAINING)
