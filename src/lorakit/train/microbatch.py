@@ -108,9 +108,24 @@ def split_batch(inputs: Batch, budget: int, packed: bool = False, cost: PassCost
     passes = plan(lengths, budget, packed, cost)
     if packed:
         return [_pack(inputs, rows, lengths) for rows in passes]
+    return _take(inputs, passes, lengths)
+
+
+def split_rows(inputs: Batch, budget: int) -> list[Batch]:
+    """Padded passes of a batch that carries more than ids and labels: whole rows under ``budget``
+    positions, per-position (2-D) values trimmed to each pass's longest row, per-row (1-D) values
+    taken by row, per-batch (0-D) values handed to every pass (KTO's desirable mask and z, GRPO's
+    advantages)."""
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    return _take(inputs, plan(lengths, budget), lengths)
+
+
+def _take(inputs: Batch, passes: list[list[int]], lengths: list[int]) -> list[Batch]:
     if len(passes) == 1:
         return [inputs]
-    return [
-        {key: value[rows, : lengths[rows[0]]] for key, value in inputs.items()}
-        for rows in passes
-    ]
+
+    def part(value: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        # ``plan`` lists each pass's rows longest first, so the first row's length is the pass's width.
+        return value if value.dim() == 0 else value[rows] if value.dim() == 1 else value[rows, : lengths[rows[0]]]
+
+    return [{key: part(value, rows) for key, value in inputs.items()} for rows in passes]

@@ -98,7 +98,7 @@ class LorakitTrainer(Trainer):
         self.method = method
         if method.item is not None:
             self.loss_is_scaled_for_ga = True  # every loss divides by the whole step's items
-        self._sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self._sums: dict[str, dict[str, tuple]] = {"train": {}, "eval": {}}  # split -> key -> (sum, count)
         self.count = TokenCount()
         self.selective_loss = selective_loss and selective_loss_supported(self.model)
         self.loss_chunk_size = loss_chunk_size

@@ -43,7 +43,7 @@ from lorakit.model.loss import token_logps
 from lorakit.outputs import writing
 from lorakit.train.methods.base import Batch, Method, Step, step_share
 from lorakit.train.methods.grpo_loss import completion_sums, group_advantages, items, token_losses
-from lorakit.train.microbatch import plan
+from lorakit.train.microbatch import split_rows
 from lorakit.train.preference import reference_model
 from lorakit.train.rewards import RewardFunction, load_rewards, score
 
@@ -56,15 +56,6 @@ STAT = "stat/"  # a prepared batch's per-completion values, logged as they are
 def sampling_seed(seed: int, step: int, process: int) -> int:
     """The seed of one step's sampling on one process: a fixed function of the run's seed and the step."""
     return (seed * 1_000_003 + step * 7_919 + process) % SEED_RANGE
-
-
-def split_rows(inputs: Batch, budget: int) -> list[Batch]:
-    """Passes of whole rows under ``budget`` positions, each trimmed to its longest row (``microbatch.plan``)."""
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    groups = plan(lengths, budget)
-    if len(groups) == 1:
-        return [inputs]
-    return [{key: value[rows, : lengths[rows[0]]] for key, value in inputs.items()} for rows in groups]
 
 
 class RepeatedSteps(Sampler[int]):

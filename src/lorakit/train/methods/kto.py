@@ -43,7 +43,7 @@ from lorakit.labels import IGNORE_INDEX
 from lorakit.train.methods.base import (
     Batch, Method, Step, refuse_rows_of_one_kind, step_share, without_dropout,
 )
-from lorakit.train.microbatch import plan
+from lorakit.train.microbatch import split_rows
 from lorakit.train.preference import reference_model
 
 _SEQUENCE = ("input_ids", "labels", "attention_mask")
@@ -129,20 +129,6 @@ def kto_loss(
     return torch.where(desirable, wanted, unwanted), (beta * logratios).detach()
 
 
-def split_answers(inputs: Batch, budget: int) -> list[Batch]:
-    """Padding-free passes (see ``microbatch``) of a batch of answers, its row mask and its z carried along."""
-    lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    groups = plan(lengths, budget)
-    if len(groups) == 1:
-        return [inputs]
-    passes = []
-    for rows in groups:
-        width = max(lengths[k] for k in rows)
-        passes.append({key: value if value.dim() == 0 else value[rows] if value.dim() == 1 else value[rows, :width]
-                       for key, value in inputs.items()})
-    return passes
-
-
 class KTO(Method):
     name = "kto"
     rows = ANSWERS
@@ -174,7 +160,7 @@ class KTO(Method):
         return [answer for row in encoded for answer in row]
 
     def split(self, inputs, budget, packed):
-        return split_answers(inputs, budget)
+        return split_rows(inputs, budget)
 
     def item_count(self, batch):
         return batch["input_ids"].shape[0]
@@ -209,7 +195,8 @@ class KTO(Method):
         desirable = inputs["desirable"]
         losses, rewards = kto_loss(policy, ref, desirable, z, self.settings.beta,
                                    self.settings.desirable_weight, self.settings.undesirable_weight)
-        # Per answer, each value only over the answers it is about; the trainer logs each one's mean.
+        # Per answer, each value only over the answers it is about; the trainer logs each one's mean. Every
+        # key is given for every batch, empty or not, so all processes reduce the same keys.
         values = {"kl": z.reshape(1),
                   "rewards/chosen": rewards[desirable], "rewards/rejected": rewards[~desirable],
                   "logps/chosen": policy[desirable].detach(), "logps/rejected": policy[~desirable].detach()}
