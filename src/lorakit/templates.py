@@ -106,6 +106,43 @@ class ChatTemplate:
         return EMPTY_THINK.sub("", text) if self.strip_empty_think else text
 
 
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer puts BOS before plain text (Llama-2-style SentencePiece ones do; most BPE ones do not).
+
+    The GGUF export writes this as ``add_bos_token``, so llama.cpp and Ollama put a BOS before every prompt.
+    """
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def leading_bos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
+    """What goes before a rendered conversation's ids: the one rule for templated text, in training and every
+    prompt path (chat, generate, serve, eval, verify).
+
+    One BOS, and only where the tokenizer puts BOS before plain text and the rendering does not start with it
+    (zephyr, alpaca on a Llama-style base). llama.cpp and Ollama put that BOS there (the GGUF says add_bos_token,
+    and llama-server strips a template's own leading BOS before adding its one), real models with such
+    templates were trained with it (alignment-handbook tokenized the rendered text with the tokenizer's BOS),
+    and the base saw it before every pretraining text. Templates that write ``{{ bos_token }}`` get no second one.
+    """
+    bos = tokenizer.bos_token_id
+    return [bos] if ids[:1] != [bos] and adds_bos(tokenizer) else []
+
+
+def chat_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """A rendered conversation's ids with each token's character span in ``text``; an added BOS spans no text,
+    ``(0, 0)``, so no answer span takes it."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    lead = leading_bos(tokenizer, enc["input_ids"])
+    return lead + list(enc["input_ids"]), [(0, 0)] * len(lead) + list(enc["offset_mapping"])
+
+
+def chat_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A rendered prompt's ids (``chat_tokens`` without the spans)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return leading_bos(tokenizer, ids) + list(ids)
+
+
 def _token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int | None:
     if token not in tokenizer.get_vocab():
         return None

@@ -40,6 +40,7 @@ from lorakit.export.gguf import export_gguf
 from lorakit.export.gguf_adapter import export_adapter_gguf
 from lorakit.export.merge import merged_model
 from lorakit.cli import app
+from lorakit.infer.generate import prompt_ids
 from tests.conftest import ARCHITECTURES, arch_config, make_tokenizer, needs_embedded
 from tests.export.llamacpp import LlamaCpp, hf_greedy, hf_logits, logit_gap, needs_llama_cpp, with_file_weights
 from tests.export.spm import make_spm_tokenizer
@@ -122,7 +123,7 @@ def trained_family(case: str, run: Path, end: str, conversations: list, folder: 
     merged, tokenizer, _ = merged_model(run)
     template = resolve_template(tokenizer, "auto")
     texts = [template.render(tokenizer, c, add_generation_prompt=True) for c in conversations]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [prompt_ids(tokenizer, template, c) for c in conversations]  # training's, its BOS rule included
     return Family(case, run, merged, tokenizer, template, tokenizer.convert_tokens_to_ids(end), conversations, prompts,
                   texts, folder)
 
@@ -186,16 +187,16 @@ def test_f16_tokenizes_generates_and_stops_like_transformers(family):
         assert llm.is_end(family.end_id)
         lead = " " if family.case == "tinyllama-spm-first" else ""
         for conversation, text, ids in zip(family.conversations, family.texts, family.prompts):
-            chat = llm.chat_prompt(conversation)  # what llama.cpp's chat completion feeds the model
+            chat = llm.chat_prompt(conversation)  # the GGUF's chat template, rendered by llama.cpp's formatter
             assert chat == lead + text
-            assert llm.tokenize(chat) == ids, chat
+            assert llm.chat_prompt_ids(conversation) == ids, chat  # what llama-server feeds the model
             if not lead:  # with a lead, a raw prompt must start with it, as the GGUF's template writes it
-                assert llm.tokenize(text) == ids, text
+                # the rendered text sent to the raw completion endpoint, which adds the GGUF's BOS
+                assert llm.llm.tokenize(text.encode(), add_bos=True, special=True) == ids, text
         for text in TRICKY:  # inside a prompt, where the text stands in use
             conversation = [{"role": "user", "content": text}]
-            rendered = family.template.render(family.tokenizer, conversation, add_generation_prompt=True)
-            want = family.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            assert llm.tokenize(llm.chat_prompt(conversation)) == want, text
+            want = prompt_ids(family.tokenizer, family.template, conversation)
+            assert llm.chat_prompt_ids(conversation) == want, text
         answers = [hf_greedy(family.merged, ids, MAX_NEW, family.template.end_token_ids) for ids in family.prompts]
         # the trained prompt is answered and closed by the end-of-turn token: what stopping is checked on
         assert answers[0][-1] == family.end_id and len(answers[0]) > 1, family.tokenizer.decode(answers[0])

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from lorakit.labels import IGNORE_INDEX
-from lorakit.templates import ChatTemplate, Conversation, TemplateError
+from lorakit.templates import ChatTemplate, Conversation, TemplateError, chat_ids, chat_tokens
 
 
 
@@ -150,14 +150,13 @@ def encode_conversation(
     if problem:
         raise SampleDropped(problem)
     full = template.render(tokenizer, conv, add_generation_prompt=False)
-    # The template already writes BOS where the model wants it; adding special tokens
-    # again here is how recipes end up training on a doubled BOS.
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = enc["input_ids"]
+    # No special tokens but the one BOS llama.cpp and Ollama put before the prompt (templates.leading_bos):
+    # a template that writes BOS gets no second one, the doubled BOS of many recipes.
+    ids, offsets = chat_tokens(tokenizer, full)
     if train_on == "everything":
         ends = [k for k, t in enumerate(ids) if t in template.end_token_ids]
+        # label 0 is never predicted (the model shifts), so a leading BOS may keep its label, as in encode_text
         return _fit(Encoded(ids, list(ids)), ends[-1:], max_length, truncation)
-    offsets: list[tuple[int, int]] = enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
     end_positions: list[int] = []
     without_end = 0
@@ -184,7 +183,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, co
     problem = content_problem(conv, None, PROMPT_ONLY)
     if problem:
         raise SampleDropped(problem)
-    ids = tokenizer(template.render(tokenizer, conv, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    ids = chat_ids(tokenizer, template.render(tokenizer, conv, add_generation_prompt=True))
     if len(ids) <= max_length:
         return Encoded(ids, [IGNORE_INDEX] * len(ids))
     if truncation == "error":

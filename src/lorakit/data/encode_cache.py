@@ -35,7 +35,9 @@ from lorakit.data.encode import PROMPT_ONLY, Encoded, SampleDropped, encode_conv
 from lorakit.templates import ChatTemplate, Conversation
 
 # Bump whenever encode.py can produce different ids or labels for the same input.
-ENCODER_VERSION = 2  # 2: a conversation whose user turns are all blank is dropped (empty prompt)
+# 2: a conversation whose user turns are all blank is dropped (empty prompt)
+# 3: the BOS the tokenizer puts before plain text leads a rendering that does not start with it
+ENCODER_VERSION = 3
 # Below this many samples to encode, starting workers costs more than it saves.
 PARALLEL_FROM = 2000
 

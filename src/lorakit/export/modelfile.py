@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_vocab import space_rule
 from lorakit.outputs import write_text
-from lorakit.templates import resolve_template
+from lorakit.templates import adds_bos, resolve_template
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +228,9 @@ def write_modelfile(gguf_path: Path, tokenizer: PreTrainedTokenizerBase, system_
         lines.append(f"ADAPTER {_relative(adapter, path.parent)}")
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     if template:
-        add_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
         try:
-            pieces = turn_pieces(tokenizer, template, strip_bos=add_bos)
+            # ollama puts the BOS before the prompt itself where the GGUF says add_bos_token
+            pieces = turn_pieces(tokenizer, template, strip_bos=adds_bos(tokenizer))
             # the GGUF's chat template writes the same lead (see gguf_vocab.SpaceRule)
             pieces = replace(pieces, start=space_rule(tokenizer).lead + pieces.start)
             lines.append("TEMPLATE " + _quoted(go_template(pieces)))

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig
 from lorakit.errors import LorakitError
-from lorakit.templates import ChatTemplate, Conversation
+from lorakit.templates import ChatTemplate, Conversation, chat_ids
 
 # Models that do not say how long a sequence they were trained on get this many positions.
 FALLBACK_CONTEXT = 2048
@@ -32,9 +32,8 @@ class Answer:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, conv: Conversation) -> list[int]:
-    """The exact tokens training saw before an answer: same template, no extra BOS."""
-    text = template.render(tokenizer, conv, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """The exact tokens training saw before an answer: same template, the same BOS rule (``templates.chat_ids``)."""
+    return chat_ids(tokenizer, template.render(tokenizer, conv, add_generation_prompt=True))
 
 
 def context_length(model: PreTrainedModel, gen: GenerationConfig) -> int:

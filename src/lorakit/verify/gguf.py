@@ -1,7 +1,8 @@
 """The GGUF equals the merged model, as llama.cpp runs it. Three rows per GGUF:
 
 * chat prompt: the GGUF's end-of-turn id is the token training's answers end with, and llama.cpp
-  renders each held-out conversation with the GGUF's own chat template to training's ids;
+  renders each held-out conversation with the GGUF's own chat template to training's ids, the BOS
+  llama-server adds (add_bos_token) included;
 * raw text: llama.cpp tokenizes the held-out prompts' plain text, a fixed set of hard strings and the
   run's added tokens as the run's tokenizer does. An added token split apart fails (the GGUF lacks
   it); other text that splits otherwise warns, since chat prompts may still be right: it is what a
@@ -84,7 +85,7 @@ def _chat_prompt(subject: Subject, llm: LlamaCpp, name: str) -> Check:
                      f"with {end} ({text_of(end)}): llama.cpp would not stop where the model learned to")
     first, differ = None, 0
     for sample, conversation, want in zip(subject.held.samples, subject.held.prompts, subject.training_prompts()):
-        found = first_mismatch(want, llm.tokenize(llm.chat_prompt(conversation)), text_of,
+        found = first_mismatch(want, llm.chat_prompt_ids(conversation), text_of,
                                f"{sample.origin} (llama.cpp chat template)")
         differ += found is not None
         first = first or found

@@ -56,6 +56,19 @@ class LlamaCpp:
                                         eos_token=text(self.llm.token_eos()), bos_token=text(self.llm.token_bos()))
         return formatter(messages=messages).prompt
 
+    def chat_prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The ids llama-server feeds the model for a chat: the GGUF's chat template rendered, the template's own
+        leading BOS (trailing EOS) dropped where the GGUF says add_bos_token (add_eos_token), and the text tokenized
+        with the specials the GGUF says to add. llama-cpp-python's own chat completion adds none (its formatter
+        says the template wrote them); llama-server, llama-cli and ollama, which users run, do."""
+        text, model = self.chat_prompt(messages), self.llm._model
+        bos, eos = (model.token_get_text(t) if t != -1 else "" for t in (self.llm.token_bos(), self.llm.token_eos()))
+        if model.add_bos_token() and bos and text.startswith(bos):
+            text = text[len(bos):]
+        if model.add_eos_token() and eos and text.endswith(eos):
+            text = text[: -len(eos)]
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
     def is_end(self, token: int) -> bool:
         """llama.cpp's own end-of-generation rule (EOS, EOT and the like)."""
         return bool(self._lib.llama_vocab_is_eog(self.llm._model.vocab, token))

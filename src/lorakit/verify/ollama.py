@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lorakit.errors import LorakitError
 from lorakit.export.modelfile import modelfile_path, write_modelfile
-from lorakit.templates import Conversation
+from lorakit.templates import Conversation, adds_bos
 from lorakit.verify.report import FAIL, PASS, SKIP, Check, first_mismatch, token_text
 from lorakit.verify.subject import Subject, training_ids
 
@@ -128,18 +128,19 @@ def check_ollama(subject: Subject, gguf: Path | None) -> Check:
             return Check(name, FAIL, f"{modelfile} has no TEMPLATE: ollama would fall back to the GGUF's own")
         cases = _usable(subject, conversations(subject))
         rendered = go_render(template, [c[:-1] for _, c, _ in cases], folder)
-    adds_bos = tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [tokenizer.bos_token_id]
+    # ollama tokenizes the rendered text and puts a BOS before it where the GGUF says add_bos_token
+    lead = [tokenizer.bos_token_id] if adds_bos(tokenizer) else []
     text_of = token_text(subject.training.tokenizer)
     differ, first, extra_bos = 0, None, 0
     for (where, _, want), text in zip(cases, rendered):
-        got = ([tokenizer.bos_token_id] if adds_bos else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = lead + tokenizer(text, add_special_tokens=False)["input_ids"]
         found = first_mismatch(want, got, text_of, f"{where} (ollama template)")
         differ += found is not None
         extra_bos += got == [tokenizer.bos_token_id, *want]
         first = first or found
     if first is not None:
-        why = ("; the only difference is the BOS ollama adds (the tokenizer adds one to plain text, so the GGUF "
-               "says add_bos) where training's template writes none") if extra_bos == differ else ""
+        why = ("; the only difference is a second BOS: ollama puts one before the prompt (the GGUF says "
+               "add_bos_token) and the TEMPLATE writes another") if extra_bos == differ else ""
         return Check(name, FAIL, f"{differ} of {len(cases)} conversations rendered by the Modelfile's TEMPLATE (Go) "
                      f"differ from training's ids{why}; {first.lines()[0]}", mismatch=first)
     return Check(name, PASS, f"Go renders all {len(cases)} conversations (system turn and several turns included) "
