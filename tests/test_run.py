@@ -98,3 +98,17 @@ def test_every_file_a_run_writes_is_named_as_the_runs(trained):
         (cfg.output_dir / "notes.txt").unlink()
     trackers = get_args(TrainConfig.model_fields["report_to"].annotation)
     assert set(get_args(trackers[0])) == set(TRACKER_FOLDERS)
+
+
+def test_the_export_record_lists_each_gguf_once_newest_last(tmp_path):
+    """What `export gguf` records and `verify RUN` reads back: absolute paths, one entry per file, a file written
+    again moving to the end; a damaged record reads as none (verify then checks only what it is given)."""
+    run = RunFolder(tmp_path)
+    assert run.exports() == []
+    run.record_export(tmp_path / "a.gguf")
+    run.record_export(tmp_path / "b.gguf")
+    run.record_export(tmp_path / "sub" / ".." / "a.gguf")
+    assert run.exports() == [(tmp_path / "b.gguf").resolve(), (tmp_path / "a.gguf").resolve()]
+    assert run.others() == []  # exports.json is a run's own file: --overwrite may delete it
+    (tmp_path / "exports.json").write_text("[{\"gguf\": 3}, \"x\"", encoding="utf-8")
+    assert run.exports() == []

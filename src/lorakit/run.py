@@ -16,6 +16,7 @@ so a folder that is not one is refused alike everywhere, as a :class:`NotARunErr
       summary.json                 RunSummary: written last, so it means "finished"
       eval.json, eval.md           lorakit eval (or eval.at_end)
       verify.json                  lorakit verify: each hand-off check's verdict
+      exports.json                 the GGUFs lorakit export gguf wrote from the run: what verify checks
       .lorakit.lock                held while a run trains (train/run_folder.py)
 
 ``RUN_WRITES`` names everything a run may put at the top of its folder: ``--overwrite``
@@ -47,6 +48,7 @@ SUMMARY = "summary.json"
 EVAL_JSON = "eval.json"
 EVAL_MARKDOWN = "eval.md"
 VERIFY_JSON = "verify.json"
+EXPORTS_JSON = "exports.json"
 LOCK = ".lorakit.lock"
 # What a run writes; any of them means the folder holds a run (finished, killed or failed).
 RUN_FILES = (CONFIG, METRICS, SUMMARY, ADAPTER_WEIGHTS, CHECKPOINTS)
@@ -63,7 +65,7 @@ TOKENIZER_FILES = (
 # Every name a run (and `lorakit eval` and `verify` on it) may write at the top of its folder.
 RUN_WRITES = frozenset({
     CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, METRICS, PLOT, PLOT_PARTIAL, CHECKPOINTS, SUMMARY, EVAL_JSON,
-    EVAL_MARKDOWN, VERIFY_JSON, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
+    EVAL_MARKDOWN, VERIFY_JSON, EXPORTS_JSON, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
 })
 
 
@@ -196,6 +198,24 @@ class RunFolder:
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics_file)
+
+    def exports(self) -> list[Path]:
+        """The GGUFs ``export gguf`` wrote from this run, oldest first; a file since deleted is still listed."""
+        path = self.path / EXPORTS_JSON
+        if not path.is_file():
+            return []
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return []  # a damaged record only means verify checks no GGUF unless given one
+        return [Path(row["gguf"]) for row in rows if isinstance(row, dict) and isinstance(row.get("gguf"), str)]
+
+    def record_export(self, gguf: Path) -> None:
+        """Note a GGUF written from this run (an absolute path, once), so ``verify RUN`` finds it without --gguf."""
+        where = gguf.resolve()
+        kept = [p for p in self.exports() if p != where]
+        rows = [{"gguf": str(p)} for p in [*kept, where]]
+        write_text(self.path / EXPORTS_JSON, json.dumps(rows, indent=2), "the run's export record")
 
 
 def of_checkpoint(checkpoint: Path) -> RunFolder:

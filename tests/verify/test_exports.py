@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 import lorakit.export.gguf as gguf_export
 from lorakit.cli import app
 from lorakit.export.gguf import export_gguf
+from lorakit.run import RunFolder
 from lorakit.verify.gguf import check_gguf
 from lorakit.verify.ollama import check_ollama
 from lorakit.verify.report import read_report
@@ -27,15 +29,25 @@ def rows(checks) -> dict[str, str]:
     return {c.name: c.verdict for c in checks}
 
 
+# Exporting from a run records the GGUF in it (exports.json), and verify without --gguf checks what is recorded:
+# no test exports from the module's shared ``trained_run``, or the rows another test sees would depend on order.
+
+
 @pytest.fixture(scope="module")
-def f16(trained_run, tmp_path_factory):
-    return export_gguf(trained_run, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", "f16")[0]
+def exported_run(trained_run, tmp_path_factory) -> Path:
+    """A copy of the trained run that the shared f16 export is made from (and recorded in)."""
+    return Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("exported") / "run"))
+
+
+@pytest.fixture(scope="module")
+def f16(exported_run, tmp_path_factory):
+    return export_gguf(exported_run, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf", "f16")[0]
 
 
 @needs_llama_cpp
 @needs_go
-def test_a_faithful_f16_export_passes_every_row(trained_run, f16):
-    subject = open_subject(trained_run)
+def test_a_faithful_f16_export_passes_every_row(exported_run, f16):
+    subject = open_subject(exported_run)
     checks = check_gguf(subject, f16) + [check_ollama(subject, f16), check_ollama(subject, None)]
     assert rows(checks) == {"gguf tiny-f16.gguf: chat prompt": "pass", "gguf tiny-f16.gguf: raw text": "pass",
                             "gguf tiny-f16.gguf: answers": "pass", "ollama tiny-f16.Modelfile": "pass",
@@ -44,7 +56,7 @@ def test_a_faithful_f16_export_passes_every_row(trained_run, f16):
 
 
 @needs_llama_cpp
-def test_a_gguf_whose_chat_template_was_edited_fails(trained_run, tmp_path, monkeypatch):
+def test_a_gguf_whose_chat_template_was_edited_fails(run_copy, tmp_path, monkeypatch):
     build = gguf_export.build_vocab
 
     def edited(*args, **kwargs):
@@ -53,17 +65,17 @@ def test_a_gguf_whose_chat_template_was_edited_fails(trained_run, tmp_path, monk
         return vocab
 
     monkeypatch.setattr(gguf_export, "build_vocab", edited)
-    path, _ = export_gguf(trained_run, tmp_path / "edited.gguf", "f16")
-    check = check_gguf(open_subject(trained_run), path)[0]
+    path, _ = export_gguf(run_copy, tmp_path / "edited.gguf", "f16")
+    check = check_gguf(open_subject(run_copy), path)[0]
     assert check.verdict == "fail" and "differ from training's ids" in check.summary
     assert check.mismatch.position == 3 and "(llama.cpp chat template)" in check.mismatch.where
 
 
 @needs_llama_cpp
-def test_a_gguf_with_a_wrong_end_of_turn_id_fails(trained_run, tmp_path, monkeypatch):
+def test_a_gguf_with_a_wrong_end_of_turn_id_fails(run_copy, tmp_path, monkeypatch):
     monkeypatch.setattr(gguf_export, "end_of_turn_id", lambda tokenizer: 5)
-    path, _ = export_gguf(trained_run, tmp_path / "wrong-eot.gguf", "f16")
-    check = check_gguf(open_subject(trained_run), path)[0]
+    path, _ = export_gguf(run_copy, tmp_path / "wrong-eot.gguf", "f16")
+    check = check_gguf(open_subject(run_copy), path)[0]
     assert check.verdict == "fail" and "the GGUF's end-of-turn id is 5" in check.summary
     assert "<|im_end|>" in check.summary
 
@@ -115,15 +127,45 @@ def test_export_verify_needs_a_run(tmp_path):
 
 
 @needs_llama_cpp
-def test_an_adapter_only_gguf_runs_on_the_base_its_modelfile_names(trained_run, tmp_path):
+def test_an_adapter_only_gguf_runs_on_the_base_its_modelfile_names(run_copy, tmp_path):
     from lorakit.export.gguf_adapter import export_adapter_gguf
 
-    adapter, _, _ = export_adapter_gguf(trained_run, tmp_path / "tiny-lora.gguf", "f16", with_base=True)
-    checks = check_gguf(open_subject(trained_run), adapter)
+    adapter, _, _ = export_adapter_gguf(run_copy, tmp_path / "tiny-lora.gguf", "f16", with_base=True)
+    assert RunFolder(run_copy).exports() == [adapter.resolve()]  # recorded: verify RUN checks it unasked
+    checks = check_gguf(open_subject(run_copy), adapter)
     assert rows(checks) == {f"gguf tiny-lora.gguf: {row}": "pass" for row in ("chat prompt", "raw text", "answers")}, \
         checks
     alone = tmp_path / "alone" / "tiny-lora.gguf"  # no Modelfile, so no base to run it on
     alone.parent.mkdir()
     shutil.copy(adapter, alone)
-    skipped = check_gguf(open_subject(trained_run), alone)
+    skipped = check_gguf(open_subject(run_copy), alone)
     assert rows(skipped) == {"gguf tiny-lora.gguf": "skip"} and "--with-base" in skipped[0].summary
+
+
+@needs_llama_cpp
+@needs_go
+def test_verify_without_gguf_checks_what_export_wrote_from_the_run(run_copy, tmp_path):
+    """`lorakit verify RUN` with no --gguf: the GGUFs `export gguf` wrote from the run, found through exports.json;
+    one deleted since is a warning naming it, and the rest are still checked."""
+    kept, _ = export_gguf(run_copy, tmp_path / "kept.gguf", "f16")
+    deleted, _ = export_gguf(run_copy, tmp_path / "deleted.gguf", "f16")
+    export_gguf(run_copy, kept, "f16", overwrite=True)  # written again: recorded once, now the newest
+    assert RunFolder(run_copy).exports() == [deleted.resolve(), kept.resolve()]
+    deleted.unlink()
+    result = CliRunner().invoke(app, ["verify", str(run_copy), "--no-server", "--json", "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    got = {c["name"]: c["verdict"] for c in report["checks"]}
+    assert got["gguf deleted.gguf"] == "warn" and "ollama deleted.Modelfile" not in got
+    gone = next(c for c in report["checks"] if c["name"] == "gguf deleted.gguf")
+    assert str(deleted.resolve()) in gone["summary"] and "--gguf" in gone["summary"]
+    assert {got[f"gguf kept.gguf: {row}"] for row in ("chat prompt", "raw text", "answers")} == {"pass"}
+    assert got["ollama kept.Modelfile"] == "pass" and "ollama template" not in got
+
+
+def test_a_run_without_exports_verifies_the_modelfile_export_would_write(run_copy):
+    """No exports.json (or a damaged one): no GGUF row, and the Ollama row checks the Modelfile export would write."""
+    (run_copy / "exports.json").write_text("{not json")
+    assert RunFolder(run_copy).exports() == []
+    report = verify_run(run_copy, exports_only=True)
+    assert [c.name for c in report.checks] == ["ollama template"]

@@ -21,7 +21,8 @@ def verify(
         help="Held-out conversations (repeatable); default: the run's eval split, else a few training ones.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="How many conversations to check on.")] = 8,
     gguf: Annotated[list[Path], typer.Option(
-        "--gguf", help="A GGUF exported from the run (repeatable): llama.cpp and its Modelfile are checked too.")] = [],
+        "--gguf", help="A GGUF exported from the run (repeatable): llama.cpp and its Modelfile are checked too. "
+                       "Default: the GGUFs `lorakit export gguf` wrote from the run.")] = [],
     server: Annotated[bool, typer.Option(help="Start the server in process and compare its answers.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> None:
@@ -36,7 +37,7 @@ def verify(
         if not as_json:
             err.print(f"  {check.name}: {check.verdict} ({check.seconds:.1f} s)", highlight=False)
 
-    report = verify_run(run_dir, data, limit, gguf, server=server, progress=progress)
+    report = verify_run(run_dir, data, limit, gguf or None, server=server, progress=progress)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     else:

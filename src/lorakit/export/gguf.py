@@ -182,7 +182,8 @@ def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str 
     """
     check_output_files({"--out": out, "the Modelfile": modelfile_path(out)}, overwrite)  # before any loading
     folder = preflight(source, qtype)
-    if run_or_model(source) is not None:
+    run = run_or_model(source)
+    if run is not None:
         model, tokenizer, cfg = merged_model(source)
         system_prompt = system_prompt or cfg.data.system_prompt
     else:
@@ -190,4 +191,6 @@ def export_gguf(source: Path, out: Path, qtype: str = "f16", system_prompt: str 
         tokenizer = load_tokenizer(folder)
     write_gguf(model, tokenizer, out, qtype, name=source.resolve().name)
     modelfile = write_modelfile(out, tokenizer, system_prompt)
+    if run is not None:
+        run.record_export(out)  # `lorakit verify RUN` checks it without being told
     return out, modelfile

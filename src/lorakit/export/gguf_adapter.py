@@ -149,4 +149,5 @@ def export_adapter_gguf(
     elif not base_path.is_file():
         log.warning("the Modelfile names %s as the base; write it with --with-base", base_path)
     modelfile = write_modelfile(base_path, tokenizer, system_prompt or cfg.data.system_prompt, adapter=out)
+    run.record_export(out)  # verify runs it on the base its Modelfile names
     return out, modelfile, base_path
