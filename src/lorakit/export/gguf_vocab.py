@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.errors import LorakitError
 from lorakit.families import END_OF_TURN_TOKENS
-from lorakit.templates import resolve_template
+from lorakit.templates import adds_bos, resolve_template
 
 # Llama 3's split pattern, as its tokenizer.json and llama.cpp's "llama-bpe" both spell it.
 LLAMA3_SPLIT = (
@@ -143,12 +143,12 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
 
 
 def _adds_special(tokenizer: PreTrainedTokenizerBase) -> tuple[bool, bool]:
-    """Does plain encoding add BOS / EOS? llama.cpp must do the same for raw prompts."""
+    """Does plain encoding add BOS / EOS? llama.cpp must do the same for raw prompts (and so puts the BOS before
+    chat prompts where training put it: templates.leading_bos reads the same ``adds_bos``)."""
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    add_bos = tokenizer.bos_token_id is not None and len(full) > len(plain) and full[0] == tokenizer.bos_token_id
     add_eos = tokenizer.eos_token_id is not None and len(full) > len(plain) and full[-1] == tokenizer.eos_token_id
-    return add_bos, add_eos
+    return adds_bos(tokenizer), add_eos
 
 
 def _merge_scores(spec: dict, vocab: dict[str, int]) -> dict[int, float]:
