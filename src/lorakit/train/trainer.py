@@ -179,7 +179,10 @@ class LorakitTrainer(Trainer):
             # The model's own attention, whatever the last pass switched to: what a method computes here
             # (GRPO's sampling, KTO's KL rows) is then the same in a run resumed before this step.
             self.passes.restore()
-            batches = self.method.prepare_step(self, self.model_wrapped, batches)
+            # Eager layers too (train.compile): sampling's no-grad, one-token passes would compile
+            # graphs of their own, as evaluation would (``evaluate`` pauses them the same way).
+            with self.compiling.layers.paused():
+                batches = self.method.prepare_step(self, self.model_wrapped, batches)
         # The Trainer's own collects the prepared batches and counts their items (the override below).
         return super().get_batch_samples(iter(batches), len(batches), device)
 
