@@ -21,7 +21,8 @@ and the rest (log-probs, backward, optimizer): lorakit logs that split itself; T
 The reward curves are the per-step mean rewards of the sampled completions; sampling seeds differ
 between the tools, so they are compared by mean and standard error, not step by step.
 
-The generation section answers the same 16 prompt rows with lorakit's ``generate_ids`` and with one
+The generation section answers the same 16 prompt rows (4 prompts x 4) as GRPO's sampling does
+(``generate_ids`` with ``group=4``: each prompt read once; training's fused LoRA layers) and with one
 ``model.generate`` call of transformers on the same LoRA-wrapped model, sampling, up to 48 new tokens.
 """
 
@@ -150,12 +151,14 @@ def run_trl(steps: int, model_path: str, tuned: bool, dtype: torch.dtype, dropou
 
 
 def generation_speed(model_path: str, dtype: torch.dtype) -> dict:
-    """lorakit's generate_ids against one model.generate call on the same 16 rows, LoRA on, sampling."""
+    """GRPO's sampling (generate_ids with the group's prompt read once, fused LoRA layers) against one
+    model.generate call on the same 16 rows, LoRA on, sampling."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.config import GenerationConfig
     from lorakit.infer.generate import generate_ids
+    from lorakit.model import fused_lora
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
@@ -170,7 +173,8 @@ def generation_speed(model_path: str, dtype: torch.dtype) -> dict:
     result = {}
     for attempt in range(2):  # the first of each is a warm-up
         started = time.perf_counter()
-        ours = generate_ids(model, tokenizer, prompts, gen, stop)
+        with fused_lora.fused([m for m in model.modules() if fused_lora.fusable(m)]):  # as GRPO samples
+            ours = generate_ids(model, tokenizer, prompts, gen, stop, group=4)
         ours_s = time.perf_counter() - started
         width = max(map(len, prompts))
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])

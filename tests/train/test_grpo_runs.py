@@ -318,3 +318,26 @@ def test_train_compile_compiles_the_training_passes_only_and_samples_as_eager(ti
     ran = [[(r["reward"], r["loss"]) for r in metrics(c.output_dir) if "loss" in r] for c in (eager, cfg)]
     assert [r for r, _ in ran[1]] == pytest.approx([r for r, _ in ran[0]], rel=1e-6)  # the same completions
     assert [loss for _, loss in ran[1]] == pytest.approx([loss for _, loss in ran[0]], rel=1e-4, abs=1e-6)
+
+
+def test_sampling_runs_the_fused_lora_layers_and_samples_what_peft_would(tiny_model_dir, tmp_path, monkeypatch):
+    """Sampling between steps goes through training's fused LoRA op (fewer ops a token); in float32 its
+    completions are those of peft's own layers (train.fused_lora=false), so the rewards are equal."""
+    from lorakit.model import fused_lora
+
+    sampled = []
+    plain = fused_lora.fused_forward
+
+    def counted(layer, x, *args, **kwargs):
+        sampled.append(torch.is_inference_mode_enabled())
+        return plain(layer, x, *args, **kwargs)
+
+    monkeypatch.setattr(fused_lora, "fused_forward", counted)
+    common = ("train.max_steps=2", "train.batch_size=2", "train.precision=fp32", "model.dtype=float32")
+    runs = [grpo_config(tiny_model_dir, tmp_path / kind, *common, f"train.fused_lora={kind == 'fused'}")
+            for kind in ("fused", "peft")]
+    run_on_one_thread(runs[0])
+    assert any(sampled) and not all(sampled)  # the sampling's passes (inference mode) and training's
+    run_on_one_thread(runs[1])
+    rewards = [[r["reward"] for r in metrics(c.output_dir) if "loss" in r] for c in runs]
+    assert rewards[0] == pytest.approx(rewards[1], rel=1e-6)

@@ -219,7 +219,7 @@ class GRPO(Method):
         was_training = policy.training
         policy.eval()  # no dropout: the completions are the policy's own
         try:
-            with torch.random.fork_rng(devices=devices):  # the run's RNG is left as it was
+            with torch.random.fork_rng(devices=devices), step.generating():  # the run's RNG is left as it was
                 return generate_ids(policy, self.tokenizer, ids, gen, self.stop_ids, group=s.num_generations)
         finally:
             policy.train(was_training)
