@@ -24,6 +24,7 @@ from lorakit.data.prompt_rows import EncodedPrompt, PromptRow
 from lorakit.infer.generate import prompt_ids
 from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.loss import token_logps
+from lorakit.run import RUN_WRITES
 from lorakit.train import checkpoints, recipe
 from lorakit.train.methods.grpo import GRPO, RepeatedSteps
 from lorakit.train.rewards import RewardError, load_rewards, score
@@ -93,6 +94,9 @@ def test_a_run_logs_rewards_and_writes_samples_of_completions(tiny_model_dir, tm
     assert sum(s["advantage"] for s in sample[:3]) == pytest.approx(0, abs=1e-5)  # a group's advantages
     data = summary["data"][0]
     assert data["kept"] == 8 and data["loss_tokens"] == 0
+    # Everything the run wrote is the run's: --overwrite may delete it (completions/ included).
+    assert {p.name for p in cfg.output_dir.iterdir()} <= RUN_WRITES
+    recipe.run(cfg, overwrite=True)
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
