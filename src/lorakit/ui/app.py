@@ -1,0 +1,193 @@
+"""The dashboard's HTTP endpoints: one page, its script, and JSON under ``/api``.
+
+Every request passes :func:`guarded` first (Host header, then token; see :mod:`lorakit.ui.guard`).
+The page is a single HTML file with plain JavaScript (``page.html``, ``page.js``), no build step;
+it polls ``/api/runs/<name>/metrics?since=N`` for new rows of the curves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+from importlib import resources
+from pathlib import Path
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from lorakit.config import RunConfig
+from lorakit.errors import LorakitError
+from lorakit.run import RunFolder
+from lorakit.ui import form, runs, text
+from lorakit.ui.guard import COOKIE, Access, Refused, UIError
+from lorakit.ui.jobs import Jobs
+from lorakit.ui.use import Chats, preview
+
+log = logging.getLogger(__name__)
+
+
+class RunForm(BaseModel):
+    """The new-run form as the page sends it."""
+
+    name: str
+    values: dict[str, str | None] = Field(default_factory=dict)
+    extra: str = ""  # key=value lines, as lorakit train --set reads them
+
+
+class ChatForm(BaseModel):
+    prompt: str
+    max_new_tokens: int = Field(64, gt=0, le=2048)
+    base: bool = False  # answer with the base model too, beside the tuned one
+
+
+def _asset(name: str) -> str:
+    return resources.files("lorakit.ui").joinpath(name).read_text(encoding="utf-8")
+
+
+def create_app(access: Access) -> FastAPI:
+    jobs = Jobs(access.runs)
+    chats = Chats()
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        jobs.stop_all()  # what the dashboard started stops with it, each keeping a checkpoint
+
+    app = FastAPI(title="lorakit ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.jobs = jobs
+
+    @app.middleware("http")
+    async def guarded(request: Request, call_next):
+        try:
+            access.check_host(request.headers.get("host"))
+            access.check_token(request.cookies.get(COOKIE), request.headers.get("authorization"),
+                               request.query_params.get("token"))
+        except Refused as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        response = await call_next(request)
+        if request.query_params.get("token"):
+            # The URL's token becomes a cookie the page's own requests carry; other sites' pages cannot send it.
+            response.set_cookie(COOKIE, access.token, httponly=True, samesite="strict")
+        return response
+
+    @app.exception_handler(LorakitError)
+    async def refused(request: Request, e: LorakitError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=getattr(e, "status", 400))
+
+    def folder(name: str) -> tuple[Path, RunFolder]:
+        path = access.run_path(name)
+        return path, RunFolder(path)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(request: Request) -> Response:
+        if request.query_params.get("token"):  # drop the token from the address bar (and history)
+            return RedirectResponse("/", status_code=303)
+        return HTMLResponse(_asset("page.html"))
+
+    @app.get("/page.js")
+    def script() -> Response:
+        return Response(_asset("page.js"), media_type="text/javascript")
+
+    @app.get("/api/text")
+    def words() -> dict:
+        return text.LANGUAGES
+
+    @app.get("/api/form")
+    def fields() -> dict:
+        return {"knobs": [dataclasses.asdict(k) for k in form.knobs()], "runs": str(access.runs),
+                "data": [str(p) for p in access.data]}
+
+    @app.get("/api/runs")
+    def all_runs() -> list[dict]:
+        return [dataclasses.asdict(r) for r in runs.list_runs(access.runs, jobs)]
+
+    @app.get("/api/runs/{name}")
+    def one_run(name: str) -> dict:
+        _, run = folder(name)
+        if not run.is_run() and runs.state_of(name, run, jobs) is None:
+            raise Refused(f"no run called {name!r} in {access.runs}", 404)
+        return runs.detail(name, run, jobs)
+
+    @app.get("/api/runs/{name}/metrics")
+    def metrics(name: str, since: int = 0) -> dict:
+        _, run = folder(name)
+        rows = runs.read_rows(run, max(since, 0))
+        return {"rows": rows, "next": max(since, 0) + len(rows)}
+
+    @app.get("/api/runs/{name}/config.yaml")
+    def config_file(name: str) -> Response:
+        path, run = folder(name)
+        written = jobs.config_file(name)
+        source = written if written.is_file() else run.config_file
+        if not source.is_file():
+            raise Refused(f"run {name!r} has no config yet", 404)
+        return PlainTextResponse(source.read_text(encoding="utf-8"), media_type="application/x-yaml",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'})
+
+    def write(req: RunForm, place: Path | None = None) -> form.Written:
+        raw = form.build(req.name, req.values, req.extra, access)
+        place = place or jobs.workspace(req.name)
+        place.mkdir(parents=True, exist_ok=True)
+        return form.write_config(place / jobs.config_file(req.name).name, raw)
+
+    @app.post("/api/config")
+    def config_text(req: RunForm) -> dict:
+        """The config the form makes, checked as ``lorakit train`` checks it; nothing is started nor kept."""
+        with tempfile.TemporaryDirectory(prefix="lorakit-ui-") as place:
+            return {"yaml": write(req, Path(place)).text}
+
+    @app.post("/api/runs")
+    def start(req: RunForm) -> dict:
+        path, run = folder(req.name)
+        if run.is_run() or jobs.running(req.name):
+            raise UIError(f"a run called {req.name!r} exists already in {access.runs}: pick another name")
+        written = write(req)
+        command = jobs.start(req.name)
+        return {"yaml": written.text, "command": command}
+
+    @app.post("/api/runs/{name}/stop")
+    def stop(name: str) -> dict:
+        folder(name)
+        jobs.stop(name)
+        return {"stopping": name}
+
+    @app.post("/api/runs/{name}/resume")
+    def resume(name: str) -> dict:
+        path, _ = folder(name)
+        chats.forget(path)
+        return {"command": jobs.start(name, resume=True)}
+
+    @app.post("/api/preview")
+    async def data_preview(req: RunForm) -> dict:
+        raw = form.build(req.name or "preview", req.values, req.extra, access)
+        cfg = RunConfig.model_validate(raw)
+        return await anyio.to_thread.run_sync(preview, cfg)
+
+    @app.post("/api/runs/{name}/chat")
+    async def chat(name: str, req: ChatForm) -> dict:
+        path, run = folder(name)
+        if not run.has_adapter():
+            raise UIError(f"run {name!r} has not saved an adapter yet: chat once it has finished or stopped")
+        cache = run.read_config().model.cache_dir
+        return await anyio.to_thread.run_sync(chats.answer, path, cache, req.prompt, req.max_new_tokens, req.base)
+
+    @app.get("/api/runs/{name}/commands")
+    def commands(name: str) -> dict:
+        """What merge and export run for this run: shown on its page, to copy into a terminal."""
+        path, _ = folder(name)
+        merged = access.runs.parent / "merged" / name
+        gguf = access.runs.parent / "gguf" / f"{name}.gguf"
+        return {"merge": f"lorakit merge {path} --out {merged}",
+                "export": f"lorakit export gguf {path} --out {gguf} --type q8_0",
+                "generate": f"lorakit generate {path} --prompt '...'"}
+
+    return app
+
+
+def serve(access: Access, host: str, port: int) -> None:
+    """Run until Ctrl-C; what the dashboard started is stopped (with a checkpoint) on the way out."""
+    import uvicorn
+
+    uvicorn.run(create_app(access), host=host, port=port, log_level="warning")

@@ -1,0 +1,380 @@
+// lorakit ui: plain JavaScript, no build step. Every word comes from /api/text (English and Chinese);
+// every value from the server is put in with textContent, never as HTML.
+"use strict";
+let WORDS = {}, LANG = localStorage.getItem("lorakit-ui-lang") || "en", TEXT = {};
+let current = null;  // the run whose page is open: {name, rows, next, timer}
+const $ = (id) => document.getElementById(id);
+const t = (key) => (TEXT[key] !== undefined ? TEXT[key] : key);
+const COLORS = ["#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0b7285"];
+// Metrics rows' keys that are not a method's own metric: drawn elsewhere or not curves.
+const COMMON = new Set(["step", "epoch", "elapsed_s", "tokens_seen", "loss_tokens_seen", "loss", "eval_loss",
+  "eval_perplexity", "learning_rate", "grad_norm", "eval_runtime", "eval_samples_per_second",
+  "eval_steps_per_second", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+  "train_loss"]);
+
+function applyText() {
+  TEXT = WORDS[LANG] || WORDS.en;
+  document.documentElement.lang = LANG === "zh" ? "zh-CN" : "en";
+  for (const el of document.querySelectorAll("[data-t]")) el.textContent = t(el.dataset.t);
+}
+
+function say(message) {
+  const box = $("message");
+  box.hidden = !message;
+  box.textContent = message ? `${t("error")}: ${message}` : "";
+}
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : {method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify(body)};
+  const response = await fetch(path, {credentials: "same-origin", ...opts});
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = data.error || (data.detail ? JSON.stringify(data.detail) : response.statusText);
+    say(message);
+    throw new Error(message);
+  }
+  say("");
+  return data;
+}
+
+function show(view) {
+  for (const name of ["runs", "new", "run"]) $("view-" + name).hidden = name !== view;
+  if (view !== "run" && current) { clearInterval(current.timer); current = null; }
+  if (view === "runs") loadRuns();
+}
+
+function cell(row, value, cls) {
+  const td = row.insertCell();
+  if (value instanceof Node) td.appendChild(value); else td.textContent = value === null || value === undefined ? "-" : value;
+  if (cls) td.className = cls;
+  return td;
+}
+
+function fmt(value) {
+  return typeof value === "number" && !Number.isInteger(value) ? value.toFixed(4) : value;
+}
+
+async function loadRuns() {
+  const list = await api("/api/runs");
+  const body = $("runs-table").tBodies[0];
+  body.textContent = "";
+  $("no-runs").hidden = list.length > 0;
+  for (const run of list) {
+    const row = body.insertRow();
+    row.dataset.run = run.name;
+    row.dataset.state = run.state;
+    const box = document.createElement("input");
+    box.type = "checkbox"; box.value = run.name; box.className = "pick";
+    cell(row, box);
+    const link = document.createElement("a");
+    link.href = "#"; link.textContent = run.name; link.className = "open-run";
+    link.onclick = (e) => { e.preventDefault(); openRun(run.name); };
+    cell(row, link);
+    const state = cell(row, t("state_" + run.state), "state-" + run.state);
+    if (run.error) state.title = run.error;
+    if (run.error) { const note = document.createElement("div"); note.className = "error"; note.textContent = run.error; state.appendChild(note); }
+    cell(row, run.method);
+    cell(row, run.last_step);
+    cell(row, fmt(run.last_train_loss));
+    cell(row, run.checkpoints.join(", ") || "-", "checkpoints");
+  }
+}
+
+// A chart: one polyline per series, x and y scaled to the data, the ends of both axes labelled.
+function drawChart(svg, series) {
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), pad = 40;
+  const points = series.flatMap((s) => s.points);
+  svg.textContent = "";
+  const ns = "http://www.w3.org/2000/svg";
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.appendChild(el);
+    return el;
+  };
+  add("rect", {x: pad, y: 10, width: W - pad - 10, height: H - pad - 10, fill: "none", stroke: "#ccc"});
+  if (!points.length) return;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  let [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) { y1 += Math.abs(y1) * 0.05 || 1; y0 -= Math.abs(y0) * 0.05 || 1; }
+  const X = (x) => pad + ((x - x0) / (x1 - x0)) * (W - pad - 10);
+  const Y = (y) => H - pad - ((y - y0) / (y1 - y0)) * (H - pad - 20);
+  add("text", {x: pad, y: H - pad + 14}, fmtAxis(x0));
+  add("text", {x: W - 30, y: H - pad + 14}, fmtAxis(x1));
+  add("text", {x: 2, y: H - pad}, fmtAxis(y0));
+  add("text", {x: 2, y: 20}, fmtAxis(y1));
+  add("text", {x: W / 2 - 10, y: H - 6}, t("step"));
+  series.forEach((s, i) => {
+    const line = add("polyline", {fill: "none", stroke: s.color || COLORS[i % COLORS.length], "stroke-width": 2,
+      points: s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ")});
+    line.classList.add("line");
+    line.dataset.label = s.label;
+    line.dataset.count = s.points.length;
+    for (const p of s.points.length < 60 ? s.points : []) {
+      add("circle", {cx: X(p[0]), cy: Y(p[1]), r: 2.5, fill: s.color || COLORS[i % COLORS.length]});
+    }
+  });
+}
+
+function fmtAxis(v) {
+  return Math.abs(v) >= 1000 || Number.isInteger(v) ? String(Math.round(v)) : v.toPrecision(3);
+}
+
+function seriesOf(rows, key, label, color) {
+  return {label, color, points: rows.filter((r) => typeof r[key] === "number").map((r) => [r.step, r[key]])};
+}
+
+function legend(box, series) {
+  box.textContent = "";
+  for (const [i, s] of series.entries()) {
+    const span = document.createElement("span");
+    span.style.color = s.color || COLORS[i % COLORS.length];
+    span.textContent = `■ ${s.label}`;
+    box.appendChild(span);
+  }
+}
+
+function tokensPerSecond(rows) {
+  const timed = rows.filter((r) => typeof r.tokens_seen === "number" && typeof r.elapsed_s === "number");
+  if (timed.length < 2) return null;
+  const [a, b] = timed.slice(-2);
+  return b.elapsed_s > a.elapsed_s ? (b.tokens_seen - a.tokens_seen) / (b.elapsed_s - a.elapsed_s) : null;
+}
+
+function drawRun() {
+  const rows = current.rows;
+  const series = [seriesOf(rows, "loss", t("train_loss"), COLORS[0]), seriesOf(rows, "eval_loss", t("eval_loss"), COLORS[1])]
+    .filter((s) => s.points.length);
+  drawChart($("loss-chart"), series);
+  legend($("loss-legend"), series);
+  const tps = tokensPerSecond(rows);
+  $("run-tps").textContent = tps === null ? "-" : tps.toFixed(1);
+  const own = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => !COMMON.has(k) &&
+    rows.some((r) => typeof r[k] === "number")).slice(0, 8);
+  const box = $("method-charts");
+  box.textContent = "";
+  for (const key of own) {
+    const wrap = document.createElement("div");
+    const title = document.createElement("div");
+    title.textContent = key;
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("width", 300); svg.setAttribute("height", 180); svg.classList.add("chart");
+    wrap.append(title, svg);
+    box.appendChild(wrap);
+    drawChart(svg, [seriesOf(rows, key, key)]);
+  }
+}
+
+function table(el, rows) {
+  el.textContent = "";
+  for (const values of rows) {
+    const row = el.insertRow();
+    for (const v of values) cell(row, fmt(v));
+  }
+}
+
+async function pollRun() {
+  if (!current) return;
+  const name = current.name;
+  const [more, page] = await Promise.all([api(`/api/runs/${encodeURIComponent(name)}/metrics?since=${current.next}`),
+    api(`/api/runs/${encodeURIComponent(name)}`)]);
+  if (!current || current.name !== name) return;
+  current.rows.push(...more.rows);
+  current.next = more.next;
+  const run = page.run;
+  $("run-state").textContent = t("state_" + run.state);
+  $("run-state").className = "state-" + run.state;
+  $("view-run").dataset.state = run.state;
+  $("run-error").textContent = run.error || "";
+  $("run-step").textContent = run.last_step;
+  $("run-total").textContent = page.total_steps || "?";
+  $("run-eta").textContent = page.eta_s === null || page.eta_s === undefined ? "-" : `${Math.round(page.eta_s)} s`;
+  $("run-ckpts").textContent = run.checkpoints.join(", ") || "-";
+  $("stop").disabled = !(run.started_here && (run.state === "running" || run.state === "starting"));
+  $("resume").disabled = !(run.started_here && (run.state === "stopped" || run.state === "failed"));
+  table($("run-summary"), Object.entries(page.summary || page.info || {}).filter(([, v]) => typeof v !== "object" || v === null));
+  $("run-settings").textContent = JSON.stringify(page.config, null, 2);
+  $("run-eval-box").hidden = !page.eval;
+  if (page.eval) table($("run-eval"), [[t("metric"), t("base"), t("tuned"), ""], ...page.eval]);
+  const checks = page.info && page.info.verify_checks;
+  $("run-verify-box").hidden = !checks;
+  if (checks) {
+    $("run-verify").textContent = "";
+    for (const line of [page.info.verify, ...checks]) { const li = document.createElement("li"); li.textContent = line; $("run-verify").appendChild(li); }
+  }
+  drawRun();
+}
+
+async function openRun(name) {
+  show("run");
+  current = {name, rows: [], next: 0, timer: null};
+  $("run-title").textContent = name;
+  $("run-config").href = `/api/runs/${encodeURIComponent(name)}/config.yaml`;
+  $("chat-answers").textContent = "";
+  const commands = await api(`/api/runs/${encodeURIComponent(name)}/commands`);
+  $("commands").textContent = Object.values(commands).join("\n");
+  await pollRun().catch(() => {});
+  current.timer = setInterval(() => pollRun().catch(() => {}), 1000);
+}
+
+// ---- new run ----
+async function loadForm() {
+  const spec = await api("/api/form");
+  $("runs-folder").textContent = spec.runs;
+  const box = $("knobs");
+  box.textContent = "";
+  for (const knob of spec.knobs) {
+    const label = document.createElement("label");
+    label.className = "knob";
+    const head = document.createElement("b");
+    head.textContent = knob.key;
+    let input;
+    if (knob.choices.length) {
+      input = document.createElement("select");
+      for (const c of knob.choices) { const o = document.createElement("option"); o.value = o.textContent = c; input.appendChild(o); }
+      input.value = knob.default;
+      input.dataset.default = knob.default;
+    } else {
+      input = document.createElement("input");
+      input.type = "text";
+      input.placeholder = `${knob.default}`;
+    }
+    input.className = "knob-input";
+    input.dataset.key = knob.key;
+    input.id = "knob-" + knob.key.replace(/\./g, "-");
+    const help = document.createElement("small");
+    help.textContent = `${knob.description} (${knob.type}; ${t("default")}: ${knob.default})`;
+    label.append(head, help, input);
+    box.appendChild(label);
+  }
+}
+
+function formBody() {
+  const values = {};
+  for (const input of document.querySelectorAll(".knob-input")) {
+    if (input.value.trim() !== "" && (input.tagName !== "SELECT" || input.value !== input.dataset.default)) values[input.dataset.key] = input.value;
+  }
+  return {name: $("run-name").value.trim(), values, extra: $("extra").value};
+}
+
+function showConfig(yaml) {
+  $("config-text").hidden = false;
+  $("config-text").textContent = yaml;
+  const link = $("config-download");
+  link.hidden = false;
+  link.href = URL.createObjectURL(new Blob([yaml], {type: "application/x-yaml"}));
+  link.download = `${$("run-name").value.trim() || "config"}.yaml`;
+}
+
+async function previewData() {
+  $("preview").hidden = false;
+  $("findings").textContent = t("loading");
+  $("samples").textContent = "";
+  const result = await api("/api/preview", formBody()).catch((e) => { $("findings").textContent = ""; throw e; });
+  $("findings").textContent = "";
+  const findings = result.reports.flatMap((r) => r.findings);
+  for (const f of findings) {
+    const li = document.createElement("li");
+    li.className = "finding level-" + f.level;
+    li.textContent = `${f.level}: ${f.message}` + (f.examples.length ? ` (${f.examples.join("; ")})` : "");
+    $("findings").appendChild(li);
+  }
+  if (!findings.length) { const li = document.createElement("li"); li.textContent = t("no_findings"); $("findings").appendChild(li); }
+  for (const sample of result.samples) {
+    const div = document.createElement("div");
+    div.className = "sample";
+    const head = document.createElement("div");
+    head.textContent = `${sample.split} · ${sample.origin}`;
+    div.appendChild(head);
+    for (const seg of sample.segments) {
+      const span = document.createElement("span");
+      span.textContent = seg.text;
+      if (seg.trained) span.className = "loss";
+      div.appendChild(span);
+    }
+    $("samples").appendChild(div);
+  }
+}
+
+async function startRun() {
+  const body = formBody();
+  const started = await api("/api/runs", body);
+  showConfig(started.yaml);
+  openRun(body.name);
+}
+
+async function sendChat() {
+  const prompt = $("chat-input").value;
+  if (!prompt.trim() || !current) return;
+  const box = $("chat-answers");
+  box.textContent = t("loading");
+  const result = await api(`/api/runs/${encodeURIComponent(current.name)}/chat`,
+    {prompt, base: $("chat-base").checked, max_new_tokens: 64}).catch((e) => { box.textContent = ""; throw e; });
+  box.textContent = "";
+  for (const side of ["tuned", "base"]) {
+    if (!result[side]) continue;
+    const div = document.createElement("div");
+    div.className = "answer answer-" + side;
+    const head = document.createElement("b");
+    head.textContent = t(side) + ": ";
+    const body = document.createElement("span");
+    body.className = "answer-text";
+    body.textContent = result[side].text;
+    div.append(head, body);
+    box.appendChild(div);
+  }
+}
+
+function compareRuns() {
+  const names = [...document.querySelectorAll(".pick:checked")].map((b) => b.value);
+  if (names.length < 2) return;
+  Promise.all(names.map((n) => Promise.all([api(`/api/runs/${encodeURIComponent(n)}/metrics`), api(`/api/runs/${encodeURIComponent(n)}`)])))
+    .then((all) => {
+      $("comparison").hidden = false;
+      const box = $("compare-charts");
+      box.textContent = "";
+      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      svg.setAttribute("width", 640); svg.setAttribute("height", 300); svg.classList.add("chart");
+      svg.id = "compare-chart";
+      const leg = document.createElement("div"); leg.className = "legend";
+      box.append(leg, svg);
+      const series = all.map(([m], i) => seriesOf(m.rows, "loss", names[i], COLORS[i % COLORS.length]));
+      drawChart(svg, series);
+      legend(leg, series);
+      const flat = all.map(([, page]) => flatten(page.config));
+      const keys = [...new Set(flat.flatMap(Object.keys))].filter((k) => new Set(flat.map((f) => JSON.stringify(f[k]))).size > 1);
+      table($("compare-settings"), [["", ...names], ...keys.map((k) => [k, ...flat.map((f) => JSON.stringify(f[k]))])]);
+    }).catch(() => {});
+}
+
+function flatten(obj, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, `${prefix}${k}.`, out); else out[prefix + k] = v;
+  }
+  return out;
+}
+
+async function init() {
+  WORDS = await api("/api/text");
+  applyText();
+  $("lang").onclick = () => { LANG = LANG === "en" ? "zh" : "en"; localStorage.setItem("lorakit-ui-lang", LANG); applyText(); loadRuns(); };
+  $("nav-runs").onclick = () => show("runs");
+  $("nav-new").onclick = () => show("new");
+  $("refresh").onclick = () => loadRuns();
+  $("compare").onclick = compareRuns;
+  $("show-config").onclick = () => api("/api/config", formBody()).then((r) => showConfig(r.yaml)).catch(() => {});
+  $("do-preview").onclick = () => previewData().catch(() => {});
+  $("start").onclick = () => startRun().catch(() => {});
+  $("stop").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/stop`, {}).catch(() => {});
+  $("resume").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/resume`, {}).catch(() => {});
+  $("chat-send").onclick = () => sendChat().catch(() => {});
+  await loadForm();
+  show("runs");
+  setInterval(() => { if (!$("view-runs").hidden) loadRuns().catch(() => {}); }, 2000);
+  document.body.dataset.ready = "true";
+}
+
+init();
