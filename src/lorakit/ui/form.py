@@ -20,6 +20,7 @@ import yaml
 
 from lorakit.config import EMBEDDED_MODEL, RunConfig
 from lorakit.config_file import apply_override, load_config, reference
+from lorakit.hub import looks_like_hub_id
 from lorakit.outputs import write_text
 from lorakit.ui.guard import Access, UIError
 
@@ -65,13 +66,20 @@ class Written:
     config: RunConfig
 
 
-def _check_paths(raw: dict[str, Any], access: Access) -> None:
-    """Data files and a local model folder must be inside the folders the dashboard may read."""
-    for source in raw.get("data", {}).get("train", []) or []:
-        access.path(source if isinstance(source, str) else source.get("path", ""), "data.train")
+def _local_paths(raw: dict[str, Any], access: Access) -> None:
+    """Data files and a local model folder: refused outside the folders the dashboard may read, else made absolute.
+
+    Absolute, because the dashboard reads a relative path from where it runs and ``lorakit train``
+    from the config file's folder; written whole, both read the same file.
+    """
+    data = raw.get("data", {})
+    for i, source in enumerate(data.get("train") or []):
+        hub = source.startswith("hub:") or (looks_like_hub_id(source, file_like=False) and not Path(source).exists())
+        if isinstance(source, str) and not hub:
+            data["train"][i] = str(access.path(source, "data.train"))
     name = raw.get("model", {}).get("name")
     if isinstance(name, str) and name != EMBEDDED_MODEL and (name.startswith((".", "/", "~")) or Path(name).exists()):
-        access.path(name, "model.name")
+        raw["model"]["name"] = str(access.path(name, "model.name"))
 
 
 def build(name: str, values: dict[str, str], extra: str, access: Access) -> dict[str, Any]:
@@ -95,7 +103,7 @@ def build(name: str, values: dict[str, str], extra: str, access: Access) -> dict
             apply_override(raw, line.strip())
     raw["name"] = name
     raw["output_dir"] = str(access.run_path(name))
-    _check_paths(raw, access)
+    _local_paths(raw, access)
     return raw
 
 

@@ -40,13 +40,11 @@ EN = {
     "eval_loss": "eval loss",
     "tokens_per_second": "tokens/s",
     "eta": "time left",
-    "elapsed": "elapsed",
     "settings": "Settings",
     "summary": "Summary",
     "eval": "Evaluation (base against tuned)",
     "verify": "Verify verdicts",
     "chat": "Chat",
-    "prompt": "Prompt",
     "send": "Send",
     "with_base": "Base model beside",
     "tuned": "tuned",
@@ -61,7 +59,6 @@ EN = {
     "error": "Error",
     "metric": "metric",
     "language": "中文",
-    "back": "Back",
     "method_metrics": "Method metrics",
 }
 
@@ -97,13 +94,11 @@ ZH = {
     "eval_loss": "验证损失",
     "tokens_per_second": "词元/秒",
     "eta": "剩余时间",
-    "elapsed": "已用时间",
     "settings": "设置",
     "summary": "摘要",
     "eval": "评估（基座对比微调后）",
     "verify": "校验结论",
     "chat": "对话",
-    "prompt": "提示词",
     "send": "发送",
     "with_base": "同时显示基座模型",
     "tuned": "微调后",
@@ -118,7 +113,6 @@ ZH = {
     "error": "错误",
     "metric": "指标",
     "language": "English",
-    "back": "返回",
     "method_metrics": "方法指标",
 }
 

@@ -1,0 +1,147 @@
+"""What the dashboard says of each run: states read from run folders, curves' rows, and the processes it starts."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from lorakit.config import RunConfig
+from lorakit.run import RunFolder, RunSummary
+from lorakit.train.run_folder import RunLock
+from lorakit.ui import jobs as jobs_module
+from lorakit.ui.jobs import Jobs
+from lorakit.ui.runs import eta_seconds, list_runs, read_rows
+from tests.conftest import write_jsonl
+
+ROWS = [{"step": 1, "loss": 2.0, "elapsed_s": 1.0, "tokens_seen": 100}, {"step": 2, "loss": 1.5, "elapsed_s": 2.0,
+        "tokens_seen": 200, "rewards/margins": 0.3}, {"step": 2, "eval_loss": 1.7, "elapsed_s": 2.5}]
+
+
+def make_run(runs, name, rows=ROWS, finished=False, checkpoint=False) -> RunFolder:
+    run = RunFolder(runs / name)
+    run.path.mkdir()
+    run.write_config(RunConfig(name=name, output_dir=run.path, method="dpo" if name == "pref" else "sft"))
+    write_jsonl(run.metrics_file, rows)
+    if checkpoint:
+        (run.checkpoints / "checkpoint-2").mkdir(parents=True)
+    if finished:
+        run.write_summary(RunSummary(steps=2, train_loss=1.5, eval_loss=1.7))
+    return run
+
+
+def test_each_run_is_listed_with_its_state(folders):
+    runs, _ = folders
+    jobs = Jobs(runs)
+    make_run(runs, "done", finished=True)
+    make_run(runs, "halted", checkpoint=True)
+    make_run(runs, "broken")
+    space = jobs.workspace("broken")
+    space.mkdir(parents=True)
+    (space / jobs_module.CONFIG).write_text("name: broken\n")
+    (space / jobs_module.LOG).write_text("loading\nerror: data.train: x.jsonl line 3 is not JSON\n\n")
+    (space / jobs_module.EXIT).write_text("2")
+    live = make_run(runs, "live")
+    lock = RunLock(live.path)
+    lock.acquire()
+    (runs / "notes").mkdir()  # a folder that holds no run is not listed
+    try:
+        states = {s.name: s for s in list_runs(runs, jobs)}
+    finally:
+        lock.release()
+    assert sorted(states) == ["broken", "done", "halted", "live"]
+    assert {n: s.state for n, s in states.items()} == {"broken": "failed", "done": "finished", "halted": "stopped",
+                                                        "live": "running"}
+    assert states["broken"].error == "error: data.train: x.jsonl line 3 is not JSON"
+    assert states["halted"].checkpoints and states["halted"].checkpoints[0].startswith("checkpoint-2")
+    assert states["done"].last_step == 2 and states["done"].last_train_loss == 1.5
+    assert states["broken"].started_here and not states["done"].started_here
+
+
+def test_the_run_page_and_the_curves_rows(client, folders):
+    runs, _ = folders
+    make_run(runs, "pref", finished=True)
+    page = client.get("/api/runs/pref").json()
+    assert page["run"]["state"] == "finished" and page["run"]["method"] == "dpo"
+    assert page["summary"]["steps"] == 2 and page["total_steps"] == 2
+    assert page["config"]["method"] == "dpo"
+    assert client.get("/api/runs/pref/metrics").json() == {"rows": ROWS, "next": 3}
+    assert client.get("/api/runs/pref/metrics", params={"since": 2}).json() == {"rows": ROWS[2:], "next": 3}
+    assert client.get("/api/runs/nothing").status_code == 404
+    download = client.get("/api/runs/pref/config.yaml")
+    assert download.status_code == 200 and "method: dpo" in download.text
+
+
+def test_a_line_still_being_written_waits_for_the_next_read(folders):
+    runs, _ = folders
+    run = make_run(runs, "r")
+    with run.metrics_file.open("a") as fh:
+        fh.write('{"step": 3, "lo')
+    assert read_rows(run) == ROWS
+    assert read_rows(run, since=3) == []
+
+
+def test_time_left_at_the_pace_so_far():
+    assert eta_seconds(ROWS[:2], 10) == pytest.approx(8.0)  # 1 s a step, 8 steps to go
+    assert eta_seconds(ROWS[:2], None) is None and eta_seconds([], 10) is None
+
+
+class FakeProcess:
+    """A training process that runs until it is sent SIGTERM, then ends as lorakit train does (143)."""
+
+    started: list[list[str]] = []
+
+    def __init__(self, command, **kwargs):
+        self.command, self.returncode = command, None
+        FakeProcess.started.append(command)
+
+    def poll(self):
+        return self.returncode
+
+    def send_signal(self, sig):
+        assert sig == signal.SIGTERM
+        self.returncode = 143
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+def test_start_stop_and_resume_run_lorakit_train_on_the_written_config(client, folders, monkeypatch):
+    runs, data = folders
+    write_jsonl(data / "train.jsonl", [{"prompt": "q", "completion": "a"}])
+    FakeProcess.started = []
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", FakeProcess)
+    form = {"name": "r1", "values": {"data.train": str(data / "train.jsonl"), "train.max_steps": "3"}}
+    started = client.post("/api/runs", json=form).json()
+    config = runs / ".ui" / "r1" / "config.yaml"
+    assert started["command"] == ["lorakit", "train", str(config)]
+    assert FakeProcess.started[0][-3:] == ["lorakit", "train", str(config)]
+    assert "max_steps: 3" in started["yaml"] and config.read_text() == started["yaml"]
+    assert [r["state"] for r in client.get("/api/runs").json()] == ["starting"]
+    assert "exists already" in client.post("/api/runs", json=form).json()["error"]  # one run per name
+    assert client.post("/api/runs/r1/resume").status_code == 400  # still training
+    assert client.post("/api/runs/r1/stop").status_code == 200
+    make_run(runs, "r1", rows=ROWS[:1], checkpoint=True)  # what the stopped training left
+    listed = client.get("/api/runs").json()
+    assert [(r["name"], r["state"]) for r in listed] == [("r1", "stopped")]
+    resumed = client.post("/api/runs/r1/resume").json()
+    assert resumed["command"] == ["lorakit", "train", str(config), "--resume"]
+    assert FakeProcess.started[1][-4:] == ["lorakit", "train", str(config), "--resume=latest"]
+    assert client.post("/api/runs/r1/stop").status_code == 200
+
+
+def test_a_run_started_elsewhere_is_not_the_dashboards_to_resume(client, folders):
+    runs, _ = folders
+    make_run(runs, "cli", checkpoint=True)
+    assert client.get("/api/runs").json()[0]["started_here"] is False
+    response = client.post("/api/runs/cli/resume")
+    assert response.status_code == 400 and "terminal" in response.json()["error"]
+    assert client.post("/api/runs/cli/stop").status_code == 400
+
+
+def test_the_merge_and_export_commands_name_the_run(client, folders):
+    runs, _ = folders
+    make_run(runs, "done", finished=True)
+    commands = client.get("/api/runs/done/commands").json()
+    assert commands["merge"].startswith(f"lorakit merge {runs / 'done'} --out ")
+    assert commands["export"].startswith(f"lorakit export gguf {runs / 'done'} --out ")
