@@ -41,7 +41,16 @@ def fill(browser, knob: str, value: str) -> None:
     field.send_keys(value)
 
 
+def shoot(browser, path: Path, element=None) -> None:
+    """A screenshot for the docs, the window as tall as the page so nothing is cut off."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1200, min(max(height + 150, 900), 4000))
+    assert element.screenshot(str(path)) if element is not None else browser.save_screenshot(str(path))
+    browser.set_window_size(1200, 900)
+
+
 def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_cache, tmp_path):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
     shots = Path(os.environ.get("LORAKIT_UI_SHOTS", tmp_path))
@@ -53,7 +62,9 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
     (data / "train.jsonl").write_text("".join(itertools.islice(lines, 32)), encoding="utf-8")
     access = Access(runs, [data])
     with running(create_app(access)) as url, chromium() as browser:
-        wait = WebDriverWait(browser, 240, poll_frequency=0.2)
+        # The page redraws what changed: an element found a moment ago may be gone at the next look.
+        wait = WebDriverWait(browser, 240, poll_frequency=0.2,
+                             ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
         browser.get(f"{url}/?token={access.token}")
         wait.until(lambda b: b.find_element("tag name", "body").get_attribute("data-ready") == "true")
         assert "token" not in browser.current_url
@@ -76,7 +87,7 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         assert '{"name": ' in highlighted[0].text  # the answer carries loss ...
         sample = browser.find_element("css selector", "#samples .sample").text
         assert "Extract the person's name" in sample and "Extract" not in highlighted[0].text  # ... the prompt not
-        assert browser.find_element("id", "preview").screenshot(str(shots / "ui-preview.png"))
+        shoot(browser, shots / "ui-preview.png", browser.find_element("id", "preview"))
 
         browser.find_element("id", "show-config").click()
         wait.until(lambda b: b.find_element("id", "config-text").is_displayed())
@@ -90,11 +101,19 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         assert "checkpoint-" in browser.find_element("id", "run-ckpts").text
 
         browser.find_element("id", "nav-runs").click()
+        # The list is redrawn only when a run changes: the stopped run's row stays put.
         row = wait.until(lambda b: b.find_elements("css selector", "tr[data-run='demo3'][data-state='stopped']"))[0]
         assert "checkpoint-" in row.find_element("css selector", ".checkpoints").text
         assert browser.save_screenshot(str(shots / "ui-runs.png"))
+        browser.find_element("id", "lang").click()  # every label in Chinese, from the same page
+        wait.until(lambda b: b.find_element("id", "nav-new").text == "新建训练")
+        stopped = "tr[data-run='demo3'] .state-stopped"
+        wait.until(lambda b: b.find_element("css selector", stopped).text.startswith("已停止"))
+        assert browser.save_screenshot(str(shots / "ui-runs.zh.png"))
+        browser.find_element("id", "lang").click()
+        wait.until(lambda b: b.find_element("css selector", stopped).text.startswith("stopped"))
 
-        row.find_element("css selector", ".open-run").click()
+        browser.find_element("css selector", "tr[data-run='demo3'] .open-run").click()
         wait.until(lambda b: not b.find_element("id", "resume").get_property("disabled"))
         browser.find_element("id", "resume").click()
         wait.until(lambda b: b.find_element("id", "view-run").get_attribute("data-state") in ("finished", "failed"))
@@ -104,9 +123,10 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         assert browser.save_screenshot(str(shots / "ui-run.png"))
 
         browser.find_element("id", "chat-input").send_keys(PROMPT)
+        browser.find_element("id", "chat-base").click()  # the base model's answer beside
         browser.find_element("id", "chat-send").click()
         answer = wait.until(lambda b: b.find_elements("css selector", ".answer-tuned .answer-text"))[0].text
-        assert browser.find_element("id", "chat-answers").screenshot(str(shots / "ui-chat.png"))
+        shoot(browser, shots / "ui-chat.png", browser.find_element("id", "chat-answers"))
 
     run = RunFolder(runs / "demo3")
     # The file the form wrote is the config the run trained with, as lorakit train resolves it.

@@ -28,7 +28,7 @@ COOKIE = "lorakit_ui"
 
 
 class UIError(LorakitError, ValueError):
-    """A request or a ``lorakit ui`` setting the dashboard refuses; the message says why and what to do."""
+    """A request or a setting of lorakit ui that the dashboard refuses; the message says why and what to do."""
 
     status = 400
 

@@ -2,7 +2,8 @@
 // every value from the server is put in with textContent, never as HTML.
 "use strict";
 let WORDS = {}, LANG = localStorage.getItem("lorakit-ui-lang") || "en", TEXT = {};
-let current = null;  // the run whose page is open: {name, rows, next, timer}
+let current = null;
+let lastRuns = "";  // the runs list as last drawn  // the run whose page is open: {name, rows, next, timer}
 const $ = (id) => document.getElementById(id);
 const t = (key) => (TEXT[key] !== undefined ? TEXT[key] : key);
 const COLORS = ["#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#c92a2a", "#0b7285"];
@@ -57,6 +58,9 @@ function fmt(value) {
 
 async function loadRuns() {
   const list = await api("/api/runs");
+  const drawn = JSON.stringify([LANG, list]);
+  if (drawn === lastRuns) return;  // unchanged: keep the rows (and the ticked boxes) as they are
+  lastRuns = drawn;
   const body = $("runs-table").tBodies[0];
   body.textContent = "";
   $("no-runs").hidden = list.length > 0;
@@ -150,12 +154,14 @@ function drawRun() {
     .filter((s) => s.points.length);
   drawChart($("loss-chart"), series);
   legend($("loss-legend"), series);
-  const tps = tokensPerSecond(rows);
+  // A finished run's own figure; while training, the pace between the last two logged steps.
+  const tps = current.summary && current.summary.tokens_per_second ? current.summary.tokens_per_second : tokensPerSecond(rows);
   $("run-tps").textContent = tps === null ? "-" : tps.toFixed(1);
   const own = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) => !COMMON.has(k) &&
     rows.some((r) => typeof r[k] === "number")).slice(0, 8);
   const box = $("method-charts");
   box.textContent = "";
+  $("method-title").hidden = !own.length;
   for (const key of own) {
     const wrap = document.createElement("div");
     const title = document.createElement("div");
@@ -185,6 +191,7 @@ async function pollRun() {
   current.rows.push(...more.rows);
   current.next = more.next;
   const run = page.run;
+  current.summary = page.summary;
   $("run-state").textContent = t("state_" + run.state);
   $("run-state").className = "state-" + run.state;
   $("view-run").dataset.state = run.state;
