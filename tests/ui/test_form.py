@@ -59,3 +59,26 @@ def test_bad_values_are_refused_as_lorakit_train_refuses_them(access, folders):
 def test_a_hub_dataset_name_is_left_to_the_loader(access):
     raw = form.build("r", {"data.train": "tatsu-lab/alpaca"}, "", access)
     assert raw["data"]["train"] == ["tatsu-lab/alpaca"]
+
+
+@pytest.mark.parametrize("line", [
+    "data.train=[{path: /etc/passwd, weight: 2}]", "data.eval=/etc/passwd", "data.eval=[../../secret.jsonl]",
+    "data.template=/etc/chat.jinja", "model.adapter=/etc", "eval.scorer=/tmp/../etc/score.py:score",
+    "grpo.rewards=[/etc/reward.py:reward]",
+])
+def test_every_local_path_a_key_value_line_names_is_guarded_too(access, folders, line):
+    _, data = folders
+    write_jsonl(data / "train.jsonl", ROWS)
+    with pytest.raises(UIError, match="outside the folders"):
+        form.build("r", {"data.train": str(data / "train.jsonl")}, line, access)
+
+
+def test_local_paths_inside_are_made_absolute_and_module_specs_left_alone(access, folders, monkeypatch):
+    _, data = folders
+    monkeypatch.chdir(data)
+    raw = form.build("r", {}, "data.train=[{path: train.jsonl, weight: 2}]\ndata.eval=held.jsonl\n"
+                     "eval.scorer=score.py:fn\ngrpo.rewards=[rewards.py:a, mypkg.rewards:b]", access)
+    assert raw["data"]["train"] == [{"path": str(data / "train.jsonl"), "weight": 2}]
+    assert raw["data"]["eval"] == str(data / "held.jsonl")
+    assert raw["eval"]["scorer"] == f"{data / 'score.py'}:fn"
+    assert raw["grpo"]["rewards"] == [f"{data / 'rewards.py'}:a", "mypkg.rewards:b"]

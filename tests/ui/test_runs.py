@@ -145,3 +145,18 @@ def test_the_merge_and_export_commands_name_the_run(client, folders):
     commands = client.get("/api/runs/done/commands").json()
     assert commands["merge"].startswith(f"lorakit merge {runs / 'done'} --out ")
     assert commands["export"].startswith(f"lorakit export gguf {runs / 'done'} --out ")
+
+
+def test_an_uploaded_data_file_is_saved_beside_the_config_and_trains_from_there(client, folders):
+    runs, _ = folders
+    body = b'{"prompt": "q", "completion": "a"}\n'
+    saved = client.put("/api/uploads/up/train.jsonl", content=body).json()["path"]
+    assert saved == str(runs / ".ui" / "up" / "train.jsonl")
+    assert (runs / ".ui" / "up" / "train.jsonl").read_bytes() == body
+    shown = client.post("/api/config", json={"name": "up", "values": {"data.train": saved}})
+    assert shown.status_code == 200 and saved in shown.json()["yaml"]
+    assert client.get("/api/runs").json() == []  # an upload alone is no run
+    for bad in ("..%2Ftrain.jsonl", ".hidden.jsonl", "train.py", "a%2Fb.jsonl"):
+        assert client.put(f"/api/uploads/up/{bad}", content=body).status_code in (400, 404), bad
+    assert client.put("/api/uploads/..%2Fx/train.jsonl", content=body).status_code in (403, 404)
+    assert sorted(p.name for p in (runs / ".ui" / "up").iterdir()) == ["train.jsonl"]

@@ -159,6 +159,21 @@ def create_app(access: Access) -> FastAPI:
         chats.forget(path)
         return {"command": jobs.start(name, resume=True)}
 
+    @app.put("/api/uploads/{name}/{filename}")
+    async def upload(name: str, filename: str, request: Request) -> dict:
+        """A data file sent from the browser, saved beside the run's config; its path goes into data.train."""
+        access.run_path(name)  # the run's name is checked as everywhere
+        if not form.NAME.fullmatch(filename) or not filename.endswith(form.DATA_SUFFIXES):
+            raise UIError(f"upload {filename!r}: give a data file named with letters, digits, '_', '-' or '.', "
+                          f"ending {', '.join(form.DATA_SUFFIXES)}")
+        place = jobs.workspace(name)
+        place.mkdir(parents=True, exist_ok=True)
+        target = place / filename
+        with target.open("wb") as fh:  # streamed: a large file is never held in memory whole
+            async for chunk in request.stream():
+                fh.write(chunk)
+        return {"path": str(target)}
+
     @app.post("/api/preview")
     async def data_preview(req: RunForm) -> dict:
         raw = form.build(req.name or "preview", req.values, req.extra, access)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lorakit.config import EMBEDDED_MODEL, RunConfig
+from lorakit.config import EMBEDDED_MODEL, TEMPLATE_SUFFIXES, RunConfig
 from lorakit.config_file import apply_override, load_config, reference
 from lorakit.hub import looks_like_hub_id
 from lorakit.outputs import write_text
@@ -30,7 +30,8 @@ KNOBS = ("model.name", "data.train", "method", "train.max_steps", "train.epochs"
          "train.save_steps", "data.val_fraction")
 # Knobs whose value is text (a name or a path): taken as given, not parsed as YAML (a path may hold ':').
 TEXT_KNOBS = ("model.name", "data.train")
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a run's name, an uploaded file's: one plain folder entry
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")  # what an uploaded data file may be
 
 
 @dataclass(frozen=True)
@@ -66,20 +67,50 @@ class Written:
     config: RunConfig
 
 
+def _local(text: str, key: str, access: Access, hub_like: bool = False) -> str:
+    """A local path made absolute, refused outside the allowed folders; a hub name left as it is."""
+    if hub_like and (text.startswith("hub:") or (looks_like_hub_id(text, file_like=False) and not Path(text).exists())):
+        return text
+    return str(access.path(text, key))
+
+
+def _sources(value: Any, key: str, access: Access) -> Any:
+    """``data.train`` or ``data.eval``: one source or a list, each a path or a ``{path: ...}`` mapping."""
+    if isinstance(value, list):
+        return [_sources(v, key, access) for v in value]
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return {**value, "path": _local(value["path"], key, access, hub_like=True)}
+    return _local(value, key, access, hub_like=True) if isinstance(value, str) else value
+
+
+def _code_file(spec: Any, key: str, access: Access) -> Any:
+    """``file.py:function`` (a scorer, a reward): the file is a local path; ``package.module:function`` is not."""
+    file, colon, function = spec.rpartition(":") if isinstance(spec, str) else ("", "", "")
+    return f"{_local(file, key, access)}:{function}" if colon and file.endswith(".py") else spec
+
+
 def _local_paths(raw: dict[str, Any], access: Access) -> None:
-    """Data files and a local model folder: refused outside the folders the dashboard may read, else made absolute.
+    """Every local file the config names: refused outside the folders the dashboard may read, else made absolute.
 
     Absolute, because the dashboard reads a relative path from where it runs and ``lorakit train``
-    from the config file's folder; written whole, both read the same file.
+    from the config file's folder; written whole, both read the same file. The caches are not
+    among them: they are written, never shown.
     """
-    data = raw.get("data", {})
-    for i, source in enumerate(data.get("train") or []):
-        hub = source.startswith("hub:") or (looks_like_hub_id(source, file_like=False) and not Path(source).exists())
-        if isinstance(source, str) and not hub:
-            data["train"][i] = str(access.path(source, "data.train"))
-    name = raw.get("model", {}).get("name")
+    data, model = raw.get("data") or {}, raw.get("model") or {}
+    for key in ("train", "eval"):
+        if key in data:
+            data[key] = _sources(data[key], f"data.{key}", access)
+    if isinstance(data.get("template"), str) and data["template"].endswith(TEMPLATE_SUFFIXES):
+        data["template"] = _local(data["template"], "data.template", access)
+    name = model.get("name")
     if isinstance(name, str) and name != EMBEDDED_MODEL and (name.startswith((".", "/", "~")) or Path(name).exists()):
-        raw["model"]["name"] = str(access.path(name, "model.name"))
+        model["name"] = _local(name, "model.name", access)
+    if isinstance(model.get("adapter"), str):
+        model["adapter"] = _local(model["adapter"], "model.adapter", access)
+    if isinstance((raw.get("eval") or {}).get("scorer"), str):
+        raw["eval"]["scorer"] = _code_file(raw["eval"]["scorer"], "eval.scorer", access)
+    if isinstance((raw.get("grpo") or {}).get("rewards"), list):
+        raw["grpo"]["rewards"] = [_code_file(r, "grpo.rewards", access) for r in raw["grpo"]["rewards"]]
 
 
 def build(name: str, values: dict[str, str], extra: str, access: Access) -> dict[str, Any]:

@@ -306,6 +306,18 @@ async function previewData() {
   }
 }
 
+async function uploadData() {
+  const file = $("upload").files[0];
+  const name = $("run-name").value.trim();
+  if (!file || !name) return;
+  const response = await fetch(`/api/uploads/${encodeURIComponent(name)}/${encodeURIComponent(file.name)}`,
+    {method: "PUT", credentials: "same-origin", body: file});
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) { say(data.error || response.statusText); return; }
+  say("");
+  $("knob-data-train").value = data.path;  // saved beside the run's config: data.train names it
+}
+
 async function startRun() {
   const body = formBody();
   const started = await api("/api/runs", body);
@@ -375,6 +387,7 @@ async function init() {
   $("show-config").onclick = () => api("/api/config", formBody()).then((r) => showConfig(r.yaml)).catch(() => {});
   $("do-preview").onclick = () => previewData().catch(() => {});
   $("start").onclick = () => startRun().catch(() => {});
+  $("upload").onchange = () => uploadData().catch(() => {});
   $("stop").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/stop`, {}).catch(() => {});
   $("resume").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/resume`, {}).catch(() => {});
   $("chat-send").onclick = () => sendChat().catch(() => {});
