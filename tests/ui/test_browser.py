@@ -125,7 +125,10 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         browser.find_element("id", "chat-input").send_keys(PROMPT)
         browser.find_element("id", "chat-base").click()  # the base model's answer beside
         browser.find_element("id", "chat-send").click()
-        answer = wait.until(lambda b: b.find_elements("css selector", ".answer-tuned .answer-text"))[0].text
+        wait.until(lambda b: b.find_elements("css selector", ".answer-base[data-done='true']"))
+        tuned = browser.find_element("css selector", ".answer-tuned")
+        assert int(tuned.get_attribute("data-chunks")) > 1, "the answer came in one piece, not streamed"
+        answer = tuned.find_element("css selector", ".answer-text").text
         shoot(browser, shots / "ui-chat.png", browser.find_element("id", "chat-answers"))
 
     run = RunFolder(runs / "demo3")

@@ -16,7 +16,7 @@ from tests.ui.conftest import LOCAL
 
 def test_without_the_token_every_endpoint_is_refused(access):
     bare = TestClient(create_app(access), base_url=LOCAL)
-    for path in ("/", "/page.js", "/api/runs", "/api/form", "/api/text", "/api/runs/x/metrics"):
+    for path in ("/", "/page.js", "/chart.js", "/nope.js", "/api/runs", "/api/form", "/api/text", "/api/runs/x/metrics"):
         response = bare.get(path)
         assert response.status_code == 401, path
         assert "token" in response.json()["error"]
@@ -109,3 +109,12 @@ def test_endpoints_refuse_traversal_through_names_and_data_paths(client, folders
     assert response.status_code == 400
     # The listing follows no link out either.
     assert [r["name"] for r in client.get("/api/runs").json()] == []
+
+
+def test_the_page_and_its_scripts_are_served_and_nothing_else_by_name(client):
+    assert "lorakit" in client.get("/").text
+    for script in ("/page.js", "/chart.js"):
+        response = client.get(script)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
+    assert client.get("/guard.js").status_code == 404
+    assert client.get("/..%2Fguard.py.js").status_code == 404

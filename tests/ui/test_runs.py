@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -10,6 +11,7 @@ from lorakit.config import RunConfig
 from lorakit.run import RunFolder, RunSummary
 from lorakit.train.run_folder import RunLock
 from lorakit.ui import jobs as jobs_module
+from lorakit.ui.guard import UIError
 from lorakit.ui.jobs import Jobs
 from lorakit.ui.runs import eta_seconds, list_runs, read_rows
 from tests.conftest import write_jsonl
@@ -160,3 +162,22 @@ def test_an_uploaded_data_file_is_saved_beside_the_config_and_trains_from_there(
         assert client.put(f"/api/uploads/up/{bad}", content=body).status_code in (400, 404), bad
     assert client.put("/api/uploads/..%2Fx/train.jsonl", content=body).status_code in (403, 404)
     assert sorted(p.name for p in (runs / ".ui" / "up").iterdir()) == ["train.jsonl"]
+
+
+def test_a_run_started_by_an_earlier_dashboard_is_stopped_through_its_lock(folders, monkeypatch):
+    runs, _ = folders
+    run = make_run(runs, "old")
+    jobs = Jobs(runs)  # a new dashboard: it did not start the process itself
+    jobs.workspace("old").mkdir(parents=True)
+    jobs.config_file("old").write_text("name: old\n")
+    killed = []
+    monkeypatch.setattr(jobs_module.os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    lock = RunLock(run.path)
+    lock.acquire()  # held in this process's name, as the training's
+    try:
+        jobs.stop("old")
+    finally:
+        lock.release()
+    assert killed == [(os.getpid(), signal.SIGTERM)]
+    with pytest.raises(UIError, match="not training"):
+        jobs.stop("old")  # the lock is free: nothing trains

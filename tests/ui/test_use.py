@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typer.testing import CliRunner
 
 from lorakit.cli import app as cli
@@ -31,8 +33,13 @@ def test_the_preview_shows_the_doctors_findings_and_the_trained_text(client, fol
 def test_chat_answers_as_lorakit_generate_does(client, folders):
     runs, _ = folders
     run, _ = make_tiny_run(runs)
-    asked = client.post(f"/api/runs/{run.name}/chat", json={"prompt": "Hello there", "max_new_tokens": 8,
-                                                            "base": True}).json()
+    lines = client.post(f"/api/runs/{run.name}/chat", json={"prompt": "Hello there", "max_new_tokens": 8,
+                                                            "base": True}).text.splitlines()
+    events = [json.loads(line) for line in lines]
+    asked = {e["side"]: e for e in events if e.get("done")}
+    for side in ("tuned", "base"):  # the pieces, as they came, make up the whole answer
+        assert "".join(e["piece"] for e in events if e["side"] == side and "piece" in e) == asked[side]["text"]
+    assert [e["side"] for e in events if e.get("done")] == ["tuned", "base"]
     printed = CliRunner().invoke(cli, ["generate", str(run), "--prompt", "Hello there", "--max-new-tokens", "8",
                                        "--no-progress"])
     assert printed.exit_code == 0, printed.output

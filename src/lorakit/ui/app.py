@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
+                               StreamingResponse)
 from pydantic import BaseModel, Field
 
 from lorakit.config import RunConfig
@@ -27,6 +28,7 @@ from lorakit.ui.jobs import Jobs
 from lorakit.ui.use import Chats, preview
 
 log = logging.getLogger(__name__)
+SCRIPTS = ("chart", "page")  # the page's scripts, beside it in this package
 
 
 class RunForm(BaseModel):
@@ -86,9 +88,11 @@ def create_app(access: Access) -> FastAPI:
             return RedirectResponse("/", status_code=303)
         return HTMLResponse(_asset("page.html"))
 
-    @app.get("/page.js")
-    def script() -> Response:
-        return Response(_asset("page.js"), media_type="text/javascript")
+    @app.get("/{script}.js")
+    def script(script: str) -> Response:
+        if script not in SCRIPTS:
+            raise Refused(f"no such script: {script}.js", 404)
+        return Response(_asset(f"{script}.js"), media_type="text/javascript")
 
     @app.get("/api/text")
     def words() -> dict:
@@ -181,12 +185,13 @@ def create_app(access: Access) -> FastAPI:
         return await anyio.to_thread.run_sync(preview, cfg)
 
     @app.post("/api/runs/{name}/chat")
-    async def chat(name: str, req: ChatForm) -> dict:
+    def chat(name: str, req: ChatForm) -> StreamingResponse:
+        """The answers piece by piece, as JSON lines (the page shows them as they come)."""
         path, run = folder(name)
         if not run.has_adapter():
             raise UIError(f"run {name!r} has not saved an adapter yet: chat once it has finished or stopped")
-        cache = run.read_config().model.cache_dir
-        return await anyio.to_thread.run_sync(chats.answer, path, cache, req.prompt, req.max_new_tokens, req.base)
+        pieces = chats.stream(path, run.read_config().model.cache_dir, req.prompt, req.max_new_tokens, req.base)
+        return StreamingResponse(pieces, media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/runs/{name}/commands")
     def commands(name: str) -> dict:

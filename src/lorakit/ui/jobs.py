@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -90,10 +91,22 @@ class Jobs:
             return ["lorakit", "train", str(config), *(["--resume"] if resume else [])]
 
     def stop(self, name: str) -> None:
+        """SIGTERM to the run's training: it saves a checkpoint, then exits with 143.
+
+        A run this dashboard's config started, whose process an earlier dashboard launched, is
+        found by its folder's lock, which names the training's PID and host.
+        """
+        from lorakit.train.run_folder import holder
+
         proc = self._procs.get(name)
-        if proc is None or proc.poll() is not None:
-            raise UIError(f"run {name} is not training from this dashboard")
-        proc.send_signal(signal.SIGTERM)  # training saves a checkpoint, then exits with 143
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            return
+        owner = holder(self.runs / name) if self.config_file(name).is_file() else None
+        if owner and owner.get("pid") and owner.get("host") == socket.gethostname():
+            os.kill(int(owner["pid"]), signal.SIGTERM)
+            return
+        raise UIError(f"run {name} is not training from this dashboard")
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """On the dashboard's exit: stop what it started, each keeping a checkpoint."""

@@ -8,7 +8,9 @@ generation call), so a greedy answer here is the one the command prints.
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +46,30 @@ class Chats:
             self._sessions[run] = open_session(str(run), cache_dir)
         return self._sessions[run]
 
-    def answer(self, run: Path, cache_dir: Path, prompt: str, max_new_tokens: int, base: bool) -> dict[str, Any]:
-        """The greedy answers of the tuned model and, with ``base``, of the base beside it."""
-        from lorakit.infer.generate import answer_all
+    def stream(self, run: Path, cache_dir: Path, prompt: str, max_new_tokens: int, base: bool) -> Iterator[str]:
+        """The answers as they come, one JSON line per piece: the tuned model's, then the base's.
+
+        Each side ends with a line holding its whole text, as ``lorakit chat`` streams it (the same
+        prompt tokens and generation call; a greedy answer equals ``lorakit generate``'s).
+        """
+        from lorakit.infer.catalog import BASE
+        from lorakit.infer.generate import check_fits, context_length, prompt_ids
         from lorakit.infer.prompts import one_prompt
+        from lorakit.infer.stream import TextStream
 
         gen = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=1)
-        item = one_prompt(prompt)
         with self._lock:
             session = self._session(run, cache_dir)
-
-            def ask() -> dict[str, Any]:
-                done = answer_all(session.model, session.tokenizer, session.template, [item.conversation],
-                                  [item.origin], gen)
-                return {"text": done.answers[0].text, "tokens_per_second": done.tokens_per_second}
-
-            out = {"tuned": ask()}
-            if base:
-                with session.base_only():
-                    out["base"] = ask()
-        return out
+        catalog, item = session.catalog, one_prompt(prompt)
+        for side, name in [("tuned", session.name), *([("base", BASE)] if base else [])]:
+            choice = catalog.get(name)
+            ids = prompt_ids(choice.tokenizer, choice.template, item.conversation)
+            check_fits([ids], [item.origin], context_length(catalog.model, gen), gen.max_new_tokens)
+            answer = TextStream(catalog.model, choice.tokenizer, ids, gen, choice.template.end_token_ids,
+                                hold=lambda name=name: catalog.hold(name))
+            for piece in answer:
+                yield json.dumps({"side": side, "piece": piece}, ensure_ascii=False) + "\n"
+            yield json.dumps({"side": side, "text": answer.answer.text, "done": True}, ensure_ascii=False) + "\n"
 
     def forget(self, run: Path) -> None:
         """A run trained on: its adapter on disk changed, so load it afresh next time."""
