@@ -280,15 +280,19 @@ async function sendChat() {
   if (!response.ok) { const data = await response.json().catch(() => ({})); say(data.error || response.statusText); return; }
   say("");
   const sides = {};
-  const reader = response.body.getReader(), decoder = new TextDecoder();
-  let pending = "";
-  for (;;) {
-    const {value, done} = await reader.read();
-    if (done) break;
-    pending += decoder.decode(value, {stream: true});
-    const lines = pending.split("\n");
-    pending = lines.pop();
-    for (const line of lines.filter((l) => l.trim())) showPiece(box, sides, JSON.parse(line));
+  for await (const event of jsonLines(response)) showPiece(box, sides, event);
+}
+
+// Each whole line of a streamed body, parsed; a line cut between two chunks waits for the next one.
+async function* jsonLines(response) {
+  const chunks = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let rest = "";
+  while (true) {
+    const chunk = await chunks.read();
+    if (chunk.done) return;
+    const parts = (rest + chunk.value).split("\n");
+    rest = parts.pop();
+    yield* parts.filter((p) => p.trim()).map((p) => JSON.parse(p));
   }
 }
 
