@@ -181,3 +181,37 @@ def test_a_run_started_by_an_earlier_dashboard_is_stopped_through_its_lock(folde
     assert killed == [(os.getpid(), signal.SIGTERM)]
     with pytest.raises(UIError, match="not training"):
         jobs.stop("old")  # the lock is free: nothing trains
+
+
+def test_the_run_page_carries_the_eval_table_and_the_verify_verdicts(client, folders):
+    from lorakit.eval.compare import Comparison, MetricRow
+    from lorakit.eval.results import table_rows, write_reports
+    from lorakit.verify.report import Check, VerifyReport, write_report
+
+    runs, _ = folders
+    run = make_run(runs, "scored", finished=True)
+    comparison = Comparison([MetricRow("exact_match", "exact match", True, 0.0, 0.9)], [], [])
+    write_reports(run.path, comparison)
+    write_report(run.path, VerifyReport("scored", "3 prompts", [Check("merge", "pass", "merged equals adapter")]))
+    page = client.get("/api/runs/scored").json()
+    assert page["eval"] == [list(row) for row in table_rows(comparison)]  # the rows lorakit eval prints
+    assert page["info"]["verify"] == "pass" and page["info"]["verify_checks"] == ["merge: pass"]
+
+
+def test_lorakit_ui_prints_its_url_with_the_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app as cli
+    from lorakit.ui import app as ui_app
+
+    served = []
+    monkeypatch.setattr(ui_app, "serve", lambda access, host, port: served.append((access, host, port)))
+    monkeypatch.delenv("LORAKIT_UI_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["ui", "--runs", str(tmp_path / "runs"), "--port", "7001"])
+    assert result.exit_code == 0, result.output
+    access, host, port = served[0]
+    assert (host, port) == ("127.0.0.1", 7001) and access.runs == (tmp_path / "runs").resolve()
+    assert f"http://127.0.0.1:7001/?token={access.token}" in result.stdout
+    again = CliRunner().invoke(cli, ["ui", "--runs", str(tmp_path / "runs"), "--host", "0.0.0.0", "--key", "k"])
+    assert again.exit_code == 0 and "http://127.0.0.1:7860" in again.stdout and "token=" not in again.stdout
+    assert served[1][0].token == "k" and served[1][1] == "0.0.0.0"
