@@ -55,3 +55,12 @@ def test_chat_needs_a_saved_adapter(client, folders):
     (runs / "empty" / "lorakit.yaml").write_text("name: empty\n")
     response = client.post("/api/runs/empty/chat", json={"prompt": "hi"})
     assert response.status_code == 400 and "adapter" in response.json()["error"]
+
+
+def test_a_refused_setting_in_the_preview_is_one_error_line_not_a_crash(client, folders):
+    _, data = folders
+    write_jsonl(data / "train.jsonl", [{"prompt": "q", "completion": "a"}])
+    response = client.post("/api/preview", json={"name": "p", "values": {"data.train": str(data / "train.jsonl"),
+                                                                         "lora.rank": "many"}})
+    assert response.status_code == 400
+    assert "lora.rank" in response.json()["error"]

@@ -1,25 +1,25 @@
 """The dashboard's HTTP endpoints: one page, its script, and JSON under ``/api``.
 
 Every request passes :func:`guarded` first (Host header, then token; see :mod:`lorakit.ui.guard`).
-The page is a single HTML file with plain JavaScript (``page.html``, ``page.js``), no build step;
-it polls ``/api/runs/<name>/metrics?since=N`` for new rows of the curves.
+The page is a single HTML file with plain JavaScript (``page.html``, ``page.js``, ``chart.js``), no
+build step; it polls ``/api/runs/<name>/metrics?since=N`` for new rows of the curves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
+import shlex
 import tempfile
 from importlib import resources
 from pathlib import Path
+
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
                                StreamingResponse)
 from pydantic import BaseModel, Field
 
-from lorakit.config import RunConfig
 from lorakit.errors import LorakitError
 from lorakit.run import RunFolder
 from lorakit.ui import form, runs, text
@@ -27,7 +27,6 @@ from lorakit.ui.guard import COOKIE, Access, Refused, UIError
 from lorakit.ui.jobs import Jobs
 from lorakit.ui.use import Chats, preview
 
-log = logging.getLogger(__name__)
 SCRIPTS = ("chart", "page")  # the page's scripts, beside it in this package
 
 
@@ -52,13 +51,13 @@ def _asset(name: str) -> str:
 def create_app(access: Access) -> FastAPI:
     jobs = Jobs(access.runs)
     chats = Chats()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         jobs.stop_all()  # what the dashboard started stops with it, each keeping a checkpoint
 
     app = FastAPI(title="lorakit ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.jobs = jobs
 
     @app.middleware("http")
     async def guarded(request: Request, call_next):
@@ -180,8 +179,9 @@ def create_app(access: Access) -> FastAPI:
 
     @app.post("/api/preview")
     async def data_preview(req: RunForm) -> dict:
-        raw = form.build(req.name or "preview", req.values, req.extra, access)
-        cfg = RunConfig.model_validate(raw)
+        """The data doctor and a few rendered samples for the form's config, refused as lorakit train refuses it."""
+        with tempfile.TemporaryDirectory(prefix="lorakit-ui-") as place:
+            cfg = write(req, Path(place)).config
         return await anyio.to_thread.run_sync(preview, cfg)
 
     @app.post("/api/runs/{name}/chat")
@@ -197,11 +197,10 @@ def create_app(access: Access) -> FastAPI:
     def commands(name: str) -> dict:
         """What merge and export run for this run: shown on its page, to copy into a terminal."""
         path, _ = folder(name)
-        merged = access.runs.parent / "merged" / name
-        gguf = access.runs.parent / "gguf" / f"{name}.gguf"
-        return {"merge": f"lorakit merge {path} --out {merged}",
-                "export": f"lorakit export gguf {path} --out {gguf} --type q8_0",
-                "generate": f"lorakit generate {path} --prompt '...'"}
+        merged, gguf = access.runs.parent / "merged" / name, access.runs.parent / "gguf" / f"{name}.gguf"
+        return {"merge": shlex.join(["lorakit", "merge", str(path), "--out", str(merged)]),
+                "export": shlex.join(["lorakit", "export", "gguf", str(path), "--out", str(gguf), "--type", "q8_0"]),
+                "generate": shlex.join(["lorakit", "generate", str(path), "--prompt", "..."])}
 
     return app
 
