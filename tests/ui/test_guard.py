@@ -16,7 +16,8 @@ from tests.ui.conftest import LOCAL
 
 def test_without_the_token_every_endpoint_is_refused(access):
     bare = TestClient(create_app(access), base_url=LOCAL)
-    for path in ("/", "/page.js", "/chart.js", "/nope.js", "/api/runs", "/api/form", "/api/text", "/api/runs/x/metrics"):
+    for path in ("/", "/page.js", "/chart.js", "/nope.js", "/api/runs", "/api/form", "/api/text",
+                 "/api/runs/x/metrics"):
         response = bare.get(path)
         assert response.status_code == 401, path
         assert "token" in response.json()["error"]
