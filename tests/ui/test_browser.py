@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,19 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         assert int(tuned.get_attribute("data-chunks")) > 1, "the answer came in one piece, not streamed"
         answer = tuned.find_element("css selector", ".answer-text").text
         shoot(browser, shots / "ui-chat.png", browser.find_element("id", "chat-answers"))
+
+        # Compare: a second run, the first one's folder with another learning rate in its settings.
+        shutil.copytree(runs / "demo3", runs / "other", ignore=shutil.ignore_patterns(".lorakit.lock"))
+        saved = runs / "other" / "lorakit.yaml"
+        saved.write_text(saved.read_text().replace("learning_rate: 0.001", "learning_rate: 0.002"))
+        browser.find_element("id", "nav-runs").click()
+        wait.until(lambda b: b.find_elements("css selector", "tr[data-run='other'] .pick"))
+        for name in ("demo3", "other"):
+            browser.find_element("css selector", f"tr[data-run='{name}'] .pick").click()
+        browser.find_element("id", "compare").click()
+        wait.until(lambda b: len(b.find_elements("css selector", "#compare-chart polyline")) == 2)
+        differing = browser.find_element("id", "compare-settings").text
+        assert "train.learning_rate" in differing and "output_dir" in differing and "lora.rank" not in differing
 
     run = RunFolder(runs / "demo3")
     # The file the form wrote is the config the run trained with, as lorakit train resolves it.
