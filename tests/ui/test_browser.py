@@ -42,10 +42,11 @@ def fill(browser, knob: str, value: str) -> None:
     field.send_keys(value)
 
 
-def shoot(browser, path: Path, element=None) -> None:
-    """A screenshot for the docs, the window as tall as the page so nothing is cut off."""
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1200, min(max(height + 150, 900), 4000))
+def shoot(browser, path: Path, element=None, height: int | None = None) -> None:
+    """A screenshot for the docs: the window as tall as the page (or ``height``), so nothing is cut off."""
+    if height is None:
+        height = min(max(browser.execute_script("return document.documentElement.scrollHeight") + 150, 900), 4000)
+    browser.set_window_size(1200, height)
     assert element.screenshot(str(path)) if element is not None else browser.save_screenshot(str(path))
     browser.set_window_size(1200, 900)
 
@@ -105,12 +106,12 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         # The list is redrawn only when a run changes: the stopped run's row stays put.
         row = wait.until(lambda b: b.find_elements("css selector", "tr[data-run='demo3'][data-state='stopped']"))[0]
         assert "checkpoint-" in row.find_element("css selector", ".checkpoints").text
-        assert browser.save_screenshot(str(shots / "ui-runs.png"))
+        shoot(browser, shots / "ui-runs.png", height=380)
         browser.find_element("id", "lang").click()  # every label in Chinese, from the same page
         wait.until(lambda b: b.find_element("id", "nav-new").text == "新建训练")
         stopped = "tr[data-run='demo3'] .state-stopped"
         wait.until(lambda b: b.find_element("css selector", stopped).text.startswith("已停止"))
-        assert browser.save_screenshot(str(shots / "ui-runs.zh.png"))
+        shoot(browser, shots / "ui-runs.zh.png", height=380)
         browser.find_element("id", "lang").click()
         wait.until(lambda b: b.find_element("css selector", stopped).text.startswith("stopped"))
 

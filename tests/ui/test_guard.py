@@ -22,7 +22,7 @@ def test_without_the_token_every_endpoint_is_refused(access):
         assert response.status_code == 401, path
         assert "token" in response.json()["error"]
     assert bare.get("/api/runs", params={"token": "wrong"}).status_code == 401
-    bare.cookies.set("lorakit_ui", "wrong")
+    bare.cookies.set("lorakit_ui_7860", "wrong")
     assert bare.get("/api/runs").status_code == 401
     assert bare.post("/api/runs", json={"name": "x"}).status_code == 401
 
@@ -34,6 +34,7 @@ def test_the_token_opens_it_as_a_query_a_cookie_or_a_bearer_header(access):
     cookie = first.headers["set-cookie"]
     assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
     assert bare.get("/api/runs").status_code == 200  # the cookie now carries it
+    assert cookie.startswith("lorakit_ui_7860=")  # named after the port: two dashboards keep their own
     header = TestClient(create_app(access), base_url=LOCAL)
     assert header.get("/api/runs", headers={"Authorization": f"Bearer {access.token}"}).status_code == 200
 

@@ -61,16 +61,18 @@ def create_app(access: Access) -> FastAPI:
 
     @app.middleware("http")
     async def guarded(request: Request, call_next):
+        # Cookies are shared by every port of a host: each dashboard names its own after its port.
+        cookie = f"{COOKIE}_{request.url.port or 80}"
         try:
             access.check_host(request.headers.get("host"))
-            access.check_token(request.cookies.get(COOKIE), request.headers.get("authorization"),
+            access.check_token(request.cookies.get(cookie), request.headers.get("authorization"),
                                request.query_params.get("token"))
         except Refused as e:
             return JSONResponse({"error": str(e)}, status_code=e.status)
         response = await call_next(request)
         if request.query_params.get("token"):
             # The URL's token becomes a cookie the page's own requests carry; other sites' pages cannot send it.
-            response.set_cookie(COOKIE, access.token, httponly=True, samesite="strict")
+            response.set_cookie(cookie, access.token, httponly=True, samesite="strict")
         return response
 
     @app.exception_handler(LorakitError)
