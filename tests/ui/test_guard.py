@@ -115,7 +115,7 @@ def test_endpoints_refuse_traversal_through_names_and_data_paths(client, folders
 
 def test_the_page_and_its_scripts_are_served_and_nothing_else_by_name(client):
     assert "lorakit" in client.get("/").text
-    for script in ("/page.js", "/chart.js"):
+    for script in ("/page.js", "/chart.js", "/compare.js"):
         response = client.get(script)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
     assert client.get("/guard.js").status_code == 404

@@ -141,12 +141,24 @@ def test_a_run_started_elsewhere_is_not_the_dashboards_to_resume(client, folders
     assert client.post("/api/runs/cli/stop").status_code == 400
 
 
-def test_the_merge_and_export_commands_name_the_run(client, folders):
+def test_merge_and_export_run_the_commands_the_page_shows(client, folders, monkeypatch):
     runs, _ = folders
-    make_run(runs, "done", finished=True)
-    commands = client.get("/api/runs/done/commands").json()
-    assert commands["merge"].startswith(f"lorakit merge {runs / 'done'} --out ")
-    assert commands["export"].startswith(f"lorakit export gguf {runs / 'done'} --out ")
+    run = make_run(runs, "done", finished=True)
+    FakeProcess.started = []
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", FakeProcess)
+    assert client.post("/api/runs/done/tasks/merge").status_code == 400  # no adapter saved yet
+    run.adapter_config.write_text("{}")
+    shown = client.get("/api/runs/done/commands").json()
+    assert shown["merge"]["command"] == f"lorakit merge {runs / 'done'} --out {runs / 'done-merged'}"
+    assert shown["export"]["command"].startswith(f"lorakit export gguf {runs / 'done'} --out {runs / 'done-gguf'}")
+    assert shown["merge"]["state"] == {"running": False, "exit": None, "log": []}
+    for kind in ("merge", "export"):
+        assert client.post(f"/api/runs/done/tasks/{kind}").json()["command"] == shown[kind]["command"]
+    assert [c[3:] for c in FakeProcess.started] == [shown[k]["command"].split()[1:] for k in ("merge", "export")]
+    assert client.get("/api/runs/done/commands").json()["merge"]["state"]["running"] is True
+    assert "running already" in client.post("/api/runs/done/tasks/merge").json()["error"]
+    assert client.post("/api/runs/done/tasks/rm").status_code == 404
+    assert [r["name"] for r in client.get("/api/runs").json()] == ["done"]  # a task's log makes no run
 
 
 def test_an_uploaded_data_file_is_saved_beside_the_config_and_trains_from_there(client, folders):

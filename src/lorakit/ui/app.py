@@ -1,7 +1,7 @@
 """The dashboard's HTTP endpoints: one page, its script, and JSON under ``/api``.
 
 Every request passes :func:`guarded` first (Host header, then token; see :mod:`lorakit.ui.guard`).
-The page is a single HTML file with plain JavaScript (``page.html``, ``page.js``, ``chart.js``), no
+The page is a single HTML file with plain JavaScript (``page.html`` and its scripts), no
 build step; it polls ``/api/runs/<name>/metrics?since=N`` for new rows of the curves.
 """
 
@@ -27,7 +27,7 @@ from lorakit.ui.guard import COOKIE, Access, Refused, UIError
 from lorakit.ui.jobs import Jobs
 from lorakit.ui.use import Chats, preview
 
-SCRIPTS = ("chart", "page")  # the page's scripts, beside it in this package
+SCRIPTS = ("chart", "compare", "page")  # the page's scripts, beside it in this package
 
 
 class RunForm(BaseModel):
@@ -195,14 +195,28 @@ def create_app(access: Access) -> FastAPI:
         pieces = chats.stream(path, run.read_config().model.cache_dir, req.prompt, req.max_new_tokens, req.base)
         return StreamingResponse(pieces, media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"})
 
+    def use_commands(name: str) -> dict[str, list[str]]:
+        """merge and export for a run, writing beside it in the runs folder (where the dashboard may read)."""
+        path, _ = folder(name)
+        merged, gguf = access.runs / f"{name}-merged", access.runs / f"{name}-gguf" / f"{name}.gguf"
+        return {"merge": ["lorakit", "merge", str(path), "--out", str(merged)],
+                "export": ["lorakit", "export", "gguf", str(path), "--out", str(gguf), "--type", "q8_0"]}
+
     @app.get("/api/runs/{name}/commands")
     def commands(name: str) -> dict:
-        """What merge and export run for this run: shown on its page, to copy into a terminal."""
-        path, _ = folder(name)
-        merged, gguf = access.runs.parent / "merged" / name, access.runs.parent / "gguf" / f"{name}.gguf"
-        return {"merge": shlex.join(["lorakit", "merge", str(path), "--out", str(merged)]),
-                "export": shlex.join(["lorakit", "export", "gguf", str(path), "--out", str(gguf), "--type", "q8_0"]),
-                "generate": shlex.join(["lorakit", "generate", str(path), "--prompt", "..."])}
+        """What the page's merge and export buttons run, as a terminal would take it, and how each one went."""
+        return {kind: {"command": shlex.join(words), "state": jobs.task_state(name, kind)}
+                for kind, words in use_commands(name).items()}
+
+    @app.post("/api/runs/{name}/tasks/{kind}")
+    def run_task(name: str, kind: str) -> dict:
+        words = use_commands(name).get(kind)
+        if words is None:
+            raise Refused(f"no such task: {kind} (merge or export)", 404)
+        if not RunFolder(access.run_path(name)).has_adapter():
+            raise UIError(f"run {name!r} has not saved an adapter yet: {kind} it once it has finished or stopped")
+        jobs.run_task(name, kind, words)
+        return {"command": shlex.join(words)}
 
     return app
 

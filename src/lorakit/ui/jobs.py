@@ -2,7 +2,8 @@
 
 Each run the UI starts has a small workspace beside the runs, ``<runs>/.ui/<name>/``: the
 config file (``config.yaml``, what ``lorakit train`` reads), the process's output
-(``train.log``) and its exit status (``exit``). It is kept out of the run folder itself because
+(``train.log``) and its exit status (``exit``); a merge or export started from a run's page
+writes its output there too (``merge.log``, ``export.log``). It is kept out of the run folder itself because
 ``lorakit train`` refuses to write among files it did not write. Stop sends SIGTERM, on which
 training saves a checkpoint and exits with 143; resume runs the same command with
 ``--resume=latest``. A run with no workspace (started from a terminal) is still listed and
@@ -28,12 +29,20 @@ EXIT = "exit"
 STOPPED_CODES = (130, 143, -signal.SIGTERM, -signal.SIGINT)  # Ctrl-C or SIGTERM: a checkpoint was kept
 
 
+def _launch(args: list[str], log: Path) -> subprocess.Popen:
+    """``lorakit ARGS`` as a process of its own session (a Ctrl-C meant for the dashboard does not stop it)."""
+    with open(log, "a", encoding="utf-8") as out:
+        return subprocess.Popen([sys.executable, "-m", "lorakit", *args], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+
+
 class Jobs:
     """The processes started from this dashboard, by run name."""
 
     def __init__(self, runs: Path):
         self.runs = runs
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen] = {}  # training, by run name
+        self._tasks: dict[tuple[str, str], subprocess.Popen] = {}  # merge and export, by run name and kind
         self._lock = threading.Lock()
 
     def workspace(self, name: str) -> Path:
@@ -81,14 +90,30 @@ class Jobs:
             if not config.is_file():
                 raise UIError(f"run {name} was not started from this dashboard: resume it with "
                               f"`lorakit train <its config> --resume` in a terminal")
-            command = [sys.executable, "-m", "lorakit", "train", str(config), *(["--resume=latest"] if resume else [])]
             (self.workspace(name) / EXIT).unlink(missing_ok=True)
-            with open(self.workspace(name) / LOG, "a", encoding="utf-8") as log:
-                # Its own session, so a Ctrl-C meant for the dashboard does not also stop the training.
-                self._procs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                                     env={**os.environ, "COLUMNS": "200"})
+            args = ["train", str(config), *(["--resume=latest"] if resume else [])]
+            self._procs[name] = _launch(args, self.workspace(name) / LOG)
             return ["lorakit", "train", str(config), *(["--resume"] if resume else [])]
+
+    def run_task(self, name: str, kind: str, command: list[str]) -> None:
+        """Start ``command`` (``lorakit merge ...``, ``lorakit export ...``) for run ``name``, its output in ``<kind>.log``."""
+        with self._lock:
+            if self.task_state(name, kind)["running"]:
+                raise UIError(f"{kind} of run {name} is running already")
+            self.workspace(name).mkdir(parents=True, exist_ok=True)
+            log = self.workspace(name) / f"{kind}.log"
+            log.unlink(missing_ok=True)
+            self._tasks[(name, kind)] = _launch(command[1:], log)
+
+    def task_state(self, name: str, kind: str) -> dict:
+        """Whether the task runs, how it ended (None: still running or never run here) and its last lines."""
+        proc = self._tasks.get((name, kind))
+        try:
+            lines = (self.workspace(name) / f"{kind}.log").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        return {"running": proc is not None and proc.poll() is None,
+                "exit": proc.poll() if proc is not None else None, "log": [ln for ln in lines if ln.strip()][-5:]}
 
     def stop(self, name: str) -> None:
         """SIGTERM to the run's training: it saves a checkpoint, then exits with 143.

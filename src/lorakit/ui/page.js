@@ -167,10 +167,36 @@ async function openRun(name) {
   $("run-title").textContent = name;
   $("run-config").href = `/api/runs/${encodeURIComponent(name)}/config.yaml`;
   $("chat-answers").textContent = "";
-  const commands = await api(`/api/runs/${encodeURIComponent(name)}/commands`);
-  $("commands").textContent = Object.values(commands).join("\n");
+  await watchTasks(name);
   await pollRun().catch(() => {});
   current.timer = setInterval(() => pollRun().catch(() => {}), 1000);
+}
+
+// ---- merge and export: each shows the command its button runs, and how the last run of it went ----
+async function watchTasks(name) {
+  const all = await api(`/api/runs/${encodeURIComponent(name)}/commands`);
+  const box = $("commands");
+  box.textContent = "";
+  for (const [kind, item] of Object.entries(all)) {
+    const row = document.createElement("div");
+    row.className = "task";
+    row.dataset.kind = kind;
+    row.dataset.state = item.state.running ? "running" : item.state.exit === null ? "" : item.state.exit === 0 ? "finished" : "failed";
+    const code = document.createElement("pre");
+    code.textContent = item.command;
+    const button = document.createElement("button");
+    button.textContent = t("run_task");
+    button.disabled = item.state.running;
+    button.onclick = () => api(`/api/runs/${encodeURIComponent(name)}/tasks/${kind}`, {}).then(() => watchTasks(name)).catch(() => {});
+    const state = document.createElement("span");
+    state.className = "task-state";
+    state.textContent = row.dataset.state ? t("state_" + row.dataset.state) + (item.state.log.length ? `: ${item.state.log.at(-1)}` : "") : "";
+    row.append(code, button, state);
+    box.appendChild(row);
+  }
+  if (current && current.name === name && Object.values(all).some((i) => i.state.running)) {
+    setTimeout(() => watchTasks(name).catch(() => {}), 2000);
+  }
 }
 
 // ---- new run ----
@@ -316,35 +342,6 @@ function showPiece(box, sides, event) {
   if (event.done) { body.textContent = event.text; div.dataset.done = "true"; return; }
   body.textContent += event.piece;
   div.dataset.chunks = +div.dataset.chunks + 1;
-}
-
-function compareRuns() {
-  const names = [...document.querySelectorAll(".pick:checked")].map((b) => b.value);
-  if (names.length < 2) return;
-  Promise.all(names.map((n) => Promise.all([api(`/api/runs/${encodeURIComponent(n)}/metrics`), api(`/api/runs/${encodeURIComponent(n)}`)])))
-    .then((all) => {
-      $("comparison").hidden = false;
-      const box = $("compare-charts");
-      box.textContent = "";
-      const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-      svg.setAttribute("width", 640); svg.setAttribute("height", 300); svg.classList.add("chart");
-      svg.id = "compare-chart";
-      const leg = document.createElement("div"); leg.className = "legend";
-      box.append(leg, svg);
-      const series = all.map(([m], i) => seriesOf(m.rows, "loss", names[i], COLORS[i % COLORS.length]));
-      drawChart(svg, series);
-      legend(leg, series);
-      const flat = all.map(([, page]) => flatten(page.config));
-      const keys = [...new Set(flat.flatMap(Object.keys))].filter((k) => new Set(flat.map((f) => JSON.stringify(f[k]))).size > 1);
-      table($("compare-settings"), [["", ...names], ...keys.map((k) => [k, ...flat.map((f) => JSON.stringify(f[k]))])]);
-    }).catch(() => {});
-}
-
-function flatten(obj, prefix = "", out = {}) {
-  for (const [k, v] of Object.entries(obj || {})) {
-    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, `${prefix}${k}.`, out); else out[prefix + k] = v;
-  }
-  return out;
 }
 
 async function init() {
