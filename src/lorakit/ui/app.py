@@ -48,14 +48,48 @@ def _asset(name: str) -> str:
     return resources.files("lorakit.ui").joinpath(name).read_text(encoding="utf-8")
 
 
+@dataclasses.dataclass
+class _Dashboard:
+    """What the endpoints share: the allowed folders, the processes started, the model loaded for chat."""
+
+    access: Access
+    jobs: Jobs
+    chats: Chats
+
+    def folder(self, name: str) -> tuple[Path, RunFolder]:
+        path = self.access.run_path(name)
+        return path, RunFolder(path)
+
+    def write(self, req: RunForm, place: Path | None = None) -> form.Written:
+        """The form's config file, in the run's workspace (or ``place``), loaded back as lorakit train loads it."""
+        raw = form.build(req.name, req.values, req.extra, self.access)
+        place = place or self.jobs.workspace(req.name)
+        place.mkdir(parents=True, exist_ok=True)
+        return form.write_config(place / self.jobs.config_file(req.name).name, raw)
+
+    def with_adapter(self, name: str, what: str) -> tuple[Path, RunFolder]:
+        """The run, refused until it has saved an adapter (which it does when it finishes or stops)."""
+        path, run = self.folder(name)
+        if not run.has_adapter():
+            raise UIError(f"run {name!r} has not saved an adapter yet: {what} it once it has finished or stopped")
+        return path, run
+
+    def use_commands(self, name: str) -> dict[str, list[str]]:
+        """merge and export for a run, writing beside it in the runs folder (where the dashboard may read)."""
+        path, _ = self.folder(name)
+        runs_folder = self.access.runs
+        merged, gguf = runs_folder / f"{name}-merged", runs_folder / f"{name}-gguf" / f"{name}.gguf"
+        return {"merge": ["lorakit", "merge", str(path), "--out", str(merged)],
+                "export": ["lorakit", "export", "gguf", str(path), "--out", str(gguf), "--type", "q8_0"]}
+
+
 def create_app(access: Access) -> FastAPI:
-    jobs = Jobs(access.runs)
-    chats = Chats()
+    board = _Dashboard(access, Jobs(access.runs), Chats())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        jobs.stop_all()  # what the dashboard started stops with it, each keeping a checkpoint
+        board.jobs.stop_all()  # what the dashboard started stops with it, each keeping a checkpoint
 
     app = FastAPI(title="lorakit ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -79,10 +113,6 @@ def create_app(access: Access) -> FastAPI:
     async def refused(request: Request, e: LorakitError) -> JSONResponse:
         return JSONResponse({"error": str(e)}, status_code=getattr(e, "status", 400))
 
-    def folder(name: str) -> tuple[Path, RunFolder]:
-        path = access.run_path(name)
-        return path, RunFolder(path)
-
     @app.get("/", response_class=HTMLResponse)
     def page(request: Request) -> Response:
         if request.query_params.get("token"):  # drop the token from the address bar (and history)
@@ -104,6 +134,16 @@ def create_app(access: Access) -> FastAPI:
         return {"knobs": [dataclasses.asdict(k) for k in form.knobs()], "runs": str(access.runs),
                 "data": [str(p) for p in access.data]}
 
+    _watch(app, board)
+    _new_run(app, board)
+    _use(app, board)
+    return app
+
+
+def _watch(app: FastAPI, board: _Dashboard) -> None:
+    """The runs list, a run's page and curves, its config file, stop and resume."""
+    access, jobs, folder = board.access, board.jobs, board.folder
+
     @app.get("/api/runs")
     def all_runs() -> list[dict]:
         return [dataclasses.asdict(r) for r in runs.list_runs(access.runs, jobs)]
@@ -123,34 +163,13 @@ def create_app(access: Access) -> FastAPI:
 
     @app.get("/api/runs/{name}/config.yaml")
     def config_file(name: str) -> Response:
-        path, run = folder(name)
+        _, run = folder(name)
         written = jobs.config_file(name)
         source = written if written.is_file() else run.config_file
         if not source.is_file():
             raise Refused(f"run {name!r} has no config yet", 404)
         return PlainTextResponse(source.read_text(encoding="utf-8"), media_type="application/x-yaml",
                                  headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'})
-
-    def write(req: RunForm, place: Path | None = None) -> form.Written:
-        raw = form.build(req.name, req.values, req.extra, access)
-        place = place or jobs.workspace(req.name)
-        place.mkdir(parents=True, exist_ok=True)
-        return form.write_config(place / jobs.config_file(req.name).name, raw)
-
-    @app.post("/api/config")
-    def config_text(req: RunForm) -> dict:
-        """The config the form makes, checked as ``lorakit train`` checks it; nothing is started nor kept."""
-        with tempfile.TemporaryDirectory(prefix="lorakit-ui-") as place:
-            return {"yaml": write(req, Path(place)).text}
-
-    @app.post("/api/runs")
-    def start(req: RunForm) -> dict:
-        path, run = folder(req.name)
-        if run.is_run() or jobs.running(req.name):
-            raise UIError(f"a run called {req.name!r} exists already in {access.runs}: pick another name")
-        written = write(req)
-        command = jobs.start(req.name)
-        return {"yaml": written.text, "command": command}
 
     @app.post("/api/runs/{name}/stop")
     def stop(name: str) -> dict:
@@ -161,8 +180,28 @@ def create_app(access: Access) -> FastAPI:
     @app.post("/api/runs/{name}/resume")
     def resume(name: str) -> dict:
         path, _ = folder(name)
-        chats.forget(path)
+        board.chats.forget(path)
         return {"command": jobs.start(name, resume=True)}
+
+
+def _new_run(app: FastAPI, board: _Dashboard) -> None:
+    """The new-run form: its config shown, a data file uploaded, the data previewed, the run started."""
+    access, jobs, folder, write = board.access, board.jobs, board.folder, board.write
+
+    @app.post("/api/config")
+    def config_text(req: RunForm) -> dict:
+        """The config the form makes, checked as ``lorakit train`` checks it; nothing is started nor kept."""
+        with tempfile.TemporaryDirectory(prefix="lorakit-ui-") as place:
+            return {"yaml": write(req, Path(place)).text}
+
+    @app.post("/api/runs")
+    def start(req: RunForm) -> dict:
+        _, run = folder(req.name)
+        if run.is_run() or jobs.running(req.name):
+            raise UIError(f"a run called {req.name!r} exists already in {access.runs}: pick another name")
+        written = write(req)
+        command = jobs.start(req.name)
+        return {"yaml": written.text, "command": command}
 
     @app.put("/api/uploads/{name}/{filename}")
     async def upload(name: str, filename: str, request: Request) -> dict:
@@ -186,21 +225,18 @@ def create_app(access: Access) -> FastAPI:
             cfg = write(req, Path(place)).config
         return await anyio.to_thread.run_sync(preview, cfg)
 
+
+def _use(app: FastAPI, board: _Dashboard) -> None:
+    """Chat with a run, merge it and export it."""
+    jobs, use_commands = board.jobs, board.use_commands
+
     @app.post("/api/runs/{name}/chat")
     def chat(name: str, req: ChatForm) -> StreamingResponse:
         """The answers piece by piece, as JSON lines (the page shows them as they come)."""
-        path, run = folder(name)
-        if not run.has_adapter():
-            raise UIError(f"run {name!r} has not saved an adapter yet: chat once it has finished or stopped")
-        pieces = chats.stream(path, run.read_config().model.cache_dir, req.prompt, req.max_new_tokens, req.base)
+        path, run = board.with_adapter(name, "chat with")
+        cache = run.read_config().model.cache_dir
+        pieces = board.chats.stream(path, cache, req.prompt, req.max_new_tokens, req.base)
         return StreamingResponse(pieces, media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"})
-
-    def use_commands(name: str) -> dict[str, list[str]]:
-        """merge and export for a run, writing beside it in the runs folder (where the dashboard may read)."""
-        path, _ = folder(name)
-        merged, gguf = access.runs / f"{name}-merged", access.runs / f"{name}-gguf" / f"{name}.gguf"
-        return {"merge": ["lorakit", "merge", str(path), "--out", str(merged)],
-                "export": ["lorakit", "export", "gguf", str(path), "--out", str(gguf), "--type", "q8_0"]}
 
     @app.get("/api/runs/{name}/commands")
     def commands(name: str) -> dict:
@@ -213,12 +249,9 @@ def create_app(access: Access) -> FastAPI:
         words = use_commands(name).get(kind)
         if words is None:
             raise Refused(f"no such task: {kind} (merge or export)", 404)
-        if not RunFolder(access.run_path(name)).has_adapter():
-            raise UIError(f"run {name!r} has not saved an adapter yet: {kind} it once it has finished or stopped")
+        board.with_adapter(name, kind)
         jobs.run_task(name, kind, words)
         return {"command": shlex.join(words)}
-
-    return app
 
 
 def serve(access: Access, host: str, port: int) -> None:

@@ -96,7 +96,7 @@ class Jobs:
             return ["lorakit", "train", str(config), *(["--resume"] if resume else [])]
 
     def run_task(self, name: str, kind: str, command: list[str]) -> None:
-        """Start ``command`` (``lorakit merge ...``, ``lorakit export ...``) for run ``name``, its output in ``<kind>.log``."""
+        """Start ``command`` (``lorakit merge ...`` or ``export ...``) for run ``name``; output in ``<kind>.log``."""
         with self._lock:
             if self.task_state(name, kind)["running"]:
                 raise UIError(f"{kind} of run {name} is running already")
