@@ -13,7 +13,7 @@ from lorakit.train.run_folder import RunLock
 from lorakit.ui import jobs as jobs_module
 from lorakit.ui.guard import UIError
 from lorakit.ui.jobs import Jobs
-from lorakit.ui.runs import eta_seconds, list_runs, read_rows
+from lorakit.ui.runs import eta_seconds, list_runs, read_rows, total_steps
 from tests.conftest import write_jsonl
 
 ROWS = [{"step": 1, "loss": 2.0, "elapsed_s": 1.0, "tokens_seen": 100}, {"step": 2, "loss": 1.5, "elapsed_s": 2.0,
@@ -81,6 +81,14 @@ def test_a_line_still_being_written_waits_for_the_next_read(folders):
         fh.write('{"step": 3, "lo')
     assert read_rows(run) == ROWS
     assert read_rows(run, since=3) == []
+
+
+def test_the_steps_to_go_come_from_the_summary_max_steps_or_the_epochs():
+    rows = [{"step": 5, "epoch": 0.25, "loss": 1.0}, {"step": 5, "epoch": 0.25, "eval_loss": 1.1}]
+    assert total_steps({"train": {"max_steps": 7}}, {"steps": 6}, rows) == 6
+    assert total_steps({"train": {"max_steps": 7}}, None, rows) == 7
+    assert total_steps({"train": {"max_steps": -1, "epochs": 2.0}}, None, rows) == 40  # 5 steps a quarter epoch
+    assert total_steps({"train": {}}, None, []) is None
 
 
 def test_time_left_at_the_pace_so_far():

@@ -89,12 +89,20 @@ def list_runs(runs: Path, jobs: Jobs) -> list[RunState]:
     return [s for s in states if s is not None]
 
 
-def total_steps(config: dict[str, Any], summary: dict[str, Any] | None) -> int | None:
-    """The steps the run will take: its summary's when finished, train.max_steps when set, else its plan's."""
+def total_steps(config: dict[str, Any], summary: dict[str, Any] | None, rows: list[dict]) -> int | None:
+    """The steps the run will take: its summary's when finished, train.max_steps when set, else from its epochs.
+
+    A run of epochs logs how far through them each step is (``epoch``, fractional), so the
+    steps of all of them are the last logged step scaled by epochs over that fraction.
+    """
     if summary:
         return summary.get("steps")
-    steps = (config.get("train") or {}).get("max_steps", -1)
-    return steps if isinstance(steps, int) and steps > 0 else None
+    train = config.get("train") or {}
+    steps = train.get("max_steps", -1)
+    if isinstance(steps, int) and steps > 0:
+        return steps
+    last = next((r for r in reversed(rows) if r.get("step") and r.get("epoch")), None)
+    return round(last["step"] * train.get("epochs", 1.0) / last["epoch"]) if last else None
 
 
 def eta_seconds(rows: list[dict], total: int | None) -> float | None:
@@ -122,6 +130,6 @@ def detail(name: str, run: RunFolder, jobs: Jobs) -> dict[str, Any]:
     if (run.path / EVAL_JSON).is_file():
         page["eval"] = [list(row) for row in table_rows(read_report(run.path))]
     rows = read_rows(run)
-    page["total_steps"] = total_steps(page["config"], page["summary"])
+    page["total_steps"] = total_steps(page["config"], page["summary"], rows)
     page["eta_s"] = eta_seconds(rows, page["total_steps"]) if state.state == RUNNING else None
     return page
