@@ -18,7 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lorakit.commands import export, infer, look, verify
+from lorakit.commands import export, infer, look, ui, verify
 from lorakit.commands.common import State, err, out, setup_logging
 from lorakit.config_file import load_config
 from lorakit.errors import LorakitError
@@ -148,6 +148,7 @@ for _command in (infer.generate, infer.chat, infer.serve):
 _register(app, infer.evaluate, "eval")
 _register(app, export.merge)
 _register(app, verify.verify)
+_register(app, ui.ui)
 
 export_app = typer.Typer(no_args_is_help=True, help="Export a run or a model folder for other runtimes.")
 app.add_typer(export_app, name="export")

@@ -44,6 +44,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 CHECKPOINTS = "checkpoints"
+COMPLETIONS = "completions"  # GRPO's samples of completions, a file per logging step
 SUMMARY = "summary.json"
 EVAL_JSON = "eval.json"
 EVAL_MARKDOWN = "eval.md"
@@ -64,8 +65,8 @@ TOKENIZER_FILES = (
 )
 # Every name a run (and `lorakit eval` and `verify` on it) may write at the top of its folder.
 RUN_WRITES = frozenset({
-    CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, METRICS, PLOT, PLOT_PARTIAL, CHECKPOINTS, SUMMARY, EVAL_JSON,
-    EVAL_MARKDOWN, VERIFY_JSON, EXPORTS_JSON, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
+    CONFIG, ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD, METRICS, PLOT, PLOT_PARTIAL, CHECKPOINTS, COMPLETIONS, SUMMARY,
+    EVAL_JSON, EVAL_MARKDOWN, VERIFY_JSON, EXPORTS_JSON, LOCK, *TRACKER_FOLDERS, *TOKENIZER_FILES,
 })
 
 
@@ -154,6 +155,7 @@ class RunFolder:
     metrics_file = property(lambda self: self.path / METRICS)
     plot_file = property(lambda self: self.path / PLOT)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    completions = property(lambda self: self.path / COMPLETIONS)
     summary_file = property(lambda self: self.path / SUMMARY)
     lock_file = property(lambda self: self.path / LOCK)
 

@@ -24,7 +24,7 @@ from lorakit.templates import resolve_template
 from lorakit.infer.generate import finish_reason, generate_batch, generate_ids, prompt_ids, sampling_kwargs
 from lorakit.infer.session import open_session
 from lorakit.model.loader import load_tokenizer
-from tests.conftest import make_tiny_model_dir, needs_embedded
+from tests.conftest import ARCHITECTURES, make_tiny_model_dir, needs_embedded
 
 MIN_GAP = 1e-3
 
@@ -129,3 +129,38 @@ def test_batch_equals_one_by_one_on_the_embedded_model(embedded_cache: Path):
     session = open_session("smollm2-135m-instruct", embedded_cache)
     assert_batch_matches_alone(session.model, session.tokenizer, session.template, max_new_tokens=12,
                                min_coverage=0.9)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_runs_of_one_prompt_read_it_once_and_answer_as_each_alone(tmp_path, arch):
+    """group=k (GRPO's k completions of a prompt) prefills each prompt once and copies its cache to
+    the k rows: the answers, greedy and sampled with a seed, are those of reading every row.
+
+    Exact equality in float32: the two ways differ only in the batch shape of the prompt's pass, a
+    difference of float rounding (~1e-7 relative); a greedy or sampled token changes only where two
+    logits or a uniform draw and a cumulative probability are that close, which these prompts do not
+    come near on any CPU class. Every architecture the export supports is checked, Gemma-2's
+    sliding-window layers and Bloom's ALiBi (positions from the mask) among them.
+    """
+    folder = make_tiny_model_dir(tmp_path / arch, arch=arch)
+    tokenizer = load_tokenizer(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    template = resolve_template(tokenizer, "auto")
+    unique = [prompt_ids(tokenizer, template, [{"role": "user", "content": q}]) for q in QUESTIONS[5:8]]
+    assert len({len(p) for p in unique}) == 3  # left padding is exercised
+    prompts = [p for p in unique for _ in range(3)]
+    for gen in (GenerationConfig(max_new_tokens=8, batch_size=6),
+                GenerationConfig(max_new_tokens=8, temperature=1.0, top_k=0, seed=3, batch_size=9)):
+        alone = generate_ids(model, tokenizer, prompts, gen, template.end_token_ids)
+        shapes: list[tuple[int, ...]] = []
+        hook = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                               with_kwargs=True)
+        shared = generate_ids(model, tokenizer, prompts, gen, template.end_token_ids, group=3)
+        hook.remove()
+        assert [a.token_ids for a in shared] == [a.token_ids for a in alone]
+        width = max(map(len, unique))
+        rows = min(9, gen.batch_size // 3 * 3)
+        assert shapes[:2] == [(rows // 3, width - 1), (rows, 1)]  # each prompt read once, then only its last token
+        assert [a.prompt_tokens for a in shared] == [len(p) for p in prompts]
+    with pytest.raises(ValueError, match="runs of 2"):
+        generate_ids(model, tokenizer, prompts, gen, template.end_token_ids, group=2)

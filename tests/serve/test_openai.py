@@ -7,8 +7,6 @@ which is enough to pick it by name in the API and in the web page.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from lorakit.config import GenerationConfig
 from lorakit.infer.catalog import open_catalog
 from lorakit.serve.app import ServeConfig, chat_prompt_ids, create_app
+from tests.browser import chromium, needs_chromium
 from tests.conftest import needs_embedded
 from tests.infer.runs import trainer_prompt_ids
 from lorakit.serve.in_process import running
@@ -167,30 +166,12 @@ def test_server_prompt_tokens_equal_the_trainers(server):
     assert reply.usage.prompt_tokens == len(expected)
 
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver",
-)
+@needs_chromium
 def test_the_web_page_chats_with_a_streamed_answer(server):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency")
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     url, _ = server
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="lorakit-chromium-")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    # Service with an explicit driver path: selenium never looks for (or downloads) a driver itself.
-    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with chromium() as browser:
         browser.get(url + "/")
         browser.find_element("id", "api-key").send_keys(KEY)
         browser.execute_script("document.getElementById('api-key').dispatchEvent(new Event('change'))")
@@ -215,6 +196,3 @@ def test_the_web_page_chats_with_a_streamed_answer(server):
         assert int(answer.get_attribute("data-chunks")) > 1, "the page got the answer in one piece"
         assert "tokens/s" in browser.find_element("css selector", ".note").text
         assert time.monotonic() - started < 60
-    finally:
-        browser.quit()
-        shutil.rmtree(profile, ignore_errors=True)

@@ -68,7 +68,7 @@ def assert_same_update(a: dict, b: dict, precision: str, atol: float = 1e-6, rto
             assert float(relative) < 0.05, f"{key}: updates differ by {float(relative):.1%}"
 
 
-def run_on_one_thread(cfg: RunConfig) -> dict:
+def run_on_one_thread(cfg: RunConfig, hooks: list | None = None) -> dict:
     """Train in this process on one thread, as the one-thread training subprocesses do, so results agree."""
     import torch
 
@@ -79,7 +79,7 @@ def run_on_one_thread(cfg: RunConfig) -> dict:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     try:
-        return recipe.run(cfg)
+        return recipe.run(cfg, hooks=hooks)
     finally:
         torch.set_num_threads(threads)
         if omp is None:

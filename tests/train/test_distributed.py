@@ -477,3 +477,55 @@ def test_fsdp_on_two_cpu_processes_trains_and_resumes_as_ddp_does(two_process_ru
     got = adapter(resumed)
     for key in expected:
         torch.testing.assert_close(got[key], adapter(out)[key], rtol=0, atol=0, msg=key)
+
+
+# --- GRPO under --nproc: each process samples and scores its own prompts; the step logs them all
+SCORED = '''
+import json
+from pathlib import Path
+
+
+def logged(prompts, completions, **columns):
+    """A score from the completion's length, and a line per call: which process scored which prompts."""
+    import os
+    scores = [len(c) % 5 / 4 for c in completions]
+    with open(Path(__file__).with_name("scored." + os.environ.get("RANK", "0")), "a") as f:
+        f.write(json.dumps({"prompts": prompts, "scores": scores}) + "\\n")
+    return scores
+'''
+
+
+@pytest.mark.slow
+def test_grpo_in_two_processes_samples_each_prompt_once_and_logs_the_whole_step(tmp_path):
+    """Two processes, 2 prompts x 3 completions each a step: the processes score disjoint prompts, the
+    4 prompts of a step are 4 different rows, and the logged reward is the mean over both processes'
+    12 completions (rank 0 alone writes metrics, every step once)."""
+    from tests.conftest import make_tiny_model_dir, write_jsonl
+
+    model_dir = make_tiny_model_dir(tmp_path / "model")
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Question number {i}?"} for i in range(8)])
+    (tmp_path / "scores.py").write_text(SCORED, encoding="utf-8")
+    tree = {"model": {"name": str(model_dir)}, "data": {"train": str(data)}, "output_dir": str(tmp_path / "run"),
+            "method": "grpo", "lora": {"dropout": 0},
+            "grpo": {"rewards": [f"{tmp_path / 'scores.py'}:logged"], "num_generations": 3,
+                     "max_completion_length": 6},
+            "train": {"max_steps": 2, "batch_size": 2, "logging_steps": 1, "save_steps": 100,
+                      "progress_bar": False, "learning_rate": 0.02}}
+    config = tmp_path / "grpo.yaml"
+    config.write_text(json.dumps(tree), encoding="utf-8")
+    result = lorakit_train(config, "--nproc", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    calls = {rank: [json.loads(line) for line in (tmp_path / f"scored.{rank}").read_text().splitlines()]
+             for rank in (0, 1)}
+    assert [len(calls[0]), len(calls[1])] == [2, 2]  # one scoring call per process and step
+    logged = [r for r in metrics(tmp_path / "run") if "reward" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    for step, row in enumerate(logged):
+        mine, theirs = calls[0][step], calls[1][step]
+        assert len(mine["prompts"]) == len(theirs["prompts"]) == 6  # 2 prompts x 3 completions each
+        assert not set(mine["prompts"]) & set(theirs["prompts"])  # each prompt sampled by one process
+        assert len(set(mine["prompts"]) | set(theirs["prompts"])) == 4
+        every = mine["scores"] + theirs["scores"]
+        assert row["reward"] == pytest.approx(sum(every) / len(every), rel=1e-6)
+    assert (tmp_path / "run" / "adapter_model.safetensors").is_file()

@@ -22,7 +22,9 @@ from lorakit.cli import app
 from lorakit.config import GRPOConfig
 from lorakit.data.prompt_rows import EncodedPrompt, PromptRow
 from lorakit.infer.generate import prompt_ids
+from lorakit.model.compiled_layers import compiler_missing
 from lorakit.model.loss import token_logps
+from lorakit.run import RUN_WRITES
 from lorakit.train import checkpoints, recipe
 from lorakit.train.methods.grpo import GRPO, RepeatedSteps
 from lorakit.train.rewards import RewardError, load_rewards, score
@@ -92,6 +94,9 @@ def test_a_run_logs_rewards_and_writes_samples_of_completions(tiny_model_dir, tm
     assert sum(s["advantage"] for s in sample[:3]) == pytest.approx(0, abs=1e-5)  # a group's advantages
     data = summary["data"][0]
     assert data["kept"] == 8 and data["loss_tokens"] == 0
+    # Everything the run wrote is the run's: --overwrite may delete it (completions/ included).
+    assert {p.name for p in cfg.output_dir.iterdir()} <= RUN_WRITES
+    recipe.run(cfg, overwrite=True)
 
 
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo"])
@@ -298,3 +303,45 @@ def test_the_command_refuses_bad_input_in_one_line_with_exit_code_2(tiny_model_d
     lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(compiler_missing("cpu") is not None, reason="torch.compile needs a C++ compiler")
+def test_train_compile_compiles_the_training_passes_only_and_samples_as_eager(tiny_model_dir, tmp_path):
+    """train.compile=true with GRPO: the layers compile in the first step's passes, and sampling runs
+    the eager layers between steps (no graph of its own: a one-token pass per new length would
+    otherwise compile again). Completions and losses are the eager run's (fp32)."""
+    from tests.train.test_auto_compile import GraphCount
+
+    common = ("train.max_steps=3", "train.batch_size=2", "train.precision=fp32", "model.dtype=float32")
+    eager = grpo_config(tiny_model_dir, tmp_path / "eager", *common, "train.compile=false")
+    cfg = grpo_config(tiny_model_dir, tmp_path / "compiled", *common, "train.compile=true")
+    graphs = GraphCount()
+    run_on_one_thread(eager), run_on_one_thread(cfg, hooks=[graphs])
+    assert len(graphs.per_step) == 3 and graphs.per_step[0] > 0 and len(set(graphs.per_step)) == 1
+    ran = [[(r["reward"], r["loss"]) for r in metrics(c.output_dir) if "loss" in r] for c in (eager, cfg)]
+    assert [r for r, _ in ran[1]] == pytest.approx([r for r, _ in ran[0]], rel=1e-6)  # the same completions
+    assert [loss for _, loss in ran[1]] == pytest.approx([loss for _, loss in ran[0]], rel=1e-4, abs=1e-6)
+
+
+def test_sampling_runs_the_fused_lora_layers_and_samples_what_peft_would(tiny_model_dir, tmp_path, monkeypatch):
+    """Sampling between steps goes through training's fused LoRA op (fewer ops a token); in float32 its
+    completions are those of peft's own layers (train.fused_lora=false), so the rewards are equal."""
+    from lorakit.model import fused_lora
+
+    sampled = []
+    plain = fused_lora.fused_forward
+
+    def counted(layer, x, *args, **kwargs):
+        sampled.append(torch.is_inference_mode_enabled())
+        return plain(layer, x, *args, **kwargs)
+
+    monkeypatch.setattr(fused_lora, "fused_forward", counted)
+    common = ("train.max_steps=2", "train.batch_size=2", "train.precision=fp32", "model.dtype=float32")
+    runs = [grpo_config(tiny_model_dir, tmp_path / kind, *common, f"train.fused_lora={kind == 'fused'}")
+            for kind in ("fused", "peft")]
+    run_on_one_thread(runs[0])
+    assert any(sampled) and not all(sampled)  # the sampling's passes (inference mode) and training's
+    run_on_one_thread(runs[1])
+    rewards = [[r["reward"] for r in metrics(c.output_dir) if "loss" in r] for c in runs]
+    assert rewards[0] == pytest.approx(rewards[1], rel=1e-6)

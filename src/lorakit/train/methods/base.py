@@ -63,6 +63,10 @@ class Step(Protocol):
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
+    def generating(self) -> AbstractContextManager:
+        """The model as sampling between steps should run it (training's fused LoRA layers)."""
+        ...
+
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row: the sum of its answer tokens' log-probs, and how many answer tokens it has."""
         ...

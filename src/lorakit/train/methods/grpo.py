@@ -41,6 +41,7 @@ from lorakit.infer.generate import Answer, generate_ids
 from lorakit.labels import IGNORE_INDEX
 from lorakit.model.loss import token_logps
 from lorakit.outputs import writing
+from lorakit.run import RunFolder
 from lorakit.train.methods.base import Batch, Method, Step, step_share
 from lorakit.train.methods.grpo_loss import completion_sums, group_advantages, items, token_losses
 from lorakit.train.microbatch import split_rows
@@ -219,8 +220,8 @@ class GRPO(Method):
         was_training = policy.training
         policy.eval()  # no dropout: the completions are the policy's own
         try:
-            with torch.random.fork_rng(devices=devices):  # the run's RNG is left as it was
-                return generate_ids(policy, self.tokenizer, ids, gen, self.stop_ids)
+            with torch.random.fork_rng(devices=devices), step.generating():  # the run's RNG is left as it was
+                return generate_ids(policy, self.tokenizer, ids, gen, self.stop_ids, group=s.num_generations)
         finally:
             policy.train(was_training)
 
@@ -302,7 +303,7 @@ class GRPO(Method):
                 "rewards": rewards, "reward": None if math.isnan(found.rewards[k]) else float(found.rewards[k]),
                 "advantage": float(found.advantages[k]), "truncated": answers[k].finish_reason == "length",
             }, ensure_ascii=False))
-        path = Path(self.output_dir) / "completions" / f"step-{logged_step:06d}.jsonl"
+        path = RunFolder(Path(self.output_dir)).completions / f"step-{logged_step:06d}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with writing("a sample of completions", path):
             path.write_text("\n".join(lines) + "\n", encoding="utf-8")
