@@ -161,6 +161,12 @@ def _watch(app: FastAPI, board: _Dashboard) -> None:
         rows = runs.read_rows(run, max(since, 0))
         return {"rows": rows, "next": max(since, 0) + len(rows)}
 
+    @app.get("/api/runs/{name}/completions")
+    def completions(name: str, step: str | None = None) -> dict:
+        """A GRPO run's sample of completions at ``step`` (the latest when not given), and the steps with one."""
+        _, run = folder(name)
+        return dataclasses.asdict(runs.read_sample(run, step))
+
     @app.get("/api/runs/{name}/config.yaml")
     def config_file(name: str) -> Response:
         _, run = folder(name)

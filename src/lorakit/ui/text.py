@@ -63,6 +63,15 @@ EN = {
     "metric": "metric",
     "language": "中文",
     "method_metrics": "Method metrics",
+    "completions": "Sample completions",
+    "latest": "latest",
+    "prompt": "prompt",
+    "completion": "completion",
+    "reward": "reward",
+    "advantage": "advantage",
+    "cut": "cut at max length",
+    "yes": "yes",
+    "no": "no",
 }
 
 ZH = {
@@ -120,6 +129,15 @@ ZH = {
     "metric": "指标",
     "language": "English",
     "method_metrics": "方法指标",
+    "completions": "生成样例",
+    "latest": "最新",
+    "prompt": "提示",
+    "completion": "生成内容",
+    "reward": "奖励",
+    "advantage": "优势",
+    "cut": "达到长度上限被截断",
+    "yes": "是",
+    "no": "否",
 }
 
 LANGUAGES = {"en": EN, "zh": ZH}
