@@ -117,40 +117,6 @@ function drawRun() {
   }
 }
 
-// ---- GRPO: a logging step's sample of completions, the latest unless an earlier step is picked ----
-async function loadSample(name, lastStep) {
-  const picked = $("sample-step").value;  // "" is the latest
-  const key = `${lastStep}:${picked}:${LANG}`;
-  if (current.sampleKey === key) return;  // nothing new to show since the last poll
-  const sample = await api(`/api/runs/${encodeURIComponent(name)}/completions?step=${encodeURIComponent(picked)}`);
-  if (!current || current.name !== name) return;
-  current.sampleKey = key;
-  $("sample-box").hidden = !sample.steps.length;
-  const select = $("sample-step");
-  select.textContent = "";
-  for (const step of ["", ...sample.steps.slice().reverse()]) {
-    const o = document.createElement("option");
-    o.value = step; o.textContent = step === "" ? `${t("latest")} (${sample.steps.at(-1)})` : step;
-    select.appendChild(o);
-  }
-  select.value = picked;
-  const names = [...new Set(sample.rows.flatMap((r) => Object.keys(r.rewards || {})))];
-  const el = $("sample-table");
-  el.textContent = "";
-  const head = el.createTHead().insertRow();
-  for (const label of [t("prompt"), t("completion"), ...names, t("reward"), t("advantage"), t("cut")]) {
-    const th = document.createElement("th"); th.textContent = label; head.appendChild(th);
-  }
-  const body = el.createTBody();
-  for (const r of sample.rows) {
-    const row = body.insertRow();
-    cell(row, r.prompt).title = r.source;
-    cell(row, r.completion, "completion");
-    for (const n of names) cell(row, fmt(r.rewards[n]));
-    cell(row, fmt(r.reward)); cell(row, fmt(r.advantage)); cell(row, t(r.truncated ? "yes" : "no"));
-  }
-}
-
 function table(el, rows) {
   el.textContent = "";
   for (const values of rows) {
@@ -198,7 +164,7 @@ async function pollRun() {
 
 async function openRun(name) {
   show("run");
-  current = {name, rows: [], next: 0, timer: null, sampleKey: null};
+  current = {name, rows: [], next: 0, timer: null, sampleKey: null, chat: []};
   $("sample-box").hidden = true;
   $("sample-step").textContent = "";
   $("run-title").textContent = name;
@@ -334,53 +300,6 @@ async function startRun() {
   openRun(body.name);
 }
 
-// The answers come as JSON lines, piece by piece: the tuned model's, then the base's.
-async function sendChat() {
-  const prompt = $("chat-input").value;
-  if (!prompt.trim() || !current) return;
-  const box = $("chat-answers");
-  box.textContent = "";
-  const response = await fetch(`/api/runs/${encodeURIComponent(current.name)}/chat`, {method: "POST",
-    credentials: "same-origin", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({prompt, base: $("chat-base").checked, max_new_tokens: 64})});
-  if (!response.ok) { const data = await response.json().catch(() => ({})); say(data.error || response.statusText); return; }
-  say("");
-  const sides = {};
-  for await (const event of jsonLines(response)) showPiece(box, sides, event);
-}
-
-// Each whole line of a streamed body, parsed; a line cut between two chunks waits for the next one.
-async function* jsonLines(response) {
-  const chunks = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let rest = "";
-  while (true) {
-    const chunk = await chunks.read();
-    if (chunk.done) return;
-    const parts = (rest + chunk.value).split("\n");
-    rest = parts.pop();
-    yield* parts.filter((p) => p.trim()).map((p) => JSON.parse(p));
-  }
-}
-
-function showPiece(box, sides, event) {
-  if (!sides[event.side]) {
-    const div = document.createElement("div");
-    div.className = "answer answer-" + event.side;
-    div.dataset.chunks = 0;
-    const head = document.createElement("b");
-    head.textContent = t(event.side) + ": ";
-    const body = document.createElement("span");
-    body.className = "answer-text";
-    div.append(head, body);
-    box.appendChild(div);
-    sides[event.side] = div;
-  }
-  const div = sides[event.side], body = div.querySelector(".answer-text");
-  if (event.done) { body.textContent = event.text; div.dataset.done = "true"; return; }
-  body.textContent += event.piece;
-  div.dataset.chunks = +div.dataset.chunks + 1;
-}
-
 async function init() {
   WORDS = await api("/api/text");
   applyText();
@@ -396,7 +315,11 @@ async function init() {
   $("stop").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/stop`, {}).catch(() => {});
   $("resume").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/resume`, {}).catch(() => {});
   $("sample-step").onchange = () => { if (current) loadSample(current.name, "").catch(() => {}); };
-  $("chat-send").onclick = () => sendChat().catch(() => {});
+  $("chat-send").onclick = () => {
+    $("chat-send").disabled = true;  // one question at a time: the next one carries this one's answer
+    sendChat().catch(() => {}).finally(() => { $("chat-send").disabled = false; });
+  };
+  $("chat-new").onclick = newChat;
   await loadForm();
   show("runs");
   setInterval(() => { if (!$("view-runs").hidden) loadRuns().catch(() => {}); }, 2000);
