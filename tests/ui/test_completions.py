@@ -7,20 +7,6 @@ import json
 import pytest
 
 from lorakit.run import RunFolder
-from lorakit.train import recipe
-from tests.conftest import make_tiny_model_dir
-from tests.train.test_grpo_runs import grpo_config
-
-
-@pytest.fixture
-def grpo_run(folders):
-    """Three logged steps of GRPO on a tiny model, written into the dashboard's runs folder."""
-    runs, data = folders
-    model = make_tiny_model_dir(data / "model")
-    cfg = grpo_config(model, data / "grpo", "train.max_steps=3", "train.batch_size=2", "grpo.log_completions=1",
-                      f"output_dir={runs / 'g'}")
-    recipe.run(cfg)
-    return RunFolder(runs / "g")
 
 
 def written(run: RunFolder, step: int) -> list[dict]:
