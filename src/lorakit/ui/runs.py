@@ -60,39 +60,38 @@ class CompletionSample:
     rows: list[dict] = field(default_factory=list)
 
 
-def sample_steps(run: RunFolder) -> list[int]:
-    """The steps with a sample of completions, oldest first."""
+def sample_files(run: RunFolder) -> dict[int, Path]:
+    """The run's samples of completions by step, oldest first."""
     if not run.completions.is_dir():
-        return []
-    found = (SAMPLE_FILE.fullmatch(p.name) for p in run.completions.iterdir())
-    return sorted(int(m.group(1)) for m in found if m)
+        return {}
+    found = {int(m.group(1)): p for p in run.completions.iterdir() if (m := SAMPLE_FILE.fullmatch(p.name))}
+    return dict(sorted(found.items()))
 
 
 def read_sample(run: RunFolder, step: str | None = None) -> CompletionSample:
     """The sample of ``step`` (digits, as the page sends it), or the latest one when not given.
 
-    The step is only ever matched against the files found, never joined into a path: a value
+    The step is only ever looked up among the files found, never joined into a path: a value
     such as ``../x`` is refused before any file is named after it.
     """
-    steps = sample_steps(run)
+    files = sample_files(run)
+    steps = list(files)
     if step is None or step == "":
         wanted = steps[-1] if steps else None
     elif step.isascii() and step.isdigit() and len(step) <= 9:
         wanted = int(step)
-        if wanted not in steps:
+        if wanted not in files:
             raise UIError(f"no sample of completions for step {wanted}: steps with one are "
                           f"{', '.join(map(str, steps)) or 'none yet'}")
     else:
         raise UIError(f"step {step!r} is not a step number: give the digits of a logged step")
     if wanted is None:
         return CompletionSample(steps, None)
-    path = next(p for p in run.completions.iterdir() if (m := SAMPLE_FILE.fullmatch(p.name))
-                and int(m.group(1)) == wanted)
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in files[wanted].read_text(encoding="utf-8").splitlines():
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # written as the page reads it: the rest comes at the next read
+        except json.JSONDecodeError:  # being written as the page reads it: the rest comes at the next read
             break
     return CompletionSample(steps, wanted, rows)
 
