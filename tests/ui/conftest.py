@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from lorakit.run import RunFolder
 from lorakit.ui.app import create_app
 from lorakit.ui.guard import Access
 
@@ -32,3 +33,18 @@ def client(access) -> TestClient:
     client = TestClient(create_app(access), base_url=LOCAL)
     assert client.get(f"/?token={access.token}", follow_redirects=False).status_code == 303
     return client
+
+
+@pytest.fixture
+def grpo_run(folders) -> RunFolder:
+    """Three logged steps of GRPO on a tiny model, written into the dashboard's runs folder."""
+    from lorakit.train import recipe
+    from tests.conftest import make_tiny_model_dir
+    from tests.train.test_grpo_runs import grpo_config
+
+    runs, data = folders
+    model = make_tiny_model_dir(data / "model")
+    cfg = grpo_config(model, data / "grpo", "train.max_steps=3", "train.batch_size=2", "grpo.log_completions=1",
+                      f"output_dir={runs / 'g'}")
+    recipe.run(cfg)
+    return RunFolder(runs / "g")

@@ -2,14 +2,15 @@
 
 Create a 3-step run from the form, see the loss chart gain points while it trains, stop it,
 see it listed as stopped with a checkpoint, resume it to the end, preview the data with the
-loss-carrying text highlighted, and chat with the run: the greedy answer is the one
-``lorakit generate`` prints. The screenshots go to $LORAKIT_UI_SHOTS when set (``docs/img``
+loss-carrying text highlighted, and chat with the run: the greedy answers of a two-turn
+conversation are the ones ``lorakit generate`` prints. The screenshots go to $LORAKIT_UI_SHOTS when set (``docs/img``
 for the docs), else to the test's own folder.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from tests.conftest import needs_embedded
 pytestmark = [needs_embedded, needs_chromium, pytest.mark.slow]
 DEMO = Path(__file__).parents[2] / "examples" / "demo"
 PROMPT = "Extract the person's name, age and city from the text. Answer with JSON only.\n\nLina, 29, lives in Porto."
+FOLLOW_UP = "Now only her city, as JSON."
 
 
 def count(browser, selector: str = "#loss-chart polyline") -> int:
@@ -132,6 +134,17 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
         assert int(tuned.get_attribute("data-chunks")) > 1, "the answer came in one piece, not streamed"
         answer = tuned.find_element("css selector", ".answer-text").text
         shoot(browser, shots / "ui-chat.png", browser.find_element("id", "chat-answers"))
+        # A second question carries the first and its answer; New conversation clears them.
+        browser.find_element("id", "chat-base").click()
+        browser.find_element("id", "chat-input").send_keys(FOLLOW_UP)
+        wait.until(lambda b: b.find_element("id", "chat-send").is_enabled())
+        browser.find_element("id", "chat-send").click()
+        wait.until(lambda b: len(b.find_elements("css selector", ".answer-tuned[data-done='true']")) == 2)
+        second = browser.find_elements("css selector", ".answer-tuned .answer-text")[1].text
+        asked = browser.find_elements("css selector", ".turn-user")
+        assert len(asked) == 2 and asked[1].text == FOLLOW_UP
+        browser.find_element("id", "chat-new").click()
+        assert browser.find_element("id", "chat-answers").text == ""
 
         # Compare: a second run, the first one's folder (its name and output_dir too) with another learning rate.
         shutil.copytree(runs / "demo3", runs / "other", ignore=shutil.ignore_patterns(".lorakit.lock"))
@@ -154,3 +167,10 @@ def test_a_run_made_watched_stopped_resumed_previewed_and_chatted_with(embedded_
                               "--max-new-tokens", "64", "--cache-dir", str(embedded_cache), "--no-progress"],
                              capture_output=True, text=True, check=True)
     assert answer == printed.stdout.rstrip("\n")
+    conversation = tmp_path / "conversation.jsonl"
+    conversation.write_text(json.dumps({"messages": [{"role": "user", "content": PROMPT}, {
+        "role": "assistant", "content": answer}, {"role": "user", "content": FOLLOW_UP}]}) + "\n")
+    printed = subprocess.run([sys.executable, "-m", "lorakit", "generate", str(run.path), "--file", str(conversation),
+                              "--max-new-tokens", "64", "--cache-dir", str(embedded_cache), "--no-progress"],
+                             capture_output=True, text=True, check=True)
+    assert second == printed.stdout.rstrip("\n")

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from lorakit.cli import app as cli
-from lorakit.ui.app import create_app
+from lorakit.ui.app import SCRIPTS, create_app
 from lorakit.ui.guard import Access, Refused, is_loopback
 from tests.ui.conftest import LOCAL
 
@@ -115,7 +115,7 @@ def test_endpoints_refuse_traversal_through_names_and_data_paths(client, folders
 
 def test_the_page_and_its_scripts_are_served_and_nothing_else_by_name(client):
     assert "lorakit" in client.get("/").text
-    for script in ("/page.js", "/chart.js", "/compare.js"):
+    for script in (f"/{name}.js" for name in SCRIPTS):
         response = client.get(script)
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/javascript")
     assert client.get("/guard.js").status_code == 404

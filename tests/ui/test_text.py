@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from lorakit.ui.app import SCRIPTS
 from lorakit.ui.text import EN, LANGUAGES, ZH
 
 
@@ -19,7 +20,7 @@ def test_both_languages_have_the_same_keys_and_no_empty_text():
 def test_every_key_the_page_uses_is_translated():
     page = resources.files("lorakit.ui").joinpath("page.html").read_text(encoding="utf-8")
     script = "".join(resources.files("lorakit.ui").joinpath(f"{name}.js").read_text(encoding="utf-8")
-                     for name in ("chart", "compare", "page"))
+                     for name in SCRIPTS)
     used = set(re.findall(r'data-t="([a-z_]+)"', page)) | set(re.findall(r'\bt\("([a-z_]+)"\)', script))
     used |= {f"state_{s}" for s in ("running", "finished", "stopped", "failed", "starting")}  # t("state_" + ...)
     assert used - EN.keys() == set()

@@ -49,6 +49,57 @@ def test_chat_answers_as_lorakit_generate_does(client, folders):
     assert asked["base"]["text"] == base.stdout.rstrip("\n")
 
 
+def answers(client, run, **form) -> dict[str, dict]:
+    lines = client.post(f"/api/runs/{run.name}/chat", json={"max_new_tokens": 8, **form}).text.splitlines()
+    return {e["side"]: e for e in map(json.loads, lines) if e.get("done")}
+
+
+def test_the_second_answer_of_a_conversation_is_generates_for_the_same_messages(client, folders, tmp_path):
+    runs, _ = folders
+    run, _ = make_tiny_run(runs)
+    first = answers(client, run, messages=[{"role": "user", "content": "Hello there"}])["tuned"]["text"]
+    # What the page sends next: the conversation so far, its answer as the assistant's turn, and a new question.
+    messages = [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": first},
+                {"role": "user", "content": "And then what?"}]
+    second = answers(client, run, messages=messages, base=True)
+    assert second["tuned"]["dropped"] == 0
+    conversation = write_jsonl(tmp_path / "conversation.jsonl", [{"messages": messages}])
+    for side, flags in (("tuned", []), ("base", ["--base"])):
+        printed = CliRunner().invoke(cli, ["generate", str(run), "--file", str(conversation), "--max-new-tokens", "8",
+                                           "--no-progress", *flags])
+        assert printed.exit_code == 0, printed.output
+        assert second[side]["text"] == printed.stdout.rstrip("\n")
+
+
+def test_a_conversation_longer_than_the_context_loses_its_oldest_turns_as_lorakit_chat_does(client, folders, tmp_path):
+    runs, _ = folders
+    run, _ = make_tiny_run(runs)
+    long = " ".join(["hello there"] * 60)  # a few such turns overflow the tiny model's 512-token context
+    messages = [{"role": role, "content": f"{i} {long}"} for i in range(6) for role in ("user", "assistant")]
+    messages.append({"role": "user", "content": "Last?"})
+    answer = answers(client, run, messages=messages)["tuned"]
+    assert answer["dropped"] > 0 and answer["dropped"] % 2 == 0  # a question goes with its answer
+    kept = write_jsonl(tmp_path / "kept.jsonl", [{"messages": messages[answer["dropped"]:]}])
+    printed = CliRunner().invoke(cli, ["generate", str(run), "--file", str(kept), "--max-new-tokens", "8",
+                                       "--no-progress"])
+    assert printed.exit_code == 0, printed.output
+    assert answer["text"] == printed.stdout.rstrip("\n")
+    too_long = [{"role": "user", "content": " ".join(["hello there"] * 400)}]
+    response = client.post(f"/api/runs/{run.name}/chat", json={"messages": too_long})
+    assert response.status_code == 400 and "exceed the 512-token context" in response.json()["error"]
+
+
+def test_a_conversation_must_end_with_the_users_turn(client, folders):
+    runs, _ = folders
+    run, _ = make_tiny_run(runs)
+    for messages in ([], [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+                     [{"role": "user", "content": "  "}]):
+        response = client.post(f"/api/runs/{run.name}/chat", json={"messages": messages})
+        assert response.status_code == 400 and "user turn" in response.json()["error"], messages
+    response = client.post(f"/api/runs/{run.name}/chat", json={"messages": [{"role": "tool", "content": "x"}]})
+    assert response.status_code == 422  # not a role a chat turn has
+
+
 def test_chat_needs_a_saved_adapter(client, folders):
     runs, _ = folders
     (runs / "empty").mkdir()

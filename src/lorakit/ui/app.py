@@ -13,6 +13,7 @@ import shlex
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import anyio
 from fastapi import FastAPI, Request
@@ -27,7 +28,8 @@ from lorakit.ui.guard import COOKIE, Access, Refused, UIError
 from lorakit.ui.jobs import Jobs
 from lorakit.ui.use import Chats, preview
 
-SCRIPTS = ("chart", "compare", "page")  # the page's scripts, beside it in this package
+# The page's scripts, beside it in this package (and in pyproject.toml's package data).
+SCRIPTS = ("chart", "compare", "completions", "chat", "page")
 
 
 class RunForm(BaseModel):
@@ -38,10 +40,26 @@ class RunForm(BaseModel):
     extra: str = ""  # key=value lines, as lorakit train --set reads them
 
 
+class Turn(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ChatForm(BaseModel):
-    prompt: str
+    """The conversation so far, ending with the user's new turn; ``prompt`` alone is a one-turn conversation."""
+
+    prompt: str = ""
+    messages: list[Turn] = Field(default_factory=list)
     max_new_tokens: int = Field(64, gt=0, le=2048)
     base: bool = False  # answer with the base model too, beside the tuned one
+
+    def conversation(self) -> list[dict[str, str]]:
+        turns = [t.model_dump() for t in self.messages]
+        if self.prompt:
+            turns.append({"role": "user", "content": self.prompt})
+        if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+            raise UIError("the conversation must end with a user turn that says something")
+        return turns
 
 
 def _asset(name: str) -> str:
@@ -161,6 +179,12 @@ def _watch(app: FastAPI, board: _Dashboard) -> None:
         rows = runs.read_rows(run, max(since, 0))
         return {"rows": rows, "next": max(since, 0) + len(rows)}
 
+    @app.get("/api/runs/{name}/completions")
+    def completions(name: str, step: str | None = None) -> dict:
+        """A GRPO run's sample of completions at ``step`` (the latest when not given), and the steps with one."""
+        _, run = folder(name)
+        return dataclasses.asdict(runs.read_sample(run, step))
+
     @app.get("/api/runs/{name}/config.yaml")
     def config_file(name: str) -> Response:
         _, run = folder(name)
@@ -232,10 +256,10 @@ def _use(app: FastAPI, board: _Dashboard) -> None:
 
     @app.post("/api/runs/{name}/chat")
     def chat(name: str, req: ChatForm) -> StreamingResponse:
-        """The answers piece by piece, as JSON lines (the page shows them as they come)."""
+        """The answers to the conversation piece by piece, as JSON lines (the page shows them as they come)."""
         path, run = board.with_adapter(name, "chat with")
         cache = run.read_config().model.cache_dir
-        pieces = board.chats.stream(path, cache, req.prompt, req.max_new_tokens, req.base)
+        pieces = board.chats.stream(path, cache, req.conversation(), req.max_new_tokens, req.base)
         return StreamingResponse(pieces, media_type="application/x-ndjson", headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/runs/{name}/commands")

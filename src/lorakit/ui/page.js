@@ -159,11 +159,14 @@ async function pollRun() {
     for (const line of [page.info.verify, ...checks]) { const li = document.createElement("li"); li.textContent = line; $("run-verify").appendChild(li); }
   }
   drawRun();
+  if (run.method === "grpo") await loadSample(name, run.last_step);
 }
 
 async function openRun(name) {
   show("run");
-  current = {name, rows: [], next: 0, timer: null};
+  current = {name, rows: [], next: 0, timer: null, sampleKey: null, chat: []};
+  $("sample-box").hidden = true;
+  $("sample-step").textContent = "";
   $("run-title").textContent = name;
   $("run-config").href = `/api/runs/${encodeURIComponent(name)}/config.yaml`;
   $("chat-answers").textContent = "";
@@ -297,53 +300,6 @@ async function startRun() {
   openRun(body.name);
 }
 
-// The answers come as JSON lines, piece by piece: the tuned model's, then the base's.
-async function sendChat() {
-  const prompt = $("chat-input").value;
-  if (!prompt.trim() || !current) return;
-  const box = $("chat-answers");
-  box.textContent = "";
-  const response = await fetch(`/api/runs/${encodeURIComponent(current.name)}/chat`, {method: "POST",
-    credentials: "same-origin", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({prompt, base: $("chat-base").checked, max_new_tokens: 64})});
-  if (!response.ok) { const data = await response.json().catch(() => ({})); say(data.error || response.statusText); return; }
-  say("");
-  const sides = {};
-  for await (const event of jsonLines(response)) showPiece(box, sides, event);
-}
-
-// Each whole line of a streamed body, parsed; a line cut between two chunks waits for the next one.
-async function* jsonLines(response) {
-  const chunks = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let rest = "";
-  while (true) {
-    const chunk = await chunks.read();
-    if (chunk.done) return;
-    const parts = (rest + chunk.value).split("\n");
-    rest = parts.pop();
-    yield* parts.filter((p) => p.trim()).map((p) => JSON.parse(p));
-  }
-}
-
-function showPiece(box, sides, event) {
-  if (!sides[event.side]) {
-    const div = document.createElement("div");
-    div.className = "answer answer-" + event.side;
-    div.dataset.chunks = 0;
-    const head = document.createElement("b");
-    head.textContent = t(event.side) + ": ";
-    const body = document.createElement("span");
-    body.className = "answer-text";
-    div.append(head, body);
-    box.appendChild(div);
-    sides[event.side] = div;
-  }
-  const div = sides[event.side], body = div.querySelector(".answer-text");
-  if (event.done) { body.textContent = event.text; div.dataset.done = "true"; return; }
-  body.textContent += event.piece;
-  div.dataset.chunks = +div.dataset.chunks + 1;
-}
-
 async function init() {
   WORDS = await api("/api/text");
   applyText();
@@ -358,7 +314,12 @@ async function init() {
   $("upload").onchange = () => uploadData().catch(() => {});
   $("stop").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/stop`, {}).catch(() => {});
   $("resume").onclick = () => api(`/api/runs/${encodeURIComponent(current.name)}/resume`, {}).catch(() => {});
-  $("chat-send").onclick = () => sendChat().catch(() => {});
+  $("sample-step").onchange = () => { if (current) loadSample(current.name, "").catch(() => {}); };
+  $("chat-send").onclick = () => {
+    $("chat-send").disabled = true;  // one question at a time: the next one carries this one's answer
+    sendChat().catch(() => {}).finally(() => { $("chat-send").disabled = false; });
+  };
+  $("chat-new").onclick = newChat;
   await loadForm();
   show("runs");
   setInterval(() => { if (!$("view-runs").hidden) loadRuns().catch(() => {}); }, 2000);

@@ -9,11 +9,13 @@ estimate of the time left.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorakit.run import EVAL_JSON, RunFolder
+from lorakit.ui.guard import UIError
 from lorakit.ui.jobs import STOPPED_CODES, Jobs
 
 RUNNING, FINISHED, STOPPED, FAILED, STARTING = "running", "finished", "stopped", "failed", "starting"
@@ -44,6 +46,54 @@ def read_rows(run: RunFolder, since: int = 0) -> list[dict]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+SAMPLE_FILE = re.compile(r"step-([0-9]+)\.jsonl")  # as GRPO names them: step-000012.jsonl
+
+
+@dataclass
+class CompletionSample:
+    """One logging step's sample of GRPO completions, and the steps that have one (to pick another)."""
+
+    steps: list[int]
+    step: int | None
+    rows: list[dict] = field(default_factory=list)
+
+
+def sample_files(run: RunFolder) -> dict[int, Path]:
+    """The run's samples of completions by step, oldest first."""
+    if not run.completions.is_dir():
+        return {}
+    found = {int(m.group(1)): p for p in run.completions.iterdir() if (m := SAMPLE_FILE.fullmatch(p.name))}
+    return dict(sorted(found.items()))
+
+
+def read_sample(run: RunFolder, step: str | None = None) -> CompletionSample:
+    """The sample of ``step`` (digits, as the page sends it), or the latest one when not given.
+
+    The step is only ever looked up among the files found, never joined into a path: a value
+    such as ``../x`` is refused before any file is named after it.
+    """
+    files = sample_files(run)
+    steps = list(files)
+    if step is None or step == "":
+        wanted = steps[-1] if steps else None
+    elif step.isascii() and step.isdigit() and len(step) <= 9:
+        wanted = int(step)
+        if wanted not in files:
+            raise UIError(f"no sample of completions for step {wanted}: steps with one are "
+                          f"{', '.join(map(str, steps)) or 'none yet'}")
+    else:
+        raise UIError(f"step {step!r} is not a step number: give the digits of a logged step")
+    if wanted is None:
+        return CompletionSample(steps, None)
+    rows = []
+    for line in files[wanted].read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # being written as the page reads it: the rest comes at the next read
+            break
+    return CompletionSample(steps, wanted, rows)
 
 
 def state_of(name: str, run: RunFolder, jobs: Jobs) -> RunState | None:

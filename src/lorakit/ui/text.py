@@ -48,6 +48,7 @@ EN = {
     "verify": "Verify verdicts",
     "chat": "Chat",
     "send": "Send",
+    "new_chat": "New conversation",
     "with_base": "Base model beside",
     "tuned": "tuned",
     "base": "base",
@@ -63,6 +64,15 @@ EN = {
     "metric": "metric",
     "language": "中文",
     "method_metrics": "Method metrics",
+    "completions": "Sample completions",
+    "latest": "latest",
+    "prompt": "prompt",
+    "completion": "completion",
+    "reward": "reward",
+    "advantage": "advantage",
+    "cut": "cut at max length",
+    "yes": "yes",
+    "no": "no",
 }
 
 ZH = {
@@ -105,6 +115,7 @@ ZH = {
     "verify": "校验结论",
     "chat": "对话",
     "send": "发送",
+    "new_chat": "新对话",
     "with_base": "同时显示基座模型",
     "tuned": "微调后",
     "base": "基座",
@@ -120,6 +131,15 @@ ZH = {
     "metric": "指标",
     "language": "English",
     "method_metrics": "方法指标",
+    "completions": "生成样例",
+    "latest": "最新",
+    "prompt": "提示",
+    "completion": "生成内容",
+    "reward": "奖励",
+    "advantage": "优势",
+    "cut": "达到长度上限被截断",
+    "yes": "是",
+    "no": "否",
 }
 
 LANGUAGES = {"en": EN, "zh": ZH}
