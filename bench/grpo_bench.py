@@ -46,7 +46,12 @@ CONFIG = HERE.parent / "examples" / "grpo" / "config.yaml"
 
 
 class StepClock(TrainerCallback):
-    """Wall seconds of every optimizer step, and of the generation and reward calls inside it."""
+    """Wall seconds of every optimizer step, and of the generation and reward calls inside it.
+
+    A step is timed from the end of the one before (the start of training for the first), because
+    lorakit samples a step's completions before the Trainer's ``on_step_begin`` (``get_batch_samples``)
+    and TRL inside it: between two step ends both tools do all of a step's work.
+    """
 
     def __init__(self) -> None:
         self.steps: list[dict[str, float]] = []
@@ -54,13 +59,12 @@ class StepClock(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.dtype = next(p.dtype for n, p in model.named_parameters() if "lora_" not in n)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.inside = {"generation": 0.0, "rewards": 0.0}
-        self.started = time.perf_counter()
+        self.last = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.steps.append({"seconds": time.perf_counter() - self.started, **self.inside})
+        now = time.perf_counter()
+        self.steps.append({"seconds": now - self.last, **self.inside})
+        self.last, self.inside = now, {"generation": 0.0, "rewards": 0.0}
 
     def timed(self, fn, part: str):
         def wrapper(*args, **kwargs):
@@ -86,7 +90,7 @@ def run_lorakit(steps: int, out: Path) -> tuple[dict, str]:
     from lorakit.train import recipe
 
     cfg = load_config(CONFIG, [f"train.max_steps={steps}", "train.logging_steps=1", f"train.save_steps={steps + 1}",
-                               "eval.at_end=false", "data.eval=[]", f"output_dir={out}"])
+                               "eval.at_end=false", "data.eval=[]", "train.keep_best=false", f"output_dir={out}"])
     clock = StepClock()
     recipe.run(cfg, hooks=[clock], overwrite=True)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

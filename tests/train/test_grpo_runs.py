@@ -30,6 +30,8 @@ from lorakit.train.methods.grpo import GRPO, RepeatedSteps
 from lorakit.train.rewards import RewardError, load_rewards, score
 from lorakit.templates import resolve_template
 from lorakit.train.trainer import LorakitTrainer
+from safetensors.torch import load_file
+
 from tests.conftest import make_tokenizer, write_jsonl
 from tests.train.helpers import adapter, assert_same_update, metrics, run_on_one_thread, tiny_config
 from tests.train.test_preference import lora_model
@@ -345,3 +347,20 @@ def test_sampling_runs_the_fused_lora_layers_and_samples_what_peft_would(tiny_mo
     run_on_one_thread(runs[1])
     rewards = [[r["reward"] for r in metrics(c.output_dir) if "loss" in r] for c in runs]
     assert rewards[0] == pytest.approx(rewards[1], rel=1e-6)
+
+
+def test_keep_best_keeps_the_checkpoint_with_the_highest_eval_reward(tiny_model_dir, tmp_path):
+    """GRPO's loss says nothing of quality (a group's advantages sum to zero), so train.keep_best
+    follows the held-out reward, higher being better, and keeps that step's adapter."""
+    cfg = grpo_config(tiny_model_dir, tmp_path, "train.max_steps=4", "train.batch_size=2", "train.save_steps=1",
+                      "train.eval_steps=1", "train.keep_best=true")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval": [write_jsonl(tmp_path / "held.jsonl",
+                                                                                         ROWS[:2])]})})
+    summary = run_on_one_thread(cfg)
+    evals = [(r["step"], r["eval_reward"]) for r in metrics(cfg.output_dir) if "eval_reward" in r]
+    assert [s for s, _ in evals] == [1, 2, 3, 4] and len({r for _, r in evals}) > 1  # the choice is a real one
+    best_step = max(evals, key=lambda e: e[1])[0]  # the first of equals, as the Trainer keeps it
+    assert summary["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    kept = load_file(cfg.output_dir / "checkpoints" / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    for key, value in adapter(cfg.output_dir).items():
+        assert torch.equal(value, kept[key]), key

@@ -59,7 +59,7 @@ class TrainConfig(Section):
         None, gt=0, json_schema_extra=RESUMABLE,
         description="Eval loss every N steps when there is eval data (None: at each checkpoint).",
     )
-    keep_best: bool = Field(True, description="With eval data: the saved adapter is the one with the best eval loss.")
+    keep_best: bool = Field(True, description="With eval data: the saved adapter is the one with the best eval loss (grpo: the highest eval reward).")
     early_stopping_patience: int | None = Field(
         None, gt=0, json_schema_extra=RESUMABLE,
         description="Stop after this many evaluations without a better eval loss.",

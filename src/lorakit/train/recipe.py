@@ -222,7 +222,7 @@ def _trainer(cfg: RunConfig, method: Method, model: PeftModel, pad_token_id: int
              on_gpu: bool, quantized: bool) -> LorakitTrainer:
     """The Trainer, told the run's settings, the method and the plan."""
     args = training_arguments(cfg.train, cfg.output_dir, cfg.seed, plan.precision.value, on_gpu,
-                              has_eval=bool(splits.eval), quantized=quantized)
+                              has_eval=bool(splits.eval), quantized=quantized, best=method.best)
     return LorakitTrainer(
         model=model,
         args=args,

@@ -341,11 +341,13 @@ class LorakitTrainer(Trainer):
 
 
 def training_arguments(
-    cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool, has_eval: bool, quantized: bool = False
+    cfg: TrainConfig, output_dir: Path, seed: int, precision: str, on_gpu: bool, has_eval: bool, quantized: bool = False,
+    best: tuple[str, bool] = Method.best,
 ) -> TrainingArguments:
     """Map lorakit's train section onto TrainingArguments; nothing else reaches the Trainer.
 
     ``quantized``: the base is 4/8-bit (QLoRA), which changes how fsdp and ZeRO-3 load and shard it.
+    ``best``: the method's evaluation value that keep_best and early stopping follow, and whether higher is better.
     """
     save = cfg.save_steps is not None
     eval_every = cfg.eval_steps or cfg.save_steps
@@ -371,8 +373,8 @@ def training_arguments(
         eval_strategy="steps" if evaluate else "no",
         eval_steps=eval_every,
         load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_loss" if keep_best else None,
-        greater_is_better=False if keep_best else None,
+        metric_for_best_model=best[0] if keep_best else None,
+        greater_is_better=best[1] if keep_best else None,
         report_to="none",  # trackers are attached by lorakit.train.tracking, with our folders and modes
         seed=seed,
         data_seed=seed,

@@ -92,6 +92,8 @@ class Method:
     perplexity: ClassVar[bool] = False
     # train.compile=auto was measured to pay off for it (each extra graph, like a reference pass, is unmeasured).
     compiles: ClassVar[bool] = False
+    # The evaluation value train.keep_best (and early stopping) follow, and whether higher is better.
+    best: ClassVar[tuple[str, bool]] = ("eval_loss", False)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> Method:

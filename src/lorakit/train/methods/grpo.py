@@ -116,6 +116,9 @@ class GRPO(Method):
     rows = PROMPTS
     item = "completion"
     reference = True  # a starting run's adapter is loaded again, frozen, for the KL term
+    # The best adapter has the highest held-out reward: the loss measures nothing of quality (a group's
+    # advantages sum to zero, so it hovers about 0 with either sign, whatever the answers are worth).
+    best = ("eval_reward", True)
 
     def __init__(self, settings: GRPOConfig, rewards: list[RewardFunction], seed: int, logging_steps: int,
                  output_dir: Path | None):
