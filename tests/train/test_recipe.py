@@ -47,6 +47,10 @@ def test_tiny_run_writes_a_complete_run_folder(tiny_model_dir, tmp_path):
     assert train_report["dropped"] == {"empty assistant answer": 4}
     assert summary["tokens_seen"] > 0 and summary["loss_tokens_seen"] < summary["tokens_seen"]
     assert summary["eval_loss"] is not None
+    # Each training row carries the process's peak memory so far (what lorakit ui shows while it trains).
+    memory = [json.loads(line).get("peak_memory_bytes") for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(memory) == 25 and memory == sorted(memory) and 0 < memory[-1] <= summary["peak_rss_bytes"]
 
     # Plain peft and transformers read the folder back, template included.
     tokenizer = AutoTokenizer.from_pretrained(out)

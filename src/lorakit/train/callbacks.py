@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from lorakit.hardware.memory import cuda_peak_bytes, peak_rss_bytes
 from lorakit.outputs import writing
 from lorakit.train.distributed import max_over_ranks, sum_over_ranks
 from lorakit.train.plot import plot_losses
@@ -51,6 +52,8 @@ class MetricsLog(TrainerCallback):
         if "loss" in row:
             row["tokens_seen"] = tokens
             row["loss_tokens_seen"] = loss_tokens
+            # So far, this process's: a watcher (lorakit ui) shows memory while the run trains.
+            row["peak_memory_bytes"] = cuda_peak_bytes() or peak_rss_bytes()
         line = json.dumps(row) + "\n"
         size = self.path.stat().st_size if self.path.exists() else 0
         # A line cut short by a full disk would break every later read of the file: cut it off again.

@@ -143,8 +143,10 @@ async function pollRun() {
   $("run-total").textContent = page.total_steps || "?";
   $("run-eta").textContent = page.eta_s === null || page.eta_s === undefined ? "-" : `${Math.round(page.eta_s)} s`;
   $("run-ckpts").textContent = run.checkpoints.join(", ") || "-";
-  // Peak memory is in the summary, so known once the run has finished: the GPU's when it had one.
-  const memory = page.summary && (page.summary.cuda_peak_reserved_bytes || page.summary.peak_rss_bytes);
+  // Peak memory so far: each training row carries it (the GPU's when there is one), the summary the run's.
+  const lastRow = [...current.rows].reverse().find((r) => r.peak_memory_bytes);
+  const memory = (page.summary && (page.summary.cuda_peak_reserved_bytes || page.summary.peak_rss_bytes))
+    || (lastRow && lastRow.peak_memory_bytes);
   $("run-mem").textContent = memory ? `${(memory / 2 ** 30).toFixed(2)} GiB` : "-";
   $("stop").disabled = !(run.started_here && (run.state === "running" || run.state === "starting"));
   $("resume").disabled = !(run.started_here && (run.state === "stopped" || run.state === "failed"));
