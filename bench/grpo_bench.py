@@ -22,7 +22,8 @@ The reward curves are the per-step mean rewards of the sampled completions; samp
 between the tools, so they are compared by mean and standard error, not step by step.
 
 The generation section answers the same 16 prompt rows (4 prompts x 4) as GRPO's sampling does
-(``generate_ids`` with ``group=4``: each prompt read once; training's fused LoRA layers) and with one
+(``generate_ids`` with ``group=4``: each prompt read once, the adapter folded into a copy of the weights,
+sampling by the Gumbel-max trick) and with one
 ``model.generate`` call of transformers on the same LoRA-wrapped model, sampling, up to 48 new tokens.
 """
 
@@ -155,14 +156,14 @@ def run_trl(steps: int, model_path: str, tuned: bool, dtype: torch.dtype, dropou
 
 
 def generation_speed(model_path: str, dtype: torch.dtype) -> dict:
-    """GRPO's sampling (generate_ids with the group's prompt read once, fused LoRA layers) against one
+    """GRPO's sampling (generate_ids with the group's prompt read once, the adapter folded) against one
     model.generate call on the same 16 rows, LoRA on, sampling."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.config import GenerationConfig
     from lorakit.infer.generate import generate_ids
-    from lorakit.model import fused_lora
+    from lorakit.model import folded_lora
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
@@ -177,7 +178,7 @@ def generation_speed(model_path: str, dtype: torch.dtype) -> dict:
     result = {}
     for attempt in range(2):  # the first of each is a warm-up
         started = time.perf_counter()
-        with fused_lora.fused([m for m in model.modules() if fused_lora.fusable(m)]):  # as GRPO samples
+        with folded_lora.folded(list(model.modules())):  # as GRPO samples where the copy fits
             ours = generate_ids(model, tokenizer, prompts, gen, stop, group=4)
         ours_s = time.perf_counter() - started
         width = max(map(len, prompts))

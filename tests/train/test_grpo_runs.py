@@ -326,27 +326,47 @@ def test_train_compile_compiles_the_training_passes_only_and_samples_as_eager(ti
     assert [loss for _, loss in ran[1]] == pytest.approx([loss for _, loss in ran[0]], rel=1e-4, abs=1e-6)
 
 
-def test_sampling_runs_the_fused_lora_layers_and_samples_what_peft_would(tiny_model_dir, tmp_path, monkeypatch):
-    """Sampling between steps goes through training's fused LoRA op (fewer ops a token); in float32 its
-    completions are those of peft's own layers (train.fused_lora=false), so the rewards are equal."""
-    from lorakit.model import fused_lora
+def test_sampling_folds_the_adapter_or_fuses_it_and_samples_what_peft_would(tiny_model_dir, tmp_path, monkeypatch):
+    """Sampling between steps runs each LoRA layer as one linear over W + s·B·A (model/folded_lora.py);
+    where the folded copies would not fit it runs training's fused op. In float32 both sample the
+    completions of peft's own layers (train.fused_lora=false and no folding), so the rewards are equal."""
+    from lorakit.model import folded_lora, fused_lora
 
-    sampled = []
-    plain = fused_lora.fused_forward
+    calls = {"folded": [], "fused": []}
+    plain_fused, plain_folded = fused_lora.fused_forward, folded_lora._folded_forward
 
-    def counted(layer, x, *args, **kwargs):
-        sampled.append(torch.is_inference_mode_enabled())
-        return plain(layer, x, *args, **kwargs)
+    def counted_fused(layer, x, *args, **kwargs):
+        calls["fused"].append(torch.is_inference_mode_enabled())
+        return plain_fused(layer, x, *args, **kwargs)
 
-    monkeypatch.setattr(fused_lora, "fused_forward", counted)
+    def counted_folded(weight, bias, layer):
+        forward = plain_folded(weight, bias, layer)
+
+        def recorded(x, *args, **kwargs):
+            calls["folded"].append(torch.is_inference_mode_enabled())
+            return forward(x, *args, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(fused_lora, "fused_forward", counted_fused)
+    monkeypatch.setattr(folded_lora, "_folded_forward", counted_folded)
     common = ("train.max_steps=2", "train.batch_size=2", "train.precision=fp32", "model.dtype=float32")
-    runs = [grpo_config(tiny_model_dir, tmp_path / kind, *common, f"train.fused_lora={kind == 'fused'}")
-            for kind in ("fused", "peft")]
-    run_on_one_thread(runs[0])
-    assert any(sampled) and not all(sampled)  # the sampling's passes (inference mode) and training's
-    run_on_one_thread(runs[1])
-    rewards = [[r["reward"] for r in metrics(c.output_dir) if "loss" in r] for c in runs]
-    assert rewards[0] == pytest.approx(rewards[1], rel=1e-6)
+    runs = {kind: grpo_config(tiny_model_dir, tmp_path / kind, *common, f"train.fused_lora={kind != 'peft'}")
+            for kind in ("folded", "fused", "peft")}
+    run_on_one_thread(runs["folded"])
+    assert calls["folded"] and all(calls["folded"])  # sampling (inference mode) ran the folded layers
+    assert calls["fused"] and not any(calls["fused"])  # and training the fused op, never sampling
+    monkeypatch.setattr(folded_lora, "fold_fits", lambda layers, device: False)  # as if memory were short
+    calls["folded"].clear(), calls["fused"].clear()
+    run_on_one_thread(runs["fused"])
+    assert not calls["folded"] and any(calls["fused"]) and not all(calls["fused"])  # sampling's and training's
+    run_on_one_thread(runs["peft"])
+    rewards = {kind: [r["reward"] for r in metrics(c.output_dir) if "loss" in r] for kind, c in runs.items()}
+    assert len(set(rewards["peft"])) > 1  # the steps sampled completions scored differently
+    assert rewards["folded"] == pytest.approx(rewards["peft"], rel=1e-6)
+    assert rewards["fused"] == pytest.approx(rewards["peft"], rel=1e-6)
+    # Both trained through the fused op on the same completions: folding left the weights untouched.
+    folded, fused = adapter(runs["folded"].output_dir), adapter(runs["fused"].output_dir)
+    assert all(torch.equal(folded[key], fused[key]) for key in fused)
 
 
 def test_keep_best_keeps_the_checkpoint_with_the_highest_eval_reward(tiny_model_dir, tmp_path):

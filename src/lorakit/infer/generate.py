@@ -11,6 +11,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig
 from lorakit.errors import LorakitError
+from lorakit.infer.sampling import sampling_processors
 from lorakit.templates import ChatTemplate, Conversation, chat_ids
 
 # Models that do not say how long a sequence they were trained on get this many positions.
@@ -47,19 +48,16 @@ def sampling_kwargs(gen: GenerationConfig) -> dict:
     """generate() arguments for the sampling settings.
 
     Everything is passed explicitly (None switches a processor off), so a model's own
-    generation_config.json (a top_k of 50, say) never changes what the user asked for.
+    generation_config.json (a top_k of 50, say) never changes what the user asked for. Sampling
+    runs as greedy decoding over Gumbel-noised logits (``infer/sampling.py``: the same
+    distribution as ``do_sample=True``, without ``torch.multinomial``'s cost on a CPU), so
+    ``generate``'s own warpers stay off and lorakit's processors apply the settings.
     """
     penalty = {"repetition_penalty": gen.repetition_penalty if gen.repetition_penalty != 1.0 else None}
+    greedy = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None, **penalty}
     if gen.temperature <= 0:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None, **penalty}
-    return {
-        "do_sample": True,
-        "temperature": gen.temperature,
-        "top_p": gen.top_p if gen.top_p < 1.0 else None,
-        "top_k": gen.top_k or None,
-        "min_p": gen.min_p or None,
-        **penalty,
-    }
+        return greedy
+    return {**greedy, "logits_processor": sampling_processors(gen)}
 
 
 def finish_reason(new_ids: Sequence[int], stop_ids: frozenset[int], max_new_tokens: int) -> str:

@@ -76,9 +76,9 @@ class _LoraLinear(torch.autograd.Function):
         return dx, d_w, d_bias, d_a, d_b, None, None
 
 
-def _fusable_adapter(layer: lora_layer.Linear, kwargs: dict) -> str | None:
-    """The one adapter this call can fuse, or None when peft's own forward must run."""
-    if kwargs or layer.disable_adapters or layer.merged:
+def plain_adapter(layer: lora_layer.Linear) -> str | None:
+    """The one active adapter of ``layer`` when it is a plain LoRA (no DoRA or other variant, no bias), else None."""
+    if layer.disable_adapters or layer.merged:
         return None
     active = [name for name in layer.active_adapters if name in layer.lora_A]
     if len(active) != 1:
@@ -86,10 +86,18 @@ def _fusable_adapter(layer: lora_layer.Linear, kwargs: dict) -> str | None:
     name = active[0]
     if name in layer.lora_variant or getattr(layer, "lora_bias", {}).get(name, False):
         return None
+    if layer.lora_B[name].bias is not None or layer.lora_A[name].bias is not None:
+        return None
+    return name
+
+
+def _fusable_adapter(layer: lora_layer.Linear, kwargs: dict) -> str | None:
+    """The one adapter this call can fuse, or None when peft's own forward must run."""
+    name = None if kwargs else plain_adapter(layer)
+    if name is None:
+        return None
     dropout = layer.lora_dropout[name]
     if not isinstance(dropout, torch.nn.Identity) and (dropout.training and dropout.p > 0):
-        return None
-    if layer.lora_B[name].bias is not None or layer.lora_A[name].bias is not None:
         return None
     return name
 

@@ -24,7 +24,7 @@ from transformers.trainer_pt_utils import nested_gather
 from lorakit.config import TrainConfig
 from lorakit.errors import LorakitError
 from lorakit.labels import loss_positions
-from lorakit.model import fused_lora
+from lorakit.model import folded_lora, fused_lora
 from lorakit.model.compiled_layers import CompiledLayers
 from lorakit.model.loss import selective_loss_supported, sequence_logps
 from lorakit.outputs import writing
@@ -107,6 +107,7 @@ class LorakitTrainer(Trainer):
         self.passes = PassRunner(self.accelerator.unwrap_model(self.model), pass_packing, eager_attention_tokens,
                                  autocast=self.args.bf16 or self.args.fp16,
                                  per_sample_attention=per_sample_attention, fuse_lora=fused_lora)
+        self._folding: bool | None = None  # how sampling last ran the LoRA layers (generating)
         # train.compile: the decoder layers compiled from the first step (true), or after two
         # timed steps where the rest of the run would repay it (auto; train/auto_compile.py).
         self.compiling = LayerCompiling(CompiledLayers(self.accelerator.unwrap_model(self.model)), compile_layers,
@@ -162,9 +163,16 @@ class LorakitTrainer(Trainer):
         return self.accelerator.unwrap_model(model)
 
     def generating(self):
-        """Sampling runs the LoRA layers as training's passes do, fused where they are (model/fused_lora.py:
-        the same products, fewer ops: a tenth of a GRPO step's generation on a CPU)."""
-        return fused_lora.fused(self.passes.fused)
+        """Sampling runs each plain LoRA layer with the adapter folded into a copy of its weight
+        (model/folded_lora.py: one matmul a layer; a fifth of a GRPO step's generation on a CPU) when the
+        copies fit in a quarter of the free memory, and else as training's passes do, fused where they are."""
+        layers = [m for m in self.accelerator.unwrap_model(self.model).modules() if fused_lora.fusable(m)]
+        fold = bool(layers) and folded_lora.fold_fits(layers, layers[0].get_base_layer().weight.device)
+        if fold != self._folding:
+            log.info("sampling with the adapter %s", "folded into a copy of the weights" if fold else
+                     "as separate layers (its folded copy would not fit in a quarter of the free memory)")
+            self._folding = fold
+        return folded_lora.folded(layers) if fold else fused_lora.fused(self.passes.fused)
 
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return sequence_logps(model, inputs, self.loss_chunk_size, self.selective_loss, self.accelerator.autocast())
