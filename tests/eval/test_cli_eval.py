@@ -81,3 +81,25 @@ def test_train_checks_the_scorer_before_training(tmp_path):
                      "--set", f"data.eval={tmp_path / 'y.jsonl'}", "--set", f"eval.scorer={tmp_path / 'c.py'}:fn")
     assert result.returncode == 2
     assert f"scorer {tmp_path / 'c.py'}:fn: file {tmp_path / 'c.py'} does not exist" in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_scores_any_run_with_the_reward_functions_asked_for(tiny_run, tmp_path):
+    """--reward scores an SFT run's answers with GRPO's reward functions, built-in or the user's own;
+    a reward that does not exist is one error line before any model loads."""
+    run, _ = tiny_run
+    mine = tmp_path / "mine.py"
+    mine.write_text("def chars(prompts, completions, **columns):\n    return [float(len(c)) for c in completions]\n",
+                    encoding="utf-8")
+    result = lorakit("eval", str(run), "--reward", "builtin:exact", "--reward", f"{mine}:chars",
+                     "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "o" / "eval.json").read_text(encoding="utf-8"))
+    rows = {m["key"]: m for m in report["metrics"]}
+    answers = [s["tuned"]["answer"] for s in report["samples"]]
+    assert rows["reward/chars"]["tuned"] == pytest.approx(sum(len(a) for a in answers) / len(answers))
+    assert rows["reward/exact"]["tuned"] == pytest.approx(rows["exact_match"]["tuned"])
+    assert "reward chars" in result.stdout
+    bad = lorakit("eval", str(run), "--reward", f"{mine}:missing", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and bad.stderr.count("error:") == 1 and "missing" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -150,6 +150,9 @@ def evaluate(
     data: Annotated[Optional[list[Path]], typer.Option(help="Held-out samples (repeatable); default: data.eval.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N samples, for a quick look.")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Your per-sample score: file.py:fn or module:fn.")] = None,
+    reward: Annotated[Optional[list[str]], typer.Option(
+        help="Also average this reward function over the answers (builtin:NAME or file.py:function, repeatable); "
+        "a grpo run's own rewards are always scored.")] = None,
     examples: Annotated[Optional[int], typer.Option(help="How many most-changed answers to show.")] = None,
     output: Annotated[Optional[Path], typer.Option("--out", help="Folder for eval.json/md; default: the run.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Default: the run's generation setting.")] = None,
@@ -185,8 +188,9 @@ def evaluate(
         gen = type(run_cfg.generation).model_validate({**run_cfg.generation.model_dump(), **gen_overrides})
     except ValidationError as e:
         fail_options(e)
+    rewards = run_rewards(run_cfg, reward)  # before the model loads: a wrong name fails at once
     session = open_session(target, cache_dir, use_adapter=not base)
     result = run_eval(session, files, run_cfg.data, gen, settings,
                       output or (Path(target) if is_run else Path.cwd()), console=err,
-                      reads=METHODS[run_cfg.method].rows, rewards=run_rewards(run_cfg))
+                      reads=METHODS[run_cfg.method].rows, rewards=rewards)
     print_comparison(out, result)

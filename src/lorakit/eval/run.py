@@ -71,9 +71,11 @@ def evaluate(
     return result
 
 
-def run_rewards(cfg: RunConfig) -> list[RewardFunction] | None:
-    """A run's reward functions (a GRPO run's grpo.rewards), to score its answers with; None for a run without."""
-    return load_rewards(cfg.grpo.rewards, cfg.grpo.max_completion_length) if cfg.grpo.rewards else None
+def run_rewards(cfg: RunConfig, extra: list[str] | None = None) -> list[RewardFunction] | None:
+    """A run's reward functions (a GRPO run's grpo.rewards) and ``extra`` ones (``lorakit eval --reward``,
+    which may score any run or model), to score its answers with; None when there are none."""
+    specs = list(dict.fromkeys([*cfg.grpo.rewards, *(extra or [])]))  # each once, the run's first
+    return load_rewards(specs, cfg.grpo.max_completion_length) if specs else None
 
 
 def evaluate_at_end(run_dir: Path, summary: RunSummary, reads: Rows, show_progress: bool = True,
