@@ -369,6 +369,33 @@ def test_sampling_folds_the_adapter_or_fuses_it_and_samples_what_peft_would(tiny
     assert all(torch.equal(folded[key], fused[key]) for key in fused)
 
 
+def test_a_prompts_rows_trained_as_one_row_train_as_the_rows_apart(tiny_model_dir, tmp_path, monkeypatch):
+    """Training computes each prompt's completions as one row, the prompt once (model/shared_prompt.py),
+    in passes of whole prompts (split_runs); in float32 the losses and the adapter are the rows apart's,
+    with the reference's KL term and two iterations (old log-probs) computed the same way."""
+    from lorakit.model import shared_prompt
+
+    layouts = []
+    plain = shared_prompt.shared_layout
+    monkeypatch.setattr(shared_prompt, "shared_layout", lambda *a: layouts.append(plain(*a)) or layouts[-1])
+    common = ("train.max_steps=4", "train.batch_size=2", "train.grad_accum=2", "train.micro_batch_tokens=40",
+              "grpo.beta=0.1", "grpo.iterations=2", "train.precision=fp32", "model.dtype=float32")
+    shared = grpo_config(tiny_model_dir, tmp_path / "shared", *common)
+    run_on_one_thread(shared)
+    assert layouts and all(layout is not None for layout in layouts)
+    assert any(layout.input_ids.shape[0] > 1 for layout in layouts)  # some passes held two prompts
+    layouts.clear()
+    monkeypatch.setattr(shared_prompt, "shares", lambda model: False)
+    apart = grpo_config(tiny_model_dir, tmp_path / "apart", *common)
+    run_on_one_thread(apart)
+    assert not layouts
+    ran = [[(r["reward"], r["loss"], r["kl"]) for r in metrics(c.output_dir) if "loss" in r] for c in (shared, apart)]
+    assert [r for r, _, _ in ran[0]] == pytest.approx([r for r, _, _ in ran[1]], rel=1e-6)  # the same completions
+    values = [[v for _, loss, kl in r for v in (loss, kl)] for r in ran]
+    assert values[0] == pytest.approx(values[1], rel=1e-4, abs=1e-6)
+    assert_same_update(adapter(shared.output_dir), adapter(apart.output_dir), "fp32")
+
+
 def test_keep_best_keeps_the_checkpoint_with_the_highest_eval_reward(tiny_model_dir, tmp_path):
     """GRPO's loss says nothing of quality (a group's advantages sum to zero), so train.keep_best
     follows the held-out reward, higher being better, and keeps that step's adapter."""

@@ -11,7 +11,7 @@ import torch
 from lorakit.data.collate import PadCollator
 from lorakit.data.encode import Encoded
 from lorakit.train import recipe
-from lorakit.train.microbatch import PassCost, plan, positions, split_batch
+from lorakit.train.microbatch import PassCost, plan, positions, split_batch, split_runs
 from tests.train.helpers import LOSS_RTOL, ROWS, adapter, assert_same_update, metrics, tiny_config
 
 
@@ -71,6 +71,38 @@ def test_split_batch_trims_each_pass_to_its_own_longest():
               "position_ids": torch.arange(9)[None]}
     assert split_batch(packed, budget=4) == [packed]
     assert split_batch(packed, budget=4, packed=True) == [packed]
+
+
+def test_split_runs_keeps_each_prompts_rows_together_in_order_within_the_budget():
+    """Invariant over random batches: every row once, in order; each pass whole runs of ``run`` rows;
+    a pass's runs x widest shared row within the budget unless it is one run; per-row values follow."""
+    rng = random.Random(7)
+    for _ in range(200):
+        run, runs = rng.randint(2, 4), rng.randint(1, 6)
+        items, widths = [], []
+        for _ in range(runs):
+            prompt = [rng.randint(5, 90) for _ in range(rng.randint(1, 30))]
+            answers = [[rng.randint(5, 90) for _ in range(rng.randint(1, 20))] for _ in range(run)]
+            items += [Encoded(prompt + a, [-100] * len(prompt) + a) for a in answers]
+            widths.append(len(prompt) + sum(map(len, answers)))
+        batch = PadCollator(0)(items)
+        batch["advantages"] = torch.arange(len(items), dtype=torch.float32).reshape(-1, 1)
+        budget = rng.choice([0, 40, 100, 400])
+        passes = split_runs(batch, budget, run)
+        order = [int(v) for part in passes for v in part["advantages"][:, 0]]
+        assert order == list(range(len(items)))
+        for part in passes:
+            first, rows = int(part["advantages"][0, 0]), part["input_ids"].shape[0]
+            assert first % run == 0 and rows % run == 0
+            shared = [widths[(first + k) // run] for k in range(0, rows, run)]
+            assert rows == run or budget == 0 or len(shared) * max(shared) <= budget
+            lengths = part["attention_mask"].sum(dim=1)
+            assert part["input_ids"].shape[1] == int(lengths.max())  # trimmed to its longest row
+            for k in range(rows):
+                n = int(lengths[k])
+                assert part["input_ids"][k, :n].tolist() == items[first + k].input_ids
+        if budget == 0:
+            assert len(passes) == 1
 
 
 def test_packed_passes_are_rows_whose_positions_restart_per_sample():

@@ -180,21 +180,26 @@ def token_logps(
     if selective:
         hidden = model(**args, output_hidden_states=True,
                        logits_to_keep=no_logits(model)).hidden_states[-1][:, :-1][keep]
-        wanted = targets[keep]
-        head = output_head(model)
-        with autocast if autocast is not None else nullcontext():
-            parts = [
-                # Past the first chunk, recomputed in backward: one chunk of logits is alive at a time.
-                _chunk_logps(head, hidden[s : s + chunk_size], wanted[s : s + chunk_size], temperature) if s == 0
-                else checkpoint(_chunk_logps, head, hidden[s : s + chunk_size], wanted[s : s + chunk_size],
-                                temperature, use_reentrant=False)
-                for s in range(0, hidden.shape[0], chunk_size)
-            ]
-        found = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+        found = logps_of_hidden(model, hidden, targets[keep], chunk_size, autocast, temperature)
     else:  # logits the model post-processes (soft-capping): its own, whole
         logits = model(**args).logits[:, :-1].float() / temperature
         found = -F.cross_entropy(logits[keep], targets[keep], reduction="none")
     return found, keep
+
+
+def logps_of_hidden(model: torch.nn.Module, hidden: torch.Tensor, wanted: torch.Tensor, chunk_size: int,
+                    autocast: AbstractContextManager | None, temperature: float) -> torch.Tensor:
+    """The log-prob of each ``wanted`` token from the final hidden state predicting it, projected in chunks."""
+    head = output_head(model)
+    with autocast if autocast is not None else nullcontext():
+        parts = [
+            # Past the first chunk, recomputed in backward: one chunk of logits is alive at a time.
+            _chunk_logps(head, hidden[s : s + chunk_size], wanted[s : s + chunk_size], temperature) if s == 0
+            else checkpoint(_chunk_logps, head, hidden[s : s + chunk_size], wanted[s : s + chunk_size],
+                            temperature, use_reentrant=False)
+            for s in range(0, hidden.shape[0], chunk_size)
+        ]
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
 
 
 def sequence_logps(

@@ -27,6 +27,7 @@ import torch
 
 from lorakit.data.collate import PackCollator
 from lorakit.data.encode import Encoded
+from lorakit.labels import IGNORE_INDEX
 
 Batch = dict[str, torch.Tensor]
 SPLITTABLE = {"input_ids", "labels", "attention_mask"}
@@ -120,12 +121,38 @@ def split_rows(inputs: Batch, budget: int) -> list[Batch]:
     return _take(inputs, plan(lengths, budget), lengths)
 
 
+def split_runs(inputs: Batch, budget: int, run: int) -> list[Batch]:
+    """Passes of whole runs of ``run`` rows that share a prompt (GRPO's completions of one prompt), in
+    order, for a pass that computes each run as one row, the prompt once (model/shared_prompt.py).
+
+    A run of rows of 100, 90, 80 tokens after a 60-token prompt is one row of 60 + 40 + 30 + 20 = 150
+    positions; a pass of such runs pads them to its widest, so it computes runs × widest positions,
+    and a pass takes runs in order while that stays within ``budget`` (a run wider than the budget
+    goes alone). Rows are never reordered: sorting by length, as ``plan`` does, would part a
+    prompt's rows. Per-row values are taken by row, as ``split_rows`` does.
+    """
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    answers = inputs["labels"][:, 1:] != IGNORE_INDEX
+    prompts = [int(row.nonzero()[0]) + 1 if row.any() else length for row, length in zip(answers, lengths)]
+    runs = [list(range(start, min(start + run, len(lengths)))) for start in range(0, len(lengths), run)]
+    widths = [prompts[rows[0]] + sum(lengths[r] - prompts[r] for r in rows) for rows in runs]
+    passes: list[list[int]] = []
+    current: list[int] = []  # indices into runs
+    for k in range(len(runs)):
+        if current and (len(current) + 1) * max(widths[j] for j in [*current, k]) > budget > 0:
+            passes.append(current)
+            current = []
+        current.append(k)
+    passes.append(current)
+    return _take(inputs, [[r for k in ks for r in runs[k]] for ks in passes], lengths)
+
+
 def _take(inputs: Batch, passes: list[list[int]], lengths: list[int]) -> list[Batch]:
     if len(passes) == 1:
         return [inputs]
 
     def part(value: torch.Tensor, rows: list[int]) -> torch.Tensor:
-        # ``plan`` lists each pass's rows longest first, so the first row's length is the pass's width.
-        return value if value.dim() == 0 else value[rows] if value.dim() == 1 else value[rows, : lengths[rows[0]]]
+        width = max(lengths[r] for r in rows)  # trimmed to the pass's longest row
+        return value if value.dim() == 0 else value[rows] if value.dim() == 1 else value[rows, :width]
 
     return [{key: part(value, rows) for key, value in inputs.items()} for rows in passes]

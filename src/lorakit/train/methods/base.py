@@ -64,7 +64,7 @@ class Step(Protocol):
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
     def generating(self) -> AbstractContextManager:
-        """The model as sampling between steps should run it (training's fused LoRA layers)."""
+        """The model as sampling between steps should run it (the adapter folded into the weights, or fused)."""
         ...
 
     def logps(self, model: torch.nn.Module, inputs: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,11 @@ the sampling policy's log-probs (``iterations`` > 1) and the reference's (``beta
 switched off, or a starting run's adapter, frozen: ``train/preference.py``). The loss is
 ``grpo_loss.py``'s.
 
+Where the time goes, and what saves it (bench/grpo_bench.py, docs/grpo.md): sampling runs the
+adapter folded into a copy of the weights (``model/folded_lora.py``) and draws tokens by the
+Gumbel-max trick (``infer/sampling.py``); training computes a prompt's completions as one row, the
+prompt once (``model/shared_prompt.py``), in passes of whole prompts (``microbatch.split_runs``).
+
 Sampling is seeded from the run's seed and the step (and the process), inside a forked RNG: a
 step's completions do not depend on what ran before it, so a run resumed from a checkpoint (even
 after SIGKILL) samples what the uninterrupted run sampled, and the global RNG the Trainer restores
@@ -39,12 +44,12 @@ from lorakit.data.encode import Encoded
 from lorakit.data.prompt_rows import PROMPTS, EncodedPrompt
 from lorakit.infer.generate import Answer, generate_ids
 from lorakit.labels import IGNORE_INDEX
-from lorakit.model.loss import token_logps
+from lorakit.model import shared_prompt
 from lorakit.outputs import writing
 from lorakit.run import RunFolder
 from lorakit.train.methods.base import Batch, Method, Step, step_share
 from lorakit.train.methods.grpo_loss import completion_sums, group_advantages, items, token_losses
-from lorakit.train.microbatch import split_rows
+from lorakit.train.microbatch import split_rows, split_runs
 from lorakit.train.preference import reference_model
 from lorakit.train.rewards import RewardFunction, load_rewards, score
 
@@ -131,6 +136,7 @@ class GRPO(Method):
         self.window = Window()
         self.kept: tuple[int, list[Batch]] | None = None  # (first step, batches) reused while iterations last
         self.eval_batches = 0
+        self.shares_prompts = False  # whether the model computes a prompt's rows as one (set each step)
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> GRPO:
@@ -153,6 +159,9 @@ class GRPO(Method):
         return RepeatedSteps(size, step_rows, self.settings.iterations, seed) if self.settings.iterations > 1 else None
 
     def split(self, inputs, budget, packed):
+        # A prompt's rows stay together, in order, where a pass computes them as one row (prompt once).
+        if self.shares_prompts:
+            return split_runs(inputs, budget, self.settings.num_generations)
         return split_rows(inputs, budget)
 
     def item_count(self, batch):
@@ -173,6 +182,7 @@ class GRPO(Method):
     # --- one step's completions, scores and advantages
     def prepare_step(self, step, model, batches):
         self.window.close_training()
+        self.shares_prompts = shared_prompt.shares(step.unwrap(model))
         global_step = step.state.global_step
         k = self.settings.iterations
         if self.kept is not None and self.kept[0] <= global_step < self.kept[0] + k:
@@ -288,8 +298,9 @@ class GRPO(Method):
     def logps(self, step: Step, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(model.parameters()).device
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}
-        return token_logps(model, inputs, step.loss_chunk_size, step.selective_loss, step.autocast(),
-                           self.settings.temperature)
+        return shared_prompt.prompt_shared_logps(model, inputs, step.loss_chunk_size, step.selective_loss,
+                                                 step.autocast(), self.settings.temperature,
+                                                 self.tokenizer.pad_token_id)
 
     def write_sample(self, step: Step, logged_step: int, prompts: list[EncodedPrompt], answers: list[Answer],
                      scores: torch.Tensor, found) -> None:
@@ -320,8 +331,9 @@ class GRPO(Method):
             device = next(model.parameters()).device
             inputs = {key: value.to(device) for key, value in prepared.items()}
         s = self.settings
-        logps, keep = token_logps(model, inputs, step.loss_chunk_size, step.selective_loss, step.autocast(),
-                                  s.temperature)
+        # A prompt's completions as one row, the prompt computed once (model/shared_prompt.py)
+        logps, keep = shared_prompt.prompt_shared_logps(model, inputs, step.loss_chunk_size, step.selective_loss,
+                                                        step.autocast(), s.temperature, self.tokenizer.pad_token_id)
         rows = keep.nonzero()[:, 0]
         old = inputs["old_logps"][:, 1:][keep] if "old_logps" in inputs else logps.detach()
         ref = inputs["ref_logps"][:, 1:][keep] if s.beta else None
