@@ -1,6 +1,7 @@
 """A GRPO step of lorakit against TRL's ``GRPOTrainer``, side by side in one process, and where it goes.
 
     python bench/grpo_bench.py --steps 10              # writes bench/results/grpo-<host>-<time>.json
+    python bench/grpo_bench.py --steps 6 --ablate      # lorakit alone, each saving off in turn
 
 The same task for every contender: ``examples/grpo/config.yaml`` (the embedded SmolLM2-135M-Instruct,
 LoRA r16 on all linear layers, the demo's extraction prompts, rewards json_fields + 0.5 x valid_json,
@@ -99,6 +100,34 @@ def run_lorakit(steps: int, out: Path) -> tuple[dict, str]:
     for step, m in zip(clock.steps, logged):  # the method's own split of each step
         step["generation"], step["rewards"] = m["seconds/generation"], m["seconds/rewards"]
     return summary(clock.steps, [m["reward"] for m in logged]), clock.dtype, cfg.lora.dropout
+
+
+def without(saving: str):
+    """lorakit with one of its GRPO savings switched off, to measure what it is worth (--ablate)."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    from lorakit.infer import generate
+    from lorakit.model import folded_lora, shared_prompt
+
+    ours = generate.sampling_kwargs
+
+    def multinomial(gen):  # transformers' own sampling: its warpers and torch.multinomial
+        kwargs = ours(gen)
+        if "logits_processor" in kwargs:
+            kwargs = {**kwargs, "logits_processor": None, "do_sample": True, "temperature": gen.temperature,
+                      "top_p": gen.top_p if gen.top_p < 1.0 else None, "top_k": gen.top_k or None,
+                      "min_p": gen.min_p or None}
+        return kwargs
+
+    stack = ExitStack()
+    if saving == "shared-prompt":
+        stack.enter_context(mock.patch.object(shared_prompt, "shares", lambda model: False))
+    elif saving == "folded-lora":
+        stack.enter_context(mock.patch.object(folded_lora, "fold_fits", lambda layers, device: False))
+    elif saving == "gumbel":
+        stack.enter_context(mock.patch.object(generate, "sampling_kwargs", multinomial))
+    return stack
 
 
 def trl_dataset(tokenizer, rows_path: Path):
@@ -210,7 +239,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/lorakit").expanduser())
     parser.add_argument("--skip", nargs="*", default=[], choices=["generation", "lorakit", "trl-defaults", "trl-tuned"])
+    parser.add_argument("--ablate", action="store_true",
+                        help="only lorakit, with each saving switched off in turn (shared-prompt, folded-lora, gumbel)")
     args = parser.parse_args()
+    if args.ablate:
+        return ablate(args.steps)
 
     from lorakit.model.gguf_cache import converted_folder, embedded_gguf
 
@@ -244,6 +277,23 @@ def main() -> None:
               " tok/s")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = HERE / "results" / f"grpo-{socket.gethostname()}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def ablate(steps: int) -> None:
+    """lorakit's step as it runs, then with each saving off: what each is worth, side by side in one process."""
+    result: dict = {"machine": f"{socket.gethostname()} {platform.processor() or platform.machine()}",
+                    "threads": torch.get_num_threads(), "steps": steps, "torch": torch.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        for saving in ("none", "shared-prompt", "folded-lora", "gumbel"):
+            with without(saving):
+                found, _, _ = run_lorakit(steps, Path(tmp) / saving)
+            m = found["median"]
+            result[f"without {saving}"] = found
+            print(f"without {saving:14s} step {m['seconds']:6.2f} s  generation {m['generation']:6.2f} s  "
+                  f"the rest {m['seconds'] - m['generation']:6.2f} s")
+    path = HERE / "results" / f"grpo-ablate-{socket.gethostname()}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

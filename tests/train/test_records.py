@@ -62,3 +62,18 @@ def test_early_stopping_keeps_the_best_adapter(tiny_model_dir, tmp_path):
     # The saved adapter is the best one: evaluating it again gives the best eval loss.
     assert abs(summary["eval_loss"] - best) < 1e-5
     assert summary["best_checkpoint"].endswith(f"checkpoint-{2 * (evals.index(best) + 1)}")
+
+
+def test_early_stopping_follows_the_methods_value_with_keep_best_or_without(tmp_path):
+    """GRPO's eval loss measures nothing of quality: early stopping follows its held-out reward, higher
+    being better, whether or not keep_best keeps the best adapter."""
+    from lorakit.config import TrainConfig
+    from lorakit.train.trainer import training_arguments
+
+    for keep_best in (True, False):
+        train = TrainConfig(early_stopping_patience=2, save_steps=4, eval_steps=2, keep_best=keep_best)
+        args = training_arguments(train, tmp_path, 0, "fp32", on_gpu=False, has_eval=True, best=("eval_reward", True))
+        assert (args.metric_for_best_model, args.greater_is_better) == ("eval_reward", True)
+        assert args.load_best_model_at_end is keep_best
+    plain = training_arguments(TrainConfig(keep_best=False), tmp_path, 0, "fp32", on_gpu=False, has_eval=True)
+    assert plain.metric_for_best_model is None

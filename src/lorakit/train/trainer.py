@@ -381,8 +381,9 @@ def training_arguments(
         eval_strategy="steps" if evaluate else "no",
         eval_steps=eval_every,
         load_best_model_at_end=keep_best,
-        metric_for_best_model=best[0] if keep_best else None,
-        greater_is_better=best[1] if keep_best else None,
+        # Early stopping follows the method's value too, with keep_best or without (GRPO: the reward, not the loss).
+        metric_for_best_model=best[0] if keep_best or cfg.early_stopping_patience else None,
+        greater_is_better=best[1] if keep_best or cfg.early_stopping_patience else None,
         report_to="none",  # trackers are attached by lorakit.train.tracking, with our folders and modes
         seed=seed,
         data_seed=seed,
