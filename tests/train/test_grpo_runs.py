@@ -138,6 +138,8 @@ def test_the_reference_logps_are_the_adapter_switched_off(tiny_model_dir, tmp_pa
     torch.testing.assert_close(batch["old_logps"][:, 1:][keep], policy, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(policy, expected)  # the adapter does change them
     assert batch["advantages"].shape == (4, 1)
+    # Sampled for evaluation (no logged step): nothing is added to the training steps' logged seconds.
+    assert method.window.seconds == {"generation": 0.0, "rewards": 0.0, "training": 0.0}
 
 
 def test_repeated_steps_read_each_steps_prompts_again_and_fill_the_last_step():

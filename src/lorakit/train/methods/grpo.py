@@ -208,9 +208,10 @@ class GRPO(Method):
         scores = self.score(prompts, answers)
         g = self.settings.num_generations
         found = group_advantages(scores, self.weights, g, self.settings.scale_rewards)
-        self.window.seconds["generation"] += scored_at - started
-        self.window.seconds["rewards"] += time.perf_counter() - scored_at
-        self.window.longest = max([self.window.longest, *(len(a.token_ids) for a in answers)])
+        if logged_step is not None:  # a training step's: evaluation's sampling is not a step's time
+            self.window.seconds["generation"] += scored_at - started
+            self.window.seconds["rewards"] += time.perf_counter() - scored_at
+            self.window.longest = max([self.window.longest, *(len(a.token_ids) for a in answers)])
         if logged_step is not None and self.logging_steps and logged_step % self.logging_steps == 0:
             self.write_sample(step, logged_step, prompts, answers, scores, found)
         batches, start = [], 0
