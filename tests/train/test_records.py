@@ -77,3 +77,27 @@ def test_early_stopping_follows_the_methods_value_with_keep_best_or_without(tmp_
         assert args.load_best_model_at_end is keep_best
     plain = training_arguments(TrainConfig(keep_best=False), tmp_path, 0, "fp32", on_gpu=False, has_eval=True)
     assert plain.metric_for_best_model is None
+
+
+def test_a_run_that_logs_a_reward_gets_a_reward_panel_beside_the_loss(tmp_path, monkeypatch):
+    """GRPO's loss hovers about 0 whatever the answers are worth: its picture also shows the reward of the
+    sampled answers and the held-out reward, step by step, in a second panel."""
+    import matplotlib.figure
+
+    from lorakit.train.plot import plot_losses
+
+    rows = [{"step": 1, "loss": 0.01, "reward": 0.1}, {"step": 2, "loss": -0.02, "reward": 0.6},
+            {"step": 2, "eval_loss": 0.0, "eval_reward": 0.5}, {"step": 3, "loss": 0.0, "reward": 0.9}]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: drawn.append(fig) or save(fig, *a, **k))
+    assert plot_losses(tmp_path / "run" / "metrics.jsonl", tmp_path / "run" / "loss.png")
+    loss_axes, reward_axes = drawn[0].axes
+    curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in reward_axes.lines}
+    assert curves == {"reward (sampled answers)": ([1, 2, 3], [0.1, 0.6, 0.9]), "eval reward (held out)": ([2], [0.5])}
+    assert {line.get_label() for line in loss_axes.lines} == {"train loss", "eval loss"}
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(tmp_path / "run" / "loss.png").shape[:2] == (450, 1600)

@@ -1,4 +1,6 @@
-"""The loss curve as a picture: training loss per logging step, eval loss per evaluation."""
+"""The loss curve as a picture: training loss per logging step, eval loss per evaluation; and for a
+method that logs a reward (GRPO, whose loss says nothing of quality: a group's advantages sum to zero),
+the reward of the sampled answers and the held-out reward beside it."""
 
 from __future__ import annotations
 
@@ -20,16 +22,28 @@ def plot_losses(metrics: Path, picture: Path) -> bool:
     matplotlib.use("Agg")  # no display needed; safe in threads and on servers
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    rewards = [(r["step"], r["reward"]) for r in rows if "reward" in r]
+    eval_rewards = [(r["step"], r["eval_reward"]) for r in rows if "eval_reward" in r]
+    panels = 2 if rewards or eval_rewards else 1
+    fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 4.5), dpi=100, squeeze=False)
+    ax = axes[0][0]
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
     if evals:
         ax.plot(*zip(*evals), label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
-    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (answer tokens)")
-    ax.set_title(picture.parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    if panels == 2:
+        right = axes[0][1]
+        if rewards:
+            right.plot(*zip(*rewards), label="reward (sampled answers)", color="tab:green", linewidth=1.5)
+        if eval_rewards:
+            right.plot(*zip(*eval_rewards), label="eval reward (held out)", color="tab:red", marker="o", linewidth=1.5)
+        right.set_ylabel("reward")
+    for a in axes[0]:
+        a.set_xlabel("optimizer step")
+        a.set_title(picture.parent.name)
+        a.grid(alpha=0.3)
+        a.legend()
     fig.tight_layout()
     try:
         with atomic_output(picture, "the loss plot") as job:
