@@ -26,19 +26,11 @@ def plot_losses(metrics: Path, picture: Path) -> bool:
     eval_rewards = [(r["step"], r["eval_reward"]) for r in rows if "eval_reward" in r]
     panels = 2 if rewards or eval_rewards else 1
     fig, axes = plt.subplots(1, panels, figsize=(8 * panels, 4.5), dpi=100, squeeze=False)
-    ax = axes[0][0]
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue", linewidth=1.5)
-    if evals:
-        ax.plot(*zip(*evals), label="eval loss", color="tab:orange", marker="o", linewidth=1.5)
-    ax.set_ylabel("loss (answer tokens)")
+    _draw(axes[0][0], "loss (answer tokens)", [(train, "train loss", "tab:blue", None),
+                                                 (evals, "eval loss", "tab:orange", "o")])
     if panels == 2:
-        right = axes[0][1]
-        if rewards:
-            right.plot(*zip(*rewards), label="reward (sampled answers)", color="tab:green", linewidth=1.5)
-        if eval_rewards:
-            right.plot(*zip(*eval_rewards), label="eval reward (held out)", color="tab:red", marker="o", linewidth=1.5)
-        right.set_ylabel("reward")
+        _draw(axes[0][1], "reward", [(rewards, "reward (sampled answers)", "tab:green", None),
+                                     (eval_rewards, "eval reward (held out)", "tab:red", "o")])
     for a in axes[0]:
         a.set_xlabel("optimizer step")
         a.set_title(picture.parent.name)
@@ -51,3 +43,11 @@ def plot_losses(metrics: Path, picture: Path) -> bool:
     finally:
         plt.close(fig)
     return True
+
+
+def _draw(ax, ylabel: str, series: list[tuple[list, str, str, str | None]]) -> None:
+    """Each series that has points, as a line: (points, label, colour, marker)."""
+    for points, label, colour, marker in series:
+        if points:
+            ax.plot(*zip(*points), label=label, color=colour, marker=marker, linewidth=1.5)
+    ax.set_ylabel(ylabel)
