@@ -129,6 +129,16 @@ def test_batch_equals_one_by_one_on_the_embedded_model(embedded_cache: Path):
                                min_coverage=0.9)
 
 
+def test_runs_of_one_token_prompts_answer_as_each_alone(tiny):
+    """A prompt of one token leaves nothing to read ahead (the cache would be of zero tokens): generate
+    reads it itself, and the answers are those of group=1."""
+    model, tokenizer, _ = tiny
+    gen = GenerationConfig(max_new_tokens=4, temperature=1.0, seed=1, batch_size=4)
+    grouped = generate_ids(model, tokenizer, [[7]] * 4, gen, frozenset(), group=2)
+    alone = generate_ids(model, tokenizer, [[7]] * 4, gen, frozenset())
+    assert [a.token_ids for a in grouped] == [a.token_ids for a in alone] and len(grouped[0].token_ids) == 4
+
+
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_runs_of_one_prompt_read_it_once_and_answer_as_each_alone(tmp_path, arch):
     """group=k (GRPO's k completions of a prompt) prefills each prompt once and copies its cache to

@@ -109,7 +109,8 @@ def generate_ids(
         # Left padding keeps every prompt's last token at the same column, where generation starts.
         ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk]).to(model.device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk]).to(model.device)
-        shared = {"cache": _prefilled(model, ids[::group], mask[::group], group)} if group > 1 else {}
+        # Prompts of one token leave nothing to read ahead: generate reads them itself.
+        shared = {"cache": _prefilled(model, ids[::group], mask[::group], group)} if group > 1 and width > 1 else {}
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
