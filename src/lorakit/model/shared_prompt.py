@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lorakit.labels import IGNORE_INDEX
+from lorakit.labels import loss_positions, prompt_lengths
 from lorakit.model.loss import causal_lm, logps_of_hidden, no_logits, token_logps
 from lorakit.transformers_internals import attention_implementation
 
@@ -75,11 +75,11 @@ def shared_layout(batch: dict[str, torch.Tensor], pad_token_id: int = 0) -> Shar
     if not bool((attention.cumsum(dim=1) == torch.arange(1, ids.shape[1] + 1, device=ids.device)).logical_or(
             attention == 0).all()):
         return None  # not right-padded rows
-    has_label = labels[:, 1:] != IGNORE_INDEX
-    firsts = [int(r.nonzero()[0]) + 1 if r.any() else None for r in has_label]
+    has_label = loss_positions(labels)
+    firsts = prompt_lengths(labels, lengths)
     groups: list[list[int]] = []
     for r, first in enumerate(firsts):
-        if first is None:
+        if not has_label[r].any():
             continue  # nothing to predict: the row is left out
         lead = groups[-1][0] if groups else None
         if lead is not None and firsts[lead] == first and torch.equal(ids[lead, :first], ids[r, :first]):
@@ -139,7 +139,7 @@ def prompt_shared_logps(
     layout = shared_layout(batch, pad_token_id) if shareable(model, batch) else None
     if layout is None:
         return token_logps(model, batch, chunk_size, selective, autocast, temperature)
-    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    keep = loss_positions(batch["labels"])
     wanted = batch["labels"][:, 1:][keep]
     weight = next(p for p in model.parameters())
     dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) \

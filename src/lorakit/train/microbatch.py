@@ -27,7 +27,7 @@ import torch
 
 from lorakit.data.collate import PackCollator
 from lorakit.data.encode import Encoded
-from lorakit.labels import IGNORE_INDEX
+from lorakit.labels import prompt_lengths
 
 Batch = dict[str, torch.Tensor]
 SPLITTABLE = {"input_ids", "labels", "attention_mask"}
@@ -132,8 +132,7 @@ def split_runs(inputs: Batch, budget: int, run: int) -> list[Batch]:
     prompt's rows. Per-row values are taken by row, as ``split_rows`` does.
     """
     lengths = inputs["attention_mask"].sum(dim=1).tolist()
-    answers = inputs["labels"][:, 1:] != IGNORE_INDEX
-    prompts = [int(row.nonzero()[0]) + 1 if row.any() else length for row, length in zip(answers, lengths)]
+    prompts = prompt_lengths(inputs["labels"], lengths)
     runs = [list(range(start, min(start + run, len(lengths)))) for start in range(0, len(lengths), run)]
     widths = [prompts[rows[0]] + sum(lengths[r] - prompts[r] for r in rows) for rows in runs]
     passes: list[list[int]] = []
